@@ -1,0 +1,309 @@
+"""The Supervisor actor: owns the queue, the worker pool and the event log.
+
+It is the single writer of the log: every event, its own or a worker's, is numbered here
+(``seq`` per task), applied to the scheduler's state and appended to the WAL before any call
+that produced it is acknowledged. Decisions are made by :class:`actors.scheduler.Scheduler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import pyarrow.parquet as pq
+import ray
+
+from actors.scheduler import Scheduler, TaskRejected
+from actors.worker import Worker
+from fleet.eventlog import EventLog
+from fleet.events import Event, EventType
+from fleet.records import Assignment, SessionResult, TaskRecord
+from fleet.settings import FleetSettings
+from fleet.specs import FleetConfig, TaskSpec, TaskState
+
+log = logging.getLogger("fleet.supervisor")
+
+TERMINAL_EVENTS = {
+    EventType.task_succeeded,
+    EventType.task_failed,
+    EventType.task_needs_human,
+    EventType.task_cancelled,
+}
+
+
+def supervisor_name(fleet_name: str) -> str:
+    return f"fleet-supervisor-{fleet_name}"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+class Supervisor:
+    def __init__(self, settings: FleetSettings, config: FleetConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.sched = Scheduler(config, settings)
+        self.log = EventLog(settings.events_dir, settings.wal_dir, settings.compact_min_files)
+        self.workers: dict[str, Any] = {}
+        self.running: dict[str, str] = {}
+        """worker id -> task id it is running"""
+        self._worker_count = 0
+        self._stopping = False
+        self._work: asyncio.Condition | None = None
+        self._done: asyncio.Condition | None = None
+        self._roll_lock: asyncio.Lock | None = None
+        self._background: list[asyncio.Task[Any]] = []
+        self.started_at = time.time()
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.recovered = 0
+        if restarted or settings.resume:
+            self.recovered = self._recover()
+
+    # -- life cycle --------------------------------------------------------------------
+    async def start(self) -> dict[str, Any]:
+        """Start the worker pool and the flush loop (idempotent)."""
+        if self._work is None:
+            self._work = asyncio.Condition()
+            self._done = asyncio.Condition()
+            self._roll_lock = asyncio.Lock()
+            for _ in range(self.settings.workers):
+                self._spawn_worker()
+            self._background.append(asyncio.create_task(self._flush_loop()))
+            self._requeue_orphans()
+        return {"workers": len(self.workers), "recovered": self.recovered}
+
+    def _spawn_worker(self) -> None:
+        self._worker_count += 1
+        worker_id = f"w{self._worker_count}"
+        me = ray.get_runtime_context().current_actor
+        handle = Worker.options(num_cpus=self.settings.worker_num_cpus).remote(
+            worker_id, me, self.settings
+        )
+        self.workers[worker_id] = handle
+        self._background.append(asyncio.create_task(self._watch(worker_id, handle)))
+
+    async def _watch(self, worker_id: str, handle: Any) -> None:
+        """Await the worker's main loop; if the worker dies, requeue its task and replace it."""
+        try:
+            await handle.run.remote()
+            return
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        self.workers.pop(worker_id, None)
+        task_id = self.running.pop(worker_id, None)
+        if self._stopping:
+            return
+        log.warning("worker %s lost: %s", worker_id, reason)
+        if task_id:
+            events = self.sched.worker_lost(worker_id, task_id, reason)
+            await self._record(events)
+        self._spawn_worker()
+
+    async def shutdown(self) -> None:
+        """Stop the workers once they finish their sessions, roll and compact the log."""
+        self._stopping = True
+        if self._work is not None:
+            async with self._work:
+                self._work.notify_all()
+        for handle in list(self.workers.values()):
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+        self.workers.clear()
+        await self.flush(compact=True)
+
+    # -- driver calls ------------------------------------------------------------------
+    async def submit(self, tasks: list[dict[str, Any]], batch: str | None = None) -> dict[str, Any]:
+        """Queue tasks; each accepted one is in the log before this returns."""
+        accepted: list[str] = []
+        rejected: list[dict[str, str]] = []
+        events: list[Event] = []
+        for raw in tasks:
+            try:
+                spec = raw if isinstance(raw, TaskSpec) else TaskSpec.model_validate(raw)
+                event = self.sched.submit(spec, batch)
+            except TaskRejected as exc:
+                rejected.append({"task_id": exc.task_id, "field": exc.field, "error": exc.message})
+                continue
+            except ValueError as exc:
+                task_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
+                rejected.append({"task_id": task_id, "field": "", "error": str(exc)})
+                continue
+            # Apply at once so a duplicate id later in the same batch is caught.
+            await self._record([event])
+            events.append(event)
+            accepted.append(spec.id)
+        return {"accepted": accepted, "rejected": rejected, "batch": batch}
+
+    async def finished_since(
+        self, cursor: int, timeout_s: float = 1.0
+    ) -> tuple[list[TaskRecord], int]:
+        """Tasks that ended after position ``cursor``; waits up to ``timeout_s`` for one."""
+        assert self._done is not None, "call start() first"
+        if len(self.sched.finished) <= cursor:
+            async with self._done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._done.wait_for(lambda: len(self.sched.finished) > cursor), timeout_s
+                    )
+        ids = self.sched.finished[cursor:]
+        return [self.sched.tasks[i] for i in ids], cursor + len(ids)
+
+    def get_settings(self) -> FleetSettings:
+        return self.settings
+
+    def get(self, task_ids: list[str]) -> list[TaskRecord | None]:
+        return [self.sched.tasks.get(i) for i in task_ids]
+
+    async def cancel(self, task_id: str) -> bool:
+        events = self.sched.cancel(task_id)
+        if not events:
+            return False
+        worker = next((w for w, t in self.running.items() if t == task_id), None)
+        await self._record(events)
+        if worker and worker in self.workers:
+            record = self.sched.tasks[task_id]
+            self.workers[worker].stop_session.remote(record.session_id)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        running = []
+        for worker, task_id in sorted(self.running.items()):
+            record = self.sched.tasks[task_id]
+            started = record.last_event_at.timestamp() if record.last_event_at else now
+            running.append(
+                {
+                    "task_id": task_id,
+                    "worker": worker,
+                    "attempt": record.attempts,
+                    "age_s": round(now - (record.started_at or record.submitted_at).timestamp(), 2)
+                    if (record.started_at or record.submitted_at)
+                    else None,
+                    "last_event": record.last_event,
+                    "last_event_age_s": round(now - started, 2),
+                }
+            )
+        recent = [self.sched.tasks[i] for i in self.sched.finished[-10:]]
+        return {
+            "fleet": self.settings.name,
+            "workers": len(self.workers),
+            "counts": self.sched.counts(),
+            "queued": self.sched.queue.ids()[:50],
+            "running": running,
+            "recent": [
+                {"task_id": r.id, "state": r.state.value, "reason": r.reason} for r in recent
+            ],
+            "events_dir": self.settings.events_dir,
+            "uptime_s": round(now - self.started_at, 1),
+        }
+
+    async def events(self, task_id: str) -> list[Event]:
+        """A task's events so far, in ``seq`` order (rolled files plus the buffer)."""
+        await self.flush()
+        files = self.log.files()
+        if not files:
+            return []
+        table = pq.read_table(files, filters=[("task_id", "=", task_id)], filesystem=self.log.fs)
+        events = [Event.from_row(r) for r in table.to_pylist()]
+        return sorted(events, key=lambda e: e.seq)
+
+    async def flush(self, compact: bool = False) -> int:
+        """Roll buffered events into Parquet now; returns how many were written."""
+        assert self._roll_lock is not None or not self.log.buffered
+        if self._roll_lock is None:
+            return 0
+        async with self._roll_lock:
+            pending = self.log.start_roll()
+            written = 0
+            if pending is not None:
+                await asyncio.to_thread(self.log.finish_roll, *pending)
+                written = len(pending[1])
+            if compact:
+                await asyncio.to_thread(self.log.compact)
+        return written
+
+    # -- worker calls ------------------------------------------------------------------
+    async def next_assignment(
+        self, worker_id: str, result: SessionResult | None
+    ) -> Assignment | None:
+        """Take a worker's last result (if any) and wait for its next assignment."""
+        assert self._work is not None
+        if result is not None:
+            self.running.pop(worker_id, None)
+            await self._record(result.events)
+            await self._record(self.sched.complete(result))
+        async with self._work:
+            while True:
+                if self._stopping or worker_id not in self.workers:
+                    return None
+                got = self.sched.assign(worker_id)
+                if got is not None:
+                    break
+                await self._work.wait()
+        assignment, event = got
+        self.running[worker_id] = assignment.task.id
+        await self._record([event])
+        return assignment
+
+    async def ingest(self, events: list[Event]) -> int:
+        await self._record(events)
+        return len(events)
+
+    # -- internals ---------------------------------------------------------------------
+    async def _record(self, events: list[Event]) -> None:
+        """Number, apply and log events; wake whoever waits on what they changed."""
+        if not events:
+            return
+        requeued = 0
+        ended = False
+        for event in events:
+            record = self.sched.tasks.get(event.task_id)
+            event.seq = record.seq + 1 if record else 0
+            self.sched.apply(event)
+            if event.type in (EventType.task_submitted, EventType.task_retried):
+                requeued += 1
+            elif event.type in TERMINAL_EVENTS:
+                ended = True
+        self.log.append(events)
+        if self.log.buffered >= self.settings.flush_max_events:
+            asyncio.create_task(self.flush())
+        if requeued and self._work is not None:
+            async with self._work:
+                self._work.notify(requeued)
+        if ended and self._done is not None:
+            async with self._done:
+                self._done.notify_all()
+
+    async def _flush_loop(self) -> None:
+        rolls = 0
+        while not self._stopping:
+            await asyncio.sleep(self.settings.flush_interval_s)
+            try:
+                if await self.flush(compact=rolls % 32 == 31):
+                    rolls += 1
+            except Exception:  # keep the loop alive; the WAL still holds the events
+                log.exception("event log flush failed")
+
+    def _recover(self) -> int:
+        """Rebuild task state from the log (after a restart, or with ``resume``)."""
+        count = 0
+        for event in self.log.replay():
+            self.sched.apply(event)
+            count += 1
+        return count
+
+    def _requeue_orphans(self) -> None:
+        """Tasks the log shows running had their worker die with the old supervisor."""
+        orphans = [r for r in self.sched.tasks.values() if r.state == TaskState.running]
+        for record in orphans:
+            event = Event(
+                task_id=record.id,
+                type=EventType.task_retried,
+                session_id=record.session_id,
+                payload={"reason": "supervisor restarted", "next_attempt": record.attempts},
+            )
+            record.seq += 1
+            event.seq = record.seq
+            self.sched.apply(event)
+            self.log.append([event])

@@ -1,0 +1,119 @@
+"""The Worker actor: pulls assignments from the supervisor and runs them, one at a time.
+
+Thin on purpose: the session logic is in :mod:`actors.session`. Events are buffered and sent
+to the supervisor in batches; the last batch of a session rides on its result, so a short
+session costs one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import ray
+
+from actors.session import SessionRunner
+from fleet.events import Event
+from fleet.records import Assignment, SessionResult
+from fleet.settings import FleetSettings
+from fleet.specs import EnvironmentSpec
+from sandboxes import create_sandbox
+from sandboxes.base import Sandbox
+
+
+class EventBatcher:
+    """Buffers a session's events and ships them every ``interval_s`` while it runs."""
+
+    def __init__(self, supervisor: Any, interval_s: float) -> None:
+        self.supervisor = supervisor
+        self.interval_s = interval_s
+        self.buffer: list[Event] = []
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, event: Event) -> None:
+        self.buffer.append(event)
+        if self._task is None:
+            self._task = asyncio.create_task(self._ship_later())
+
+    async def _ship_later(self) -> None:
+        await asyncio.sleep(self.interval_s)
+        async with self._lock:
+            self._task = None
+            batch, self.buffer = self.buffer, []
+            if batch:
+                await self.supervisor.ingest.remote(batch)
+
+    async def drain(self) -> list[Event]:
+        """Stop shipping and hand back what is left (after any batch in flight landed)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        async with self._lock:
+            batch, self.buffer = self.buffer, []
+        return batch
+
+
+@ray.remote(max_restarts=0)
+class Worker:
+    def __init__(self, worker_id: str, supervisor: Any, settings: FleetSettings) -> None:
+        self.worker_id = worker_id
+        self.supervisor = supervisor
+        self.settings = settings
+        self.runner = SessionRunner(settings, worker_id, self._sandbox)
+        self._session: asyncio.Task[SessionResult] | None = None
+        self._session_id: str | None = None
+
+    async def _sandbox(self, environment: EnvironmentSpec, name: str) -> Sandbox:
+        sandbox = create_sandbox(
+            self.settings.sandbox, environment, name=name, output_limit=1_000_000
+        )
+        await sandbox.start()
+        return sandbox
+
+    async def run(self) -> None:
+        """Pull, run, report, until the supervisor says stop (returns None)."""
+        result: SessionResult | None = None
+        while True:
+            assignment: Assignment | None = await self.supervisor.next_assignment.remote(
+                self.worker_id, result
+            )
+            if assignment is None:
+                return
+            result = await self._run_one(assignment)
+
+    async def _run_one(self, assignment: Assignment) -> SessionResult:
+        batcher = EventBatcher(self.supervisor, self.settings.worker_event_batch_s)
+        self._session_id = assignment.session_id
+        self._session = asyncio.create_task(self.runner.run(assignment, batcher.add))
+        try:
+            result = await self._session
+        except asyncio.CancelledError:
+            result = SessionResult(
+                task_id=assignment.task.id,
+                session_id=assignment.session_id,
+                attempt=assignment.attempt,
+                worker=self.worker_id,
+                status="failed",
+                reason="session stopped by the supervisor",
+            )
+        finally:
+            self._session = None
+            self._session_id = None
+        result.events = await batcher.drain()
+        return result
+
+    async def stop_session(self, session_id: str) -> bool:
+        """Stop the running session if it is ``session_id``."""
+        if self._session is not None and self._session_id == session_id:
+            self._session.cancel()
+            return True
+        return False
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()

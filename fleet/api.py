@@ -1,0 +1,184 @@
+"""The Python driver API: start or connect to a fleet, submit tasks, follow them.
+
+    from fleet import Fleet
+    with Fleet.start(workers=4) as fleet:
+        ids = fleet.submit([{"prompt": "...", "script": [...]}]).accepted
+        for record in fleet.as_completed(ids):
+            print(record.id, record.state)
+
+The CLI is built on this class and nothing private.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from actors.supervisor import Supervisor, supervisor_name
+from fleet.events import Event
+from fleet.records import TaskRecord
+from fleet.settings import FleetSettings
+from fleet.specs import FleetConfig, TaskSpec
+from sandboxes import resolve_kind
+
+
+class FleetError(RuntimeError):
+    """The fleet could not be started, reached or asked (one clear line for a person)."""
+
+
+@dataclass
+class SubmitResult:
+    accepted: list[str]
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    batch: str | None = None
+
+
+def _absolute_events_dir(settings: FleetSettings) -> FleetSettings:
+    if "://" in settings.events_dir:
+        return settings
+    return settings.model_copy(update={"events_dir": os.path.abspath(settings.events_dir)})
+
+
+class Fleet:
+    def __init__(self, supervisor: Any, settings: FleetSettings, owns_ray: bool) -> None:
+        self.supervisor = supervisor
+        self.settings = settings
+        self._owns_ray = owns_ray
+
+    # -- getting a fleet ---------------------------------------------------------------
+    @classmethod
+    def start(
+        cls,
+        settings: FleetSettings | None = None,
+        config: FleetConfig | None = None,
+        **overrides: Any,
+    ) -> Fleet:
+        """Start Ray if needed and the fleet's supervisor if absent (else reuse it)."""
+        settings = settings or FleetSettings()
+        if overrides:
+            settings = settings.model_copy(update=overrides)
+        settings = _absolute_events_dir(settings)
+        settings = settings.model_copy(update={"sandbox": resolve_kind(settings.sandbox)})
+        owns_ray = cls._init_ray(settings.ray_address, settings.namespace)
+        options: dict[str, Any] = {
+            "name": supervisor_name(settings.name),
+            "namespace": settings.namespace,
+            "get_if_exists": True,
+        }
+        if not owns_ray:
+            options["lifetime"] = "detached"  # a cluster's fleet outlives the driver
+        try:
+            handle = Supervisor.options(**options).remote(settings, config or FleetConfig())
+            ray.get(handle.start.remote())
+        except ray.exceptions.RayActorError as exc:
+            raise FleetError(f"the supervisor failed to start: {_first_line(exc)}") from exc
+        return cls(handle, settings, owns_ray)
+
+    @classmethod
+    def connect(
+        cls, address: str = "auto", name: str = "default", namespace: str = "agent-fleet"
+    ) -> Fleet:
+        """Attach to a running fleet on a Ray cluster (``"auto"`` or ``"ray://host:port"``)."""
+        owns_ray = cls._init_ray(address, namespace)
+        try:
+            handle = ray.get_actor(supervisor_name(name), namespace=namespace)
+        except ValueError:
+            raise FleetError(f"no fleet named {name!r} is running at {address}") from None
+        settings = ray.get(handle.get_settings.remote())
+        return cls(handle, settings, owns_ray)
+
+    @staticmethod
+    def _init_ray(address: str | None, namespace: str) -> bool:
+        """Returns True when this process started its own local Ray."""
+        if ray.is_initialized():
+            return False
+        try:
+            ray.init(
+                address=address,
+                namespace=namespace,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=bool(os.environ.get("FLEET_RAY_LOGS")),
+            )
+        except Exception as exc:
+            where = address or "a local Ray"
+            raise FleetError(f"cannot start or reach {where}: {_first_line(exc)}") from exc
+        return address is None
+
+    # -- work --------------------------------------------------------------------------
+    def submit(
+        self, tasks: Iterable[TaskSpec | dict[str, Any]], batch: str | None = None
+    ) -> SubmitResult:
+        """Queue tasks. Accepted ones are in the event log when this returns."""
+        batch = batch or f"b-{uuid.uuid4().hex[:8]}"
+        payload = [t.model_dump(mode="json", exclude_none=True) if isinstance(t, TaskSpec) else t
+                   for t in tasks]
+        out = ray.get(self.supervisor.submit.remote(payload, batch))
+        return SubmitResult(out["accepted"], out["rejected"], out["batch"])
+
+    def as_completed(
+        self, task_ids: Iterable[str], timeout_s: float | None = None
+    ) -> Iterator[TaskRecord]:
+        """Yield each task's record as it ends, in the order they end."""
+        pending = set(task_ids)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        # Tasks that ended before we started listening.
+        for record in ray.get(self.supervisor.get.remote(list(pending))):
+            if record is not None and record.state.terminal:
+                pending.discard(record.id)
+                yield record
+        cursor = 0
+        while pending:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} tasks still unfinished")
+            records, cursor = ray.get(self.supervisor.finished_since.remote(cursor, 1.0))
+            for record in records:
+                if record.id in pending:
+                    pending.discard(record.id)
+                    yield record
+
+    def wait(self, task_ids: Iterable[str], timeout_s: float | None = None) -> list[TaskRecord]:
+        return list(self.as_completed(task_ids, timeout_s))
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return ray.get(self.supervisor.get.remote([task_id]))[0]
+
+    def cancel(self, task_id: str) -> bool:
+        return ray.get(self.supervisor.cancel.remote(task_id))
+
+    def events(self, task_id: str) -> list[Event]:
+        return ray.get(self.supervisor.events.remote(task_id))
+
+    def status(self) -> dict[str, Any]:
+        return ray.get(self.supervisor.status.remote())
+
+    def flush(self) -> int:
+        """Write buffered events to Parquet now (reports read only Parquet)."""
+        return ray.get(self.supervisor.flush.remote())
+
+    def shutdown(self) -> None:
+        """Stop this fleet's supervisor and workers (and Ray, if this driver started it)."""
+        try:
+            ray.get(self.supervisor.shutdown.remote())
+            ray.kill(self.supervisor, no_restart=True)
+        finally:
+            if self._owns_ray:
+                ray.shutdown()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

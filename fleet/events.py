@@ -1,0 +1,98 @@
+"""The one schema for everything that happens in the fleet.
+
+Every state change is an :class:`Event`. Workers create events without ``seq``; the
+supervisor, the single writer of the log, numbers them per task as it receives them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+
+class EventType(StrEnum):
+    task_submitted = "task.submitted"
+    task_rejected = "task.rejected"
+    task_assigned = "task.assigned"
+    task_retried = "task.retried"
+    task_succeeded = "task.succeeded"
+    task_failed = "task.failed"
+    task_needs_human = "task.needs_human"
+    task_cancelled = "task.cancelled"
+    session_started = "session.started"
+    session_ended = "session.ended"
+    agent_message = "agent.message"
+    agent_tool_use = "agent.tool_use"
+    agent_tool_result = "agent.tool_result"
+    approval_requested = "approval.requested"
+    approval_decided = "approval.decided"
+    gate_passed = "gate.passed"
+    gate_failed = "gate.failed"
+    handoff = "handoff"
+    usage = "usage"
+    worker_started = "worker.started"
+    worker_lost = "worker.lost"
+
+
+class Event(BaseModel):
+    """One thing that happened. Typed columns hold what analytics asks for often."""
+
+    ts: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    task_id: str
+    type: EventType
+    seq: int = -1
+    session_id: str | None = None
+    attempt: int | None = None
+    worker: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    tool: str | None = None
+    exit_code: int | None = None
+    duration_ms: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        row = self.model_dump()
+        row["type"] = self.type.value
+        row["payload"] = json.dumps(self.payload, default=str)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Event:
+        data = {k: row.get(k) for k in cls.model_fields}
+        payload = data.get("payload")
+        data["payload"] = json.loads(payload) if isinstance(payload, str) and payload else {}
+        ts = data.get("ts")
+        if isinstance(ts, datetime) and ts.tzinfo is None:
+            data["ts"] = ts.replace(tzinfo=UTC)
+        return cls.model_validate(data)
+
+
+ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("task_id", pa.string(), nullable=False),
+        pa.field("type", pa.string(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("session_id", pa.string()),
+        pa.field("attempt", pa.int32()),
+        pa.field("worker", pa.string()),
+        pa.field("payload", pa.string()),
+        pa.field("tool", pa.string()),
+        pa.field("exit_code", pa.int32()),
+        pa.field("duration_ms", pa.float64()),
+        pa.field("tokens_in", pa.int64()),
+        pa.field("tokens_out", pa.int64()),
+        pa.field("cost_usd", pa.float64()),
+    ]
+)
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)

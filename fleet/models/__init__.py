@@ -1,0 +1,28 @@
+"""Model clients: ``scripted`` (replays a task's script) and OpenAI-compatible APIs."""
+
+from __future__ import annotations
+
+from fleet.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
+from fleet.models.scripted import ScriptedModel
+from fleet.specs import AgentSpec, ScriptStep
+
+__all__ = [
+    "ModelClient",
+    "ModelError",
+    "ModelTurn",
+    "ScriptedModel",
+    "ToolCall",
+    "Usage",
+    "make_model",
+]
+
+
+def make_model(
+    agent: AgentSpec, script: list[ScriptStep] | None = None, attempt: int = 1
+) -> ModelClient:
+    """The client an agent asks for: the scripted model, or an OpenAI-compatible API."""
+    if agent.model == "scripted":
+        return ScriptedModel(script, attempt)
+    from fleet.models.openai_client import make_model as make_api_model
+
+    return make_api_model(agent, script=script, attempt=attempt)

@@ -1,0 +1,147 @@
+"""The nouns of the fleet as pydantic models: agents, environments, tasks and task states."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+BUILTIN_TOOLS = ["shell", "read_file", "write_file", "finish"]
+
+
+class Strict(BaseModel):
+    """Base for user-written specs: unknown fields are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentSpec(Strict):
+    """An agent: model, instructions, tools and limits, defined once and referenced by name."""
+
+    name: str = "default"
+    model: str = Field(
+        "scripted",
+        description="'scripted' replays the task's script; any other name is sent to the API.",
+    )
+    api: Literal["chat", "responses"] = "chat"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    instructions: str = (
+        "You are a careful coding agent working in a sandbox. Use the tools to do the task, "
+        "check your work, then call finish with a short summary."
+    )
+    tools: list[str] = Field(default_factory=lambda: list(BUILTIN_TOOLS))
+    max_turns: int | None = Field(None, ge=1)
+    temperature: float | None = None
+    stream: bool = Field(False, description="Stream model output (tool calls arrive in deltas).")
+    context_window: int = Field(128_000, ge=1000, description="Model context size, in tokens.")
+
+
+NetworkPolicy = Literal["none", "full"] | list[str]
+
+
+class EnvironmentSpec(Strict):
+    """A sandbox template."""
+
+    name: str = "default"
+    image: str | None = Field(None, description="Docker image; None means the fleet's base image.")
+    apt: list[str] = Field(default_factory=list)
+    pip: list[str] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict)
+    network: NetworkPolicy = "none"
+    cpus: float = Field(1.0, gt=0)
+    memory_mb: int = Field(1024, ge=16)
+    pids: int = Field(256, ge=8)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class ScriptStep(Strict):
+    """One tool call replayed by the scripted model."""
+
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    attempt: int | None = Field(
+        None, ge=1, description="Replay this step only on that attempt (to script retries)."
+    )
+
+
+class TaskState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    needs_human = "needs_human"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {TaskState.succeeded, TaskState.failed, TaskState.needs_human, TaskState.cancelled}
+)
+
+
+def new_task_id() -> str:
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+class TaskSpec(Strict):
+    """A unit of work. Only ``prompt`` is required."""
+
+    id: str = Field(default_factory=new_task_id, min_length=1, max_length=200)
+    prompt: str = Field(min_length=1)
+    agent: str | AgentSpec = "default"
+    environment: str | EnvironmentSpec = "default"
+    priority: int = Field(0, description="Higher runs first; ties go to the older task.")
+    labels: list[str] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict, description="Files the workspace starts with.")
+    repo: str | None = Field(None, description="A local directory or git repository to start from.")
+    gate: str | None = Field(None, description="Command that must exit 0 in the sandbox.")
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    time_limit_s: float | None = Field(None, gt=0)
+    max_turns: int | None = Field(None, ge=1)
+    script: list[ScriptStep] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_path_safe(cls, value: str) -> str:
+        if any(c in value for c in "/\\\0") or value in {".", ".."}:
+            raise ValueError("must not contain '/', '\\' or NUL")
+        return value
+
+    @property
+    def agent_name(self) -> str:
+        return self.agent if isinstance(self.agent, str) else self.agent.name
+
+    @property
+    def environment_name(self) -> str:
+        return self.environment if isinstance(self.environment, str) else self.environment.name
+
+
+class FleetConfig(Strict):
+    """Named agents and environments, usually read from a YAML file."""
+
+    agents: dict[str, AgentSpec] = Field(default_factory=dict)
+    environments: dict[str, EnvironmentSpec] = Field(default_factory=dict)
+
+    def model_post_init(self, _context: Any) -> None:
+        for name, agent in self.agents.items():
+            agent.name = name
+        for name, env in self.environments.items():
+            env.name = name
+        self.agents.setdefault("default", AgentSpec())
+        self.environments.setdefault("default", EnvironmentSpec())
+
+    def resolve_agent(self, task: TaskSpec) -> AgentSpec:
+        if isinstance(task.agent, AgentSpec):
+            return task.agent
+        return self.agents[task.agent]
+
+    def resolve_environment(self, task: TaskSpec) -> EnvironmentSpec:
+        if isinstance(task.environment, EnvironmentSpec):
+            return task.environment
+        return self.environments[task.environment]

@@ -1,0 +1,123 @@
+"""The Sandbox protocol every backend implements, and helpers they share."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+class SandboxError(RuntimeError):
+    """A sandbox could not do what was asked (start, a path outside the workspace, ...)."""
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: float
+    timed_out: bool = False
+    truncated: bool = False
+    """True when output went past the cap and its middle was dropped while streaming."""
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """One isolated place where one session runs commands and edits files.
+
+    Paths given to the file methods are relative to ``workdir`` (absolute paths must lie
+    inside it). ``snapshot`` returns the workspace as a tar archive; ``restore`` unpacks
+    one into the workspace (also how a workspace is seeded with a task's files).
+    """
+
+    kind: str
+    workdir: str
+
+    async def start(self) -> None: ...
+
+    async def exec(
+        self, command: str, timeout_s: float = 60.0, env: dict[str, str] | None = None
+    ) -> ExecResult: ...
+
+    async def read_file(self, path: str) -> bytes: ...
+
+    async def write_file(self, path: str, data: bytes) -> None: ...
+
+    async def snapshot(self) -> bytes: ...
+
+    async def restore(self, archive: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class CappedOutput:
+    """Keeps at most ``limit`` bytes of a stream as it arrives: the head and the tail."""
+
+    limit: int
+    head: bytearray = field(default_factory=bytearray)
+    tail: bytearray = field(default_factory=bytearray)
+    total: int = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        half = self.limit // 2
+        room = half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > self.limit - half:
+                del self.tail[: len(self.tail) - (self.limit - half)]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.head) + len(self.tail)
+
+    def text(self) -> str:
+        head = self.head.decode(errors="replace")
+        if not self.truncated:
+            return head + self.tail.decode(errors="replace")
+        elided = self.total - len(self.head) - len(self.tail)
+        tail = self.tail.decode(errors="replace")
+        return f"{head}\n[... {elided} bytes elided ...]\n{tail}"
+
+
+def tar_directory(root: Path, prefix: str = "") -> bytes:
+    """Archive the contents of ``root`` (not the folder itself)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for entry in sorted(root.iterdir()):
+            tar.add(entry, arcname=os.path.join(prefix, entry.name) if prefix else entry.name)
+    return buf.getvalue()
+
+
+def tar_files(files: dict[str, bytes]) -> bytes:
+    """Archive in-memory files given as relative path -> content."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name=workspace_relative(name, "/"))
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def workspace_relative(path: str, workdir: str) -> str:
+    """Normalise a path given by an agent to one relative to ``workdir``.
+
+    Raises SandboxError for a path that lies outside the workspace.
+    """
+    if os.path.isabs(path):
+        rel = os.path.relpath(os.path.normpath(path), workdir)
+    else:
+        rel = os.path.normpath(path)
+    if rel == ".." or rel.startswith("../") or os.path.isabs(rel):
+        raise SandboxError(f"path {path!r} is outside the workspace {workdir}")
+    return rel

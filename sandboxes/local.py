@@ -1,0 +1,164 @@
+"""Local process sandbox: a temporary workspace directory and subprocesses.
+
+This is isolation for bookkeeping, not security: commands run as the worker's user on the
+host. Use the docker backend for untrusted agents. Commands get a clean environment (no host
+secrets), their own process group (a timeout kills the whole tree) and capped output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import signal
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from sandboxes.base import CappedOutput, ExecResult, SandboxError, tar_directory, workspace_relative
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class LocalSandbox:
+    kind = "local"
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        output_limit: int = 1_000_000,
+        root: str | None = None,
+        name: str = "sandbox",
+    ) -> None:
+        self._extra_env = dict(env or {})
+        self._output_limit = output_limit
+        self._root = root
+        self._name = name
+        self.workdir = ""
+
+    async def start(self) -> None:
+        self.workdir = tempfile.mkdtemp(prefix=f"fleet-{self._name}-", dir=self._root)
+
+    def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
+        python_dir = os.path.dirname(os.path.realpath(shutil.which("python3") or "/usr/bin/python3"))
+        env = {
+            "PATH": f"{SAFE_PATH}:{python_dir}",
+            "HOME": self.workdir,
+            "LANG": "C.UTF-8",
+            "TERM": "dumb",
+            "GIT_AUTHOR_NAME": "fleet-agent",
+            "GIT_AUTHOR_EMAIL": "agent@fleet.local",
+            "GIT_COMMITTER_NAME": "fleet-agent",
+            "GIT_COMMITTER_EMAIL": "agent@fleet.local",
+        }
+        env.update(self._extra_env)
+        env.update(extra or {})
+        return env
+
+    async def exec(
+        self, command: str, timeout_s: float = 60.0, env: dict[str, str] | None = None
+    ) -> ExecResult:
+        if not self.workdir:
+            raise SandboxError("sandbox not started")
+        started = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/bash",
+            "-c",
+            command,
+            cwd=self.workdir,
+            env=self._env(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        out, err = CappedOutput(self._output_limit), CappedOutput(self._output_limit)
+        readers = [
+            asyncio.create_task(_pump(proc.stdout, out)),
+            asyncio.create_task(_pump(proc.stderr, err)),
+        ]
+        timed_out = False
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            timed_out = True
+        except BaseException:  # cancelled: leave nothing running behind
+            _kill_group(proc.pid)
+            for reader in readers:
+                reader.cancel()
+            raise
+        # Kill what is left of the process group: the command itself on timeout, and
+        # anything it left running in the background (which would hold the pipes open).
+        _kill_group(proc.pid)
+        try:
+            await asyncio.wait_for(asyncio.gather(*readers), 2.0)
+        except TimeoutError:
+            for reader in readers:
+                reader.cancel()
+        code = await proc.wait()
+        return ExecResult(
+            exit_code=124 if timed_out else code,
+            stdout=out.text(),
+            stderr=err.text() + (f"\n[timed out after {timeout_s:g}s]" if timed_out else ""),
+            duration_ms=(time.perf_counter() - started) * 1000,
+            timed_out=timed_out,
+            truncated=out.truncated or err.truncated,
+        )
+
+    def _host_path(self, path: str) -> Path:
+        rel = workspace_relative(path, self.workdir)
+        host = Path(self.workdir, rel)
+        real = os.path.realpath(host)
+        if real != os.path.realpath(self.workdir) and not real.startswith(
+            os.path.realpath(self.workdir) + os.sep
+        ):
+            raise SandboxError(f"path {path!r} resolves outside the workspace")
+        return host
+
+    async def read_file(self, path: str) -> bytes:
+        host = self._host_path(path)
+        try:
+            return await asyncio.to_thread(host.read_bytes)
+        except FileNotFoundError:
+            raise SandboxError(f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise SandboxError(f"{path} is a directory") from None
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        host = self._host_path(path)
+
+        def write() -> None:
+            host.parent.mkdir(parents=True, exist_ok=True)
+            host.write_bytes(data)
+
+        await asyncio.to_thread(write)
+
+    async def snapshot(self) -> bytes:
+        return await asyncio.to_thread(tar_directory, Path(self.workdir))
+
+    async def restore(self, archive: bytes) -> None:
+        def unpack() -> None:
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(self.workdir, filter="data")
+
+        await asyncio.to_thread(unpack)
+
+    async def close(self) -> None:
+        if self.workdir:
+            await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+
+
+async def _pump(stream: asyncio.StreamReader | None, sink: CappedOutput) -> None:
+    if stream is None:
+        return
+    while chunk := await stream.read(65536):
+        sink.feed(chunk)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
