@@ -36,19 +36,21 @@ class TaskRejected(ValueError):
 
 
 class TaskQueue:
-    """Priority (higher first), then age (older first). Removal is lazy."""
+    """Priority (higher first), then age (older first). Removal is lazy: a heap entry is
+    live only while it is the task's current entry."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, str]] = []
         self._order = itertools.count()
-        self._live: set[str] = set()
+        self._live: dict[str, int] = {}
 
     def push(self, task_id: str, priority: int) -> None:
-        heapq.heappush(self._heap, (-priority, next(self._order), task_id))
-        self._live.add(task_id)
+        order = next(self._order)
+        heapq.heappush(self._heap, (-priority, order, task_id))
+        self._live[task_id] = order
 
     def discard(self, task_id: str) -> None:
-        self._live.discard(task_id)
+        self._live.pop(task_id, None)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -56,17 +58,20 @@ class TaskQueue:
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._live
 
+    def _is_live(self, item: tuple[int, int, str]) -> bool:
+        return self._live.get(item[2]) == item[1]
+
     def pop(self, fits: Callable[[str], bool] = lambda _: True) -> str | None:
         """Take the first task in order that ``fits``; the ones passed over stay queued."""
         skipped: list[tuple[int, int, str]] = []
         found = None
         while self._heap:
             item = heapq.heappop(self._heap)
-            if item[2] not in self._live:
+            if not self._is_live(item):
                 continue
             if fits(item[2]):
                 found = item[2]
-                self._live.discard(found)
+                del self._live[found]
                 break
             skipped.append(item)
         for item in skipped:
@@ -74,7 +79,7 @@ class TaskQueue:
         return found
 
     def ids(self) -> list[str]:
-        return [t for _, _, t in sorted(self._heap) if t in self._live]
+        return [item[2] for item in sorted(self._heap) if self._is_live(item)]
 
 
 class Scheduler:
@@ -130,7 +135,7 @@ class Scheduler:
                 record.state = TaskState(event.type.value.split(".", 1)[1])
                 record.finished_at = event.ts
                 record.summary = event.payload.get("summary", record.summary)
-                record.reason = event.payload.get("reason", record.reason)
+                record.reason = event.payload.get("reason", "")
                 self.finished.append(record.id)
 
     # -- decisions ---------------------------------------------------------------------

@@ -95,7 +95,12 @@ class SessionRunner:
                 max_turns=a.max_turns,
                 time_limit_s=a.time_limit_s,
             )
-            outcome = await loop.run(task.prompt)
+            try:
+                outcome = await loop.run(task.prompt)
+            finally:
+                aclose = getattr(model, "aclose", None)
+                if aclose is not None:
+                    await aclose()
             if outcome.status != "finished":
                 return result("failed", outcome.reason, outcome)
             if task.gate:
@@ -111,7 +116,9 @@ class SessionRunner:
                 if not passed:
                     return result("failed", f"gate failed (exit {gate.exit_code})", outcome)
             return result("succeeded", "", outcome)
-        except Exception as exc:  # a broken sandbox mid-session: the attempt fails, the worker lives
+        except (
+            Exception
+        ) as exc:  # a broken sandbox mid-session: the attempt fails, the worker lives
             return result("failed", f"session error: {type(exc).__name__}: {exc}", None)
         finally:
             await sandbox.close()

@@ -53,7 +53,7 @@ class Supervisor:
         self._work: asyncio.Condition | None = None
         self._done: asyncio.Condition | None = None
         self._roll_lock: asyncio.Lock | None = None
-        self._background: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self.started_at = time.time()
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.recovered = 0
@@ -69,9 +69,16 @@ class Supervisor:
             self._roll_lock = asyncio.Lock()
             for _ in range(self.settings.workers):
                 self._spawn_worker()
-            self._background.append(asyncio.create_task(self._flush_loop()))
+            # The pool is up when start returns: wait for every worker process.
+            await asyncio.gather(*(w.pid.remote() for w in self.workers.values()))
+            self._spawn(self._flush_loop())
             self._requeue_orphans()
         return {"workers": len(self.workers), "recovered": self.recovered}
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _spawn_worker(self) -> None:
         self._worker_count += 1
@@ -81,7 +88,7 @@ class Supervisor:
             worker_id, me, self.settings
         )
         self.workers[worker_id] = handle
-        self._background.append(asyncio.create_task(self._watch(worker_id, handle)))
+        self._spawn(self._watch(worker_id, handle))
 
     async def _watch(self, worker_id: str, handle: Any) -> None:
         """Await the worker's main loop; if the worker dies, requeue its task and replace it."""
@@ -148,6 +155,9 @@ class Supervisor:
                     )
         ids = self.sched.finished[cursor:]
         return [self.sched.tasks[i] for i in ids], cursor + len(ids)
+
+    async def worker_pid(self, worker_id: str) -> int:
+        return await self.workers[worker_id].pid.remote()
 
     def get_settings(self) -> FleetSettings:
         return self.settings
@@ -267,7 +277,7 @@ class Supervisor:
                 ended = True
         self.log.append(events)
         if self.log.buffered >= self.settings.flush_max_events:
-            asyncio.create_task(self.flush())
+            self._spawn(self.flush())
         if requeued and self._work is not None:
             async with self._work:
                 self._work.notify(requeued)

@@ -91,7 +91,11 @@ class AgentLoop:
                 self.tool_calls += 1
                 self.emit(
                     EventType.agent_tool_use,
-                    {"call_id": call.id, "args": truncate(call.arguments, 4000), "turn": self.turns},
+                    {
+                        "call_id": call.id,
+                        "args": truncate(call.arguments, 4000),
+                        "turn": self.turns,
+                    },
                     tool=call.name,
                 )
                 started = time.perf_counter()

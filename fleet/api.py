@@ -118,8 +118,10 @@ class Fleet:
     ) -> SubmitResult:
         """Queue tasks. Accepted ones are in the event log when this returns."""
         batch = batch or f"b-{uuid.uuid4().hex[:8]}"
-        payload = [t.model_dump(mode="json", exclude_none=True) if isinstance(t, TaskSpec) else t
-                   for t in tasks]
+        payload = [
+            t.model_dump(mode="json", exclude_none=True) if isinstance(t, TaskSpec) else t
+            for t in tasks
+        ]
         out = ray.get(self.supervisor.submit.remote(payload, batch))
         return SubmitResult(out["accepted"], out["rejected"], out["batch"])
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from datetime import datetime
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,7 @@ class EventLogError(RuntimeError):
 
 
 class EventLog:
-    def __init__(
-        self, root: str, wal_dir: str | None = None, compact_min_files: int = 16
-    ) -> None:
+    def __init__(self, root: str, wal_dir: str | None = None, compact_min_files: int = 16) -> None:
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(root)
         except (pa.ArrowInvalid, ValueError):

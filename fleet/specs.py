@@ -98,7 +98,9 @@ class TaskSpec(Strict):
     environment: str | EnvironmentSpec = "default"
     priority: int = Field(0, description="Higher runs first; ties go to the older task.")
     labels: list[str] = Field(default_factory=list)
-    files: dict[str, str] = Field(default_factory=dict, description="Files the workspace starts with.")
+    files: dict[str, str] = Field(
+        default_factory=dict, description="Files the workspace starts with."
+    )
     repo: str | None = Field(None, description="A local directory or git repository to start from.")
     gate: str | None = Field(None, description="Command that must exit 0 in the sandbox.")
     max_attempts: int | None = Field(None, ge=1, le=100)

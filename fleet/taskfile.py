@@ -29,7 +29,9 @@ class LineError:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
 
 
 def _field_errors(exc: ValidationError) -> list[tuple[str, str]]:
@@ -58,7 +60,9 @@ def parse_tasks(
         try:
             data = json.loads(stripped)
         except json.JSONDecodeError as exc:
-            errors.append(LineError(source, number, "", f"bad JSON: {exc.msg} at column {exc.colno}"))
+            errors.append(
+                LineError(source, number, "", f"bad JSON: {exc.msg} at column {exc.colno}")
+            )
             continue
         if not isinstance(data, dict):
             errors.append(LineError(source, number, "", "a task line must be a JSON object"))

@@ -58,9 +58,7 @@ def tool(fn: ToolFn) -> Tool:
     for pname, param in list(inspect.signature(fn).parameters.items())[1:]:
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[pname] = (hints[pname], default)
-    model = create_model(
-        f"{fn.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields
-    )
+    model = create_model(f"{fn.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
     doc = inspect.getdoc(fn) or fn.__name__
     return Tool(name=fn.__name__, description=doc, args_model=model, fn=fn)
 

@@ -8,6 +8,7 @@ secrets), their own process group (a timeout kills the whole tree) and capped ou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import shutil
@@ -42,7 +43,9 @@ class LocalSandbox:
         self.workdir = tempfile.mkdtemp(prefix=f"fleet-{self._name}-", dir=self._root)
 
     def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
-        python_dir = os.path.dirname(os.path.realpath(shutil.which("python3") or "/usr/bin/python3"))
+        python_dir = os.path.dirname(
+            os.path.realpath(shutil.which("python3") or "/usr/bin/python3")
+        )
         env = {
             "PATH": f"{SAFE_PATH}:{python_dir}",
             "HOME": self.workdir,
@@ -81,7 +84,7 @@ class LocalSandbox:
         ]
         timed_out = False
         try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
+            await asyncio.wait_for(_exited(proc.pid), timeout_s)
         except TimeoutError:
             timed_out = True
         except BaseException:  # cancelled: leave nothing running behind
@@ -141,13 +144,51 @@ class LocalSandbox:
     async def restore(self, archive: bytes) -> None:
         def unpack() -> None:
             with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                tar.extractall(self.workdir, filter="data")
+                tar.extractall(self.workdir, filter=_workspace_filter)
 
         await asyncio.to_thread(unpack)
 
     async def close(self) -> None:
         if self.workdir:
             await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+
+
+def _workspace_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """Like tarfile's 'data' filter, but keeps symlinks that point outside (an agent may make
+    them); nothing is ever written through one, as every member's own path is checked."""
+    try:
+        return tarfile.data_filter(member, dest)
+    except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+        if member.issym():
+            return tarfile.tar_filter(member, dest)
+        raise
+
+
+async def _exited(pid: int) -> None:
+    """Wait until ``pid`` exits, without waiting for its pipes to close (a background child
+    can hold them open) and without reaping it."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = -1
+    if fd >= 0:
+        done = loop.create_future()
+        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        try:
+            await done
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return
+    while True:  # no pidfd: poll
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is not None:
+            return
+        await asyncio.sleep(0.005)
 
 
 async def _pump(stream: asyncio.StreamReader | None, sink: CappedOutput) -> None:
@@ -158,7 +199,5 @@ async def _pump(stream: asyncio.StreamReader | None, sink: CappedOutput) -> None
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

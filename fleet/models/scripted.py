@@ -29,7 +29,9 @@ class ScriptedModel:
         """Resume a replay part way (a session restored from its saved state)."""
         self._turn = position
 
-    async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ModelTurn:
+    async def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> ModelTurn:
         if self._turn >= len(self._steps):
             raise ModelError("the scripted model's script ended before the agent called finish")
         step = self._steps[self._turn]

@@ -1,0 +1,315 @@
+"""The ``fleet`` command line. Built on :class:`fleet.api.Fleet` and :mod:`fleet.analytics`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from fleet.analytics import AnalyticsError, Table, report, sql
+from fleet.settings import FleetSettings
+from fleet.specs import TaskSpec
+from fleet.taskfile import InputError, LineError, load_config, load_tasks
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run many coding agents on Ray.")
+out = Console()
+err = Console(stderr=True)
+
+EXIT_TASKS_FAILED = 1
+EXIT_USAGE = 2
+
+EventsOpt = Annotated[str, typer.Option("--events", help="Event log directory or URI.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+DEFAULT_EVENTS = FleetSettings().events_dir
+
+
+class CliError(Exception):
+    """A problem the user can fix, shown as one line."""
+
+
+def _fail(message: str, debug: bool, exc: BaseException | None = None) -> None:
+    if debug and exc is not None:
+        err.print_exception()
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def print_table(table: Table, title: str | None = None) -> None:
+    title = title or table.title or None
+    if len(table.rows) == 1 and len(table.columns) > 6:  # one wide row reads better as a list
+        pairs = list(zip(table.columns, table.rows[0], strict=True))
+        table = Table(table.title, ["metric", "value"], pairs)
+    rich_table = RichTable(title=title, title_justify="left")
+    for column in table.columns:
+        rich_table.add_column(column, overflow="fold")
+    for row in table.rows:
+        rich_table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(rich_table)
+
+
+def _run_batch(
+    tasks: list[TaskSpec],
+    line_errors: list[LineError],
+    settings: FleetSettings,
+    config_path: str | None,
+    debug: bool,
+    timeout_s: float | None,
+) -> int:
+    from fleet.api import Fleet, FleetError
+
+    for line_error in line_errors:
+        err.print(f"[yellow]rejected[/yellow] {line_error}", highlight=False)
+    if not tasks:
+        _fail("no valid tasks to run", debug)
+    try:
+        config = load_config(config_path)
+    except InputError as exc:
+        _fail(str(exc), debug, exc)
+    started = time.monotonic()
+    with out.status(f"starting Ray and {settings.workers} workers ({settings.sandbox} sandbox)"):
+        try:
+            fleet = Fleet.start(settings, config)
+        except FleetError as exc:
+            _fail(str(exc), debug, exc)
+    try:
+        batch = f"b-{uuid.uuid4().hex[:8]}"
+        submitted = fleet.submit(tasks, batch=batch)
+        for rejection in submitted.rejected:
+            err.print(
+                f"[yellow]rejected[/yellow] task {rejection['task_id']}: "
+                f"{rejection['field']}: {rejection['error']}",
+                highlight=False,
+            )
+        records = _follow(fleet, submitted.accepted, timeout_s)
+        fleet.flush()
+        _print_summary(records, fleet.settings, time.monotonic() - started)
+        try:
+            for table in report(fleet.settings.events_dir, batch=batch):
+                if table.title != "Tasks":  # the batch summary above already lists them
+                    print_table(table, f"{table.title} (DuckDB, {fleet.settings.events_dir})")
+        except AnalyticsError as exc:
+            err.print(f"[yellow]report unavailable:[/yellow] {exc}")
+    finally:
+        fleet.shutdown()
+    failed = [r for r in records if r.state != "succeeded"]
+    rejected = len(line_errors) + len(submitted.rejected)
+    if failed or rejected:
+        err.print(f"[red]{len(failed)} task(s) did not succeed, {rejected} rejected[/red]")
+        return EXIT_TASKS_FAILED
+    out.print(f"[green]all {len(records)} tasks succeeded[/green]")
+    return 0
+
+
+def _follow(fleet: Any, ids: list[str], timeout_s: float | None) -> list[Any]:
+    records = []
+    counts = {"succeeded": 0, "failed": 0}
+    columns = [
+        TextColumn("[bold]tasks"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=out, transient=False) as progress:
+        bar = progress.add_task("", total=len(ids))
+        try:
+            for record in fleet.as_completed(ids, timeout_s=timeout_s):
+                records.append(record)
+                key = "succeeded" if record.state == "succeeded" else "failed"
+                counts[key] += 1
+                progress.update(
+                    bar,
+                    advance=1,
+                    description=f"[green]{counts['succeeded']} ok[/green] "
+                    f"[red]{counts['failed']} not ok[/red]",
+                )
+        except TimeoutError as exc:
+            err.print(f"[red]timed out:[/red] {exc}")
+    return records
+
+
+def _print_summary(records: list[Any], settings: FleetSettings, wall_s: float) -> None:
+    table = RichTable(
+        title=f"Batch summary ({wall_s:.1f}s, {settings.sandbox} sandbox)", title_justify="left"
+    )
+    for column in ("task", "state", "attempts", "turns", "tool calls", "duration s", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in sorted(records, key=lambda r: r.id):
+        colour = "green" if r.state == "succeeded" else "red"
+        duration = f"{r.duration_s:.2f}" if r.duration_s is not None else ""
+        table.add_row(
+            r.id,
+            f"[{colour}]{r.state.value}[/{colour}]",
+            str(r.attempts),
+            str(r.turns),
+            str(r.tool_calls),
+            duration,
+            r.reason,
+        )
+    out.print(table)
+
+
+def _settings(
+    workers: int | None, sandbox: str | None, events: str, name: str | None
+) -> FleetSettings:
+    updates: dict[str, Any] = {"events_dir": events}
+    if workers is not None:
+        updates["workers"] = workers
+    if sandbox is not None:
+        updates["sandbox"] = sandbox
+    if name is not None:
+        updates["name"] = name
+    try:
+        return FleetSettings(**updates)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CliError(f"setting {where}: {first['msg']}") from None
+
+
+def _prefixed(tasks: list[TaskSpec], prefix: str) -> list[TaskSpec]:
+    return [t.model_copy(update={"id": f"{prefix}.{t.id}"}) for t in tasks]
+
+
+WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", help="Worker actors.")]
+SandboxOpt = Annotated[
+    str | None, typer.Option("--sandbox", help="local, docker or auto (default: auto).")
+]
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", help="YAML file of agents and environments.")
+]
+TimeoutOpt = Annotated[
+    float | None, typer.Option("--timeout", help="Give up waiting after this many seconds.")
+]
+
+
+@app.command()
+def run(
+    tasks_file: Annotated[Path, typer.Argument(help="JSONL file, one task per line.")],
+    workers: WorkersOpt = None,
+    sandbox: SandboxOpt = None,
+    events: EventsOpt = DEFAULT_EVENTS,
+    config: ConfigOpt = None,
+    timeout: TimeoutOpt = None,
+    keep_ids: Annotated[
+        bool, typer.Option("--keep-ids", help="Use task ids as written (no run prefix).")
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a batch of tasks from a JSONL file, then print the report."""
+    try:
+        settings = _settings(workers, sandbox, events, None)
+        fleet_config = load_config(config)
+        tasks, line_errors = load_tasks(tasks_file, fleet_config)
+    except (InputError, CliError) as exc:
+        _fail(str(exc), debug, exc)
+    if not keep_ids:
+        tasks = _prefixed(tasks, f"r{uuid.uuid4().hex[:4]}")
+    raise typer.Exit(_run_batch(tasks, line_errors, settings, config, debug, timeout))
+
+
+@app.command()
+def demo(
+    workers: WorkersOpt = None,
+    sandbox: SandboxOpt = None,
+    events: EventsOpt = DEFAULT_EVENTS,
+    timeout: TimeoutOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the bundled demo batch with the scripted model."""
+    source = resources.files("fleet") / "demo" / "tasks.jsonl"
+    try:
+        settings = _settings(workers, sandbox, events, None)
+    except CliError as exc:
+        _fail(str(exc), debug, exc)
+    from fleet.taskfile import parse_tasks
+
+    tasks, line_errors = parse_tasks(source.read_text(encoding="utf-8"), "demo/tasks.jsonl")
+    tasks = _prefixed(tasks, f"demo{uuid.uuid4().hex[:4]}")
+    out.print(f"[bold]fleet demo[/bold]: {len(tasks)} tasks, scripted model (no API key needed)")
+    raise typer.Exit(_run_batch(tasks, line_errors, settings, None, debug, timeout))
+
+
+@app.command("report")
+def report_cmd(
+    events: EventsOpt = DEFAULT_EVENTS,
+    batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Report over the event log: outcomes, success rate, durations, tool calls."""
+    try:
+        tables = report(events, batch=batch)
+    except AnalyticsError as exc:
+        _fail(str(exc), debug, exc)
+    if as_json:
+        out.print_json(json.dumps({t.title: t.as_dicts() for t in tables}, default=str))
+        return
+    for table in tables:
+        print_table(table)
+
+
+@app.command("sql")
+def sql_cmd(
+    statement: Annotated[str, typer.Argument(help="SQL over the views events and tasks.")],
+    events: EventsOpt = DEFAULT_EVENTS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run SQL with DuckDB over the event log (views: events, tasks)."""
+    try:
+        table = sql(events, statement)
+    except AnalyticsError as exc:
+        _fail(str(exc), debug, exc)
+    if as_json:
+        out.print_json(json.dumps(table.as_dicts(), default=str))
+    else:
+        print_table(table)
+
+
+@app.command()
+def status(
+    address: Annotated[str, typer.Option(help="Ray address of the running fleet.")] = "auto",
+    name: Annotated[str, typer.Option(help="Fleet name.")] = "default",
+    debug: DebugOpt = False,
+) -> None:
+    """Show a running fleet: counts, queue, running sessions, recent outcomes."""
+    from fleet.api import Fleet, FleetError
+
+    try:
+        fleet = Fleet.connect(address, name=name)
+        info = fleet.status()
+    except FleetError as exc:
+        _fail(str(exc), debug, exc)
+    counts = Table("Tasks", list(info["counts"]), [tuple(info["counts"].values())])
+    print_table(counts, f"Fleet {info['fleet']}: {info['workers']} workers")
+    if info["running"]:
+        print_table(
+            Table("Running", list(info["running"][0]), [tuple(r.values()) for r in info["running"]])
+        )
+    if info["recent"]:
+        print_table(
+            Table("Recent", list(info["recent"][0]), [tuple(r.values()) for r in info["recent"]])
+        )
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

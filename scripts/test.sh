@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the project with its test dependencies, start what the tests need, run them.
+# This is the README's test command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install -q -e '.[test]'
+
+# Docker tests need an engine. In CI (CI=true) one must come up; elsewhere it is optional
+# and the docker tests are skipped when none can be started.
+if [ -f scripts/ci-docker.sh ]; then
+    if [ "${CI:-}" = "true" ]; then
+        bash scripts/ci-docker.sh
+    else
+        bash scripts/ci-docker.sh || echo "warning: no Docker engine; docker tests will be skipped"
+    fi
+fi
+
+ruff check .
+python3 -m pytest -q "$@"

@@ -1,0 +1,52 @@
+"""Shared fixtures. Ray tests share one local Ray per session (starting it costs seconds)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(namespace="agent-fleet-tests", include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def fleet_factory(ray_session: None, tmp_path):  # type: ignore[no-untyped-def]
+    """Start fleets with unique names on the shared Ray; shut them all down after the test."""
+    from fleet import Fleet
+
+    started = []
+
+    def start(**overrides):  # type: ignore[no-untyped-def]
+        settings = {
+            "name": f"t{uuid.uuid4().hex[:8]}",
+            "events_dir": str(tmp_path / "events"),
+            "sandbox": "local",
+            "workers": 2,
+            "flush_interval_s": 0.2,
+            "namespace": "agent-fleet-tests",
+        }
+        settings.update(overrides)
+        config = settings.pop("config", None)
+        fleet = Fleet.start(config=config, **settings)
+        started.append(fleet)
+        return fleet
+
+    yield start
+    for fleet in started:
+        with contextlib.suppress(Exception):
+            fleet.shutdown()
+
+
+def script(*steps: tuple[str, dict]) -> list[dict]:
+    return [{"tool": tool, "args": args} for tool, args in steps]

@@ -1,0 +1,188 @@
+"""The fleet on a real local Ray: actors, event log, reports."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+import ray
+
+from fleet.analytics import report, sql
+from fleet.events import EventType
+from fleet.specs import FleetConfig, TaskState
+from tests.conftest import script
+
+pytestmark = pytest.mark.ray
+
+HELLO = script(
+    ("write_file", {"path": "hello.txt", "content": "hi"}),
+    ("shell", {"command": "cat hello.txt"}),
+    ("finish", {"summary": "wrote hello.txt"}),
+)
+
+
+def test_batch_runs_on_real_actors_and_lands_in_parquet(fleet_factory):
+    fleet = fleet_factory(workers=2)
+    tasks = [
+        {"id": f"ok{i}", "prompt": "hello", "gate": "test -s hello.txt", "script": HELLO}
+        for i in range(6)
+    ]
+    tasks.append(
+        {
+            "id": "gate-fails",
+            "prompt": "x",
+            "gate": "test -s missing.txt",
+            "max_attempts": 2,
+            "script": HELLO,
+        }
+    )
+    tasks.append({"id": "urgent", "prompt": "x", "priority": 10, "script": HELLO})
+    submitted = fleet.submit(tasks, batch="b1")
+    assert submitted.accepted == [t["id"] for t in tasks] and not submitted.rejected
+    records = {r.id: r for r in fleet.wait(submitted.accepted, timeout_s=120)}
+    assert records["ok0"].state == TaskState.succeeded and records["ok0"].turns == 3
+    failed = records["gate-fails"]
+    assert failed.state == TaskState.failed and failed.attempts == 2
+    assert "gate failed" in failed.reason
+    # Workers are separate processes: work spread over both.
+    workers = {e.worker for t in records for e in fleet.events(t) if e.worker}
+    assert workers == {"w1", "w2"}
+
+    events = fleet.events("ok0")
+    assert [e.seq for e in events] == list(range(len(events)))
+    types = [e.type for e in events]
+    assert types[0] == EventType.task_submitted and types[-1] == EventType.task_succeeded
+    result = next(e for e in events if e.type == EventType.agent_tool_result and e.tool == "shell")
+    assert result.exit_code == 0 and result.payload["stdout"] == "hi"
+
+    fleet.flush()
+    events_dir = fleet.settings.events_dir
+    overview, per_task, tools = report(events_dir, batch="b1")
+    row = overview.as_dicts()[0]
+    assert (row["tasks"], row["succeeded"], row["failed"]) == (8, 7, 1)
+    by_task = {r["task_id"]: r for r in per_task.as_dicts()}
+    assert by_task["gate-fails"]["attempts"] == 2 and by_task["urgent"]["state"] == "succeeded"
+    assert {r["tool"]: r["calls"] for r in tools.as_dicts()}["shell"] == 9  # 7 tasks + 2 attempts
+    counts = dict(sql(events_dir, "select type, count(*) from events group by 1").rows)
+    assert counts["task.submitted"] == 8 and counts["task.retried"] == 1
+    files = duckdb.sql(f"select count(*) from glob('{events_dir}/date=*/*.parquet')").fetchall()[0][
+        0
+    ]
+    assert files >= 1
+
+
+def test_submit_rejects_bad_tasks_and_keeps_the_rest(fleet_factory):
+    fleet = fleet_factory(workers=1, config=FleetConfig.model_validate({"agents": {"coder": {}}}))
+    out = fleet.submit(
+        [
+            {"id": "good", "prompt": "x", "agent": "coder", "script": HELLO},
+            {"id": "who", "prompt": "x", "agent": "ghost"},
+            {"id": "good", "prompt": "dup"},
+            {"id": "bad", "prompt": ""},
+        ]
+    )
+    assert out.accepted == ["good"]
+    assert {(r["task_id"], r["field"]) for r in out.rejected} >= {("who", "agent"), ("good", "id")}
+    assert len(out.rejected) == 3
+    assert fleet.wait(["good"], timeout_s=60)[0].state == TaskState.succeeded
+
+
+def test_submitted_tasks_are_in_the_log_before_submit_returns(fleet_factory):
+    fleet = fleet_factory(workers=1, flush_interval_s=60)
+    fleet.submit([{"id": "durable", "prompt": "x", "script": HELLO}])
+    wal = Path(fleet.settings.events_dir, "_wal")
+    text = "".join(f.read_text() for f in wal.iterdir())
+    assert '"task_id": "durable"' in text and '"type": "task.submitted"' in text
+
+
+def test_a_killed_worker_does_not_lose_its_task(fleet_factory):
+    fleet = fleet_factory(workers=2)
+    slow = script(("shell", {"command": "sleep 3"}), ("finish", {"summary": "slept"}))
+    fleet.submit([{"id": "victim", "prompt": "x", "script": slow, "max_attempts": 1}])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        record = fleet.get("victim")
+        if record.state == TaskState.running and record.worker:
+            break
+        time.sleep(0.05)
+    workers = ray.get(fleet.supervisor.status.remote())["running"]
+    assert workers and workers[0]["task_id"] == "victim"
+    victim_worker = record.worker
+    pid = ray.get(fleet.supervisor.worker_pid.remote(victim_worker))
+    os.kill(pid, signal.SIGKILL)
+    final = fleet.wait(["victim"], timeout_s=60)[0]
+    assert final.state == TaskState.succeeded
+    assert final.attempts == 1  # the crash did not use up the only attempt
+    types = [e.type for e in fleet.events("victim")]
+    assert EventType.worker_lost in types
+    assert types.count(EventType.task_assigned) == 2
+    assert types.count(EventType.task_succeeded) == 1
+    assert fleet.status()["workers"] == 2  # the pool was refilled
+
+
+def test_cancel_stops_a_running_session(fleet_factory):
+    fleet = fleet_factory(workers=1)
+    fleet.submit(
+        [
+            {
+                "id": "long",
+                "prompt": "x",
+                "script": script(("shell", {"command": "sleep 30"}), ("finish", {})),
+            }
+        ]
+    )
+    deadline = time.time() + 30
+    while fleet.get("long").state != TaskState.running and time.time() < deadline:
+        time.sleep(0.05)
+    started = time.time()
+    assert fleet.cancel("long")
+    assert fleet.wait(["long"], timeout_s=30)[0].state == TaskState.cancelled
+    # the worker is free again quickly: a new task runs
+    fleet.submit([{"id": "next", "prompt": "x", "script": HELLO}])
+    assert fleet.wait(["next"], timeout_s=30)[0].state == TaskState.succeeded
+    assert time.time() - started < 20
+
+
+def test_a_task_runs_against_an_openai_compatible_server(fleet_factory):
+    """The real openai client, in a worker process, against a local Chat Completions server."""
+    from tests.fake_openai import FakeOpenAI, Reply
+
+    server = FakeOpenAI().start()
+    try:
+        server.queue(
+            Reply(
+                text="I'll write the file.",
+                tool_calls=[("c1", "write_file", '{"path": "out.txt", "content": "42"}')],
+                input_tokens=120,
+                cached_tokens=100,
+                output_tokens=30,
+            ),
+            Reply(tool_calls=[("c2", "finish", '{"summary": "wrote out.txt"}')]),
+        )
+        fleet = fleet_factory(workers=1)
+        agent = {"name": "real", "model": "gpt-4o-mini", "base_url": server.base_url}
+        fleet.submit(
+            [
+                {
+                    "id": "api",
+                    "prompt": "write 42 to out.txt",
+                    "agent": agent,
+                    "gate": "grep -qx 42 out.txt",
+                }
+            ]
+        )
+        record = fleet.wait(["api"], timeout_s=60)[0]
+        assert record.state == TaskState.succeeded, record.reason
+        assert record.turns == 2
+        first = server.requests[0].body
+        assert first["model"] == "gpt-4o-mini"
+        assert {t["function"]["name"] for t in first["tools"]} >= {"shell", "write_file", "finish"}
+        second = server.requests[1].body["messages"]
+        assert second[-1]["role"] == "tool" and second[-1]["tool_call_id"] == "c1"
+        usage = [e for e in fleet.events("api") if e.type == EventType.usage]
+        assert usage[0].tokens_in == 120 and usage[0].payload["cached_input_tokens"] == 100
+        assert usage[0].cost_usd > 0
+    finally:
+        server.stop()
