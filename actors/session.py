@@ -130,6 +130,7 @@ class SessionRunner:
             if not repo.is_dir():
                 raise FileNotFoundError(f"task repo {a.task.repo} is not a directory")
             await sandbox.restore(tar_directory(repo))
-        files = {**a.environment.files, **a.task.files}
+        env_files = {k: v for k, v in a.environment.files.items() if not k.startswith("/")}
+        files = {**env_files, **a.task.files}
         if files:
             await sandbox.restore(tar_files({k: v.encode() for k, v in files.items()}))

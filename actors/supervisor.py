@@ -64,6 +64,12 @@ class Supervisor:
     async def start(self) -> dict[str, Any]:
         """Start the worker pool and the flush loop (idempotent)."""
         if self._work is None:
+            if self.settings.sandbox == "docker":
+                from sandboxes.docker import reap_orphans
+
+                reaped = await asyncio.to_thread(reap_orphans)
+                if reaped:
+                    log.warning("removed %d containers left by crashed workers", reaped)
             self._work = asyncio.Condition()
             self._done = asyncio.Condition()
             self._roll_lock = asyncio.Lock()
@@ -84,8 +90,9 @@ class Supervisor:
         self._worker_count += 1
         worker_id = f"w{self._worker_count}"
         me = ray.get_runtime_context().current_actor
+        prewarm = [self.config.environments["default"]]
         handle = Worker.options(num_cpus=self.settings.worker_num_cpus).remote(
-            worker_id, me, self.settings
+            worker_id, me, self.settings, prewarm
         )
         self.workers[worker_id] = handle
         self._spawn(self._watch(worker_id, handle))
@@ -113,10 +120,14 @@ class Supervisor:
         if self._work is not None:
             async with self._work:
                 self._work.notify_all()
-        for handle in list(self.workers.values()):
+        workers = list(self.workers.values())
+        self.workers.clear()
+        closing = [w.close.remote() for w in workers]
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 30)
+        for handle in workers:
             with contextlib.suppress(Exception):
                 ray.kill(handle)
-        self.workers.clear()
         await self.flush(compact=True)
 
     # -- driver calls ------------------------------------------------------------------

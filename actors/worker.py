@@ -20,6 +20,7 @@ from fleet.settings import FleetSettings
 from fleet.specs import EnvironmentSpec
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
+from sandboxes.pool import WarmPool
 
 
 class EventBatcher:
@@ -59,23 +60,44 @@ class EventBatcher:
 
 @ray.remote(max_restarts=0)
 class Worker:
-    def __init__(self, worker_id: str, supervisor: Any, settings: FleetSettings) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        supervisor: Any,
+        settings: FleetSettings,
+        prewarm: list[EnvironmentSpec] | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self.supervisor = supervisor
         self.settings = settings
         self.runner = SessionRunner(settings, worker_id, self._sandbox)
+        self.pool = WarmPool(self._new_sandbox, size=settings.warm_pool)
+        self._prewarm = prewarm or []
+        self._made = 0
         self._session: asyncio.Task[SessionResult] | None = None
         self._session_id: str | None = None
 
-    async def _sandbox(self, environment: EnvironmentSpec, name: str) -> Sandbox:
-        sandbox = create_sandbox(
-            self.settings.sandbox, environment, name=name, output_limit=1_000_000
+    def _new_sandbox(self, environment: EnvironmentSpec) -> Sandbox:
+        self._made += 1
+        return create_sandbox(
+            self.settings.sandbox,
+            environment,
+            name=f"{self.worker_id}-{self._made}",
+            output_limit=self.settings.sandbox_output_limit,
         )
-        await sandbox.start()
-        return sandbox
+
+    async def _sandbox(self, environment: EnvironmentSpec, name: str) -> Sandbox:
+        """A started sandbox: from the warm pool, which then starts the next one."""
+        return await self.pool.acquire(environment)
+
+    async def close(self) -> None:
+        """Close idle warm sandboxes (the supervisor calls this before stopping the worker)."""
+        await self.pool.close()
 
     async def run(self) -> None:
         """Pull, run, report, until the supervisor says stop (returns None)."""
+        for environment in self._prewarm:
+            self.pool.fill(environment)
         result: SessionResult | None = None
         while True:
             assignment: Assignment | None = await self.supervisor.next_assignment.remote(

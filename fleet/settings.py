@@ -32,6 +32,12 @@ class FleetSettings(BaseSettings):
     sandbox: SandboxKind = Field(
         "auto", description="Sandbox backend: docker, local, or auto (docker if an engine answers)."
     )
+    warm_pool: int = Field(
+        1, ge=0, le=16, description="Started sandboxes a worker keeps ready (0: on demand)."
+    )
+    sandbox_output_limit: int = Field(
+        1_000_000, ge=1000, description="Bytes of a command's output kept (head + tail)."
+    )
 
     # Event log.
     events_dir: str = Field("fleet-events", description="Event log root: a path or a pyarrow URI.")

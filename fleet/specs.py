@@ -54,6 +54,7 @@ class EnvironmentSpec(Strict):
     cpus: float = Field(1.0, gt=0)
     memory_mb: int = Field(1024, ge=16)
     pids: int = Field(256, ge=8)
+    disk_mb: int = Field(1024, ge=16, description="Size of the workspace (docker backend).")
     env: dict[str, str] = Field(default_factory=dict)
 
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from sandboxes.base import CappedOutput, ExecResult, Sandbox, SandboxError
 from sandboxes.local import LocalSandbox
+from sandboxes.pool import WarmPool
 
 if TYPE_CHECKING:
     from fleet.specs import EnvironmentSpec
@@ -16,6 +17,7 @@ __all__ = [
     "LocalSandbox",
     "Sandbox",
     "SandboxError",
+    "WarmPool",
     "create_sandbox",
     "docker_available",
     "resolve_kind",

@@ -1,0 +1,137 @@
+"""Docker sandbox figures: exec round trip, container start, warm-pool acquire.
+
+    python -m benchmarks.sandboxes [--runs 200]
+
+Prints, for ``true``: the exec agent round trip (p50/p99) next to ``docker exec`` (p50, via
+the Docker API, as the docker SDK does it); container create+start until the agent answers;
+and warm pool acquire-to-first-command. Needs a Docker engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import time
+
+from fleet.specs import EnvironmentSpec
+from sandboxes import docker_available
+from sandboxes.docker import DockerSandbox
+from sandboxes.images import client, ensure_base_image
+from sandboxes.pool import WarmPool
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def row(label: str, values: list[float]) -> None:
+    print(
+        f"{label:<44} p50 {pct(values, 50):8.2f} ms   p99 {pct(values, 99):8.2f} ms"
+        f"   (n={len(values)})"
+    )
+
+
+async def exec_agent_times(runs: int) -> tuple[list[float], str]:
+    sandbox = DockerSandbox(EnvironmentSpec(), name="bench-exec")
+    await sandbox.start()
+    try:
+        for _ in range(10):
+            await sandbox.exec("true")
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            await sandbox.exec("true")
+            times.append((time.perf_counter() - started) * 1000)
+        assert sandbox.container_id
+        return times, sandbox.container_id
+    finally:
+        await sandbox.close()
+
+
+def docker_exec_times(runs: int, cli_binary: bool = False) -> list[float]:
+    """``docker exec`` of ``true`` in a running container: via the API (create + start +
+    inspect, as the SDK does), or via the ``docker`` command line."""
+    cli = client()
+    container = cli.containers.run(
+        ensure_base_image(cli),
+        ["sleep", "infinity"],
+        detach=True,
+        network_mode="none",
+        labels={"agent-fleet": "1", "agent-fleet.task": "bench-docker-exec"},
+    )
+    try:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            if cli_binary:
+                code = subprocess.run(
+                    ["docker", "exec", "-u", "1000", container.id, "true"]
+                ).returncode
+            else:
+                code, _ = container.exec_run(["true"], user="1000")
+            times.append((time.perf_counter() - started) * 1000)
+            assert code == 0
+        return times
+    finally:
+        container.remove(force=True)
+        cli.close()
+
+
+async def start_times(runs: int) -> list[float]:
+    times = []
+    for i in range(runs):
+        started = time.perf_counter()
+        sandbox = DockerSandbox(EnvironmentSpec(), name=f"bench-start-{i}")
+        await sandbox.start()
+        times.append((time.perf_counter() - started) * 1000)
+        await sandbox.close()
+    return times
+
+
+async def pool_times(runs: int) -> list[float]:
+    env = EnvironmentSpec()
+    pool = WarmPool(lambda e: DockerSandbox(e, name="bench-pool"), size=2)
+    pool.fill(env)
+    times = []
+    try:
+        for _ in range(runs):
+            while pool.idle(env) < 1:  # a steady state where the pool keeps up
+                await asyncio.sleep(0.05)
+            started = time.perf_counter()
+            sandbox = await pool.acquire(env)
+            await sandbox.exec("true")
+            times.append((time.perf_counter() - started) * 1000)
+            await sandbox.close()
+    finally:
+        await pool.close()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--starts", type=int, default=10)
+    args = parser.parse_args()
+    if not docker_available():
+        raise SystemExit("no Docker engine answers")
+    ensure_base_image()
+    agent, _ = asyncio.run(exec_agent_times(args.runs))
+    docker_exec = docker_exec_times(max(20, args.runs // 4))
+    docker_cli = docker_exec_times(20, cli_binary=True) if shutil.which("docker") else []
+    starts = asyncio.run(start_times(args.starts))
+    pooled = asyncio.run(pool_times(args.starts))
+    print("docker sandbox benchmark ('true' = the no-op command)")
+    row("exec 'true' via exec agent", agent)
+    row("exec 'true' via docker exec (API)", docker_exec)
+    if docker_cli:
+        row("exec 'true' via docker exec (CLI)", docker_cli)
+    print(f"{'':<44} speed-up at p50: {pct(docker_exec, 50) / pct(agent, 50):.0f}x")
+    row("create+start container until agent ready", starts)
+    row("warm pool: acquire -> first command done", pooled)
+
+
+if __name__ == "__main__":
+    main()

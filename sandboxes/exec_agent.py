@@ -1,0 +1,346 @@
+"""Exec agent: the main process (PID 1) of a docker sandbox container.
+
+It talks to the host over its attached stdin/stdout, which avoids the cost of one
+``docker exec`` per command. Both directions carry frames: a 12-byte prefix
+(``>IQ``: header length, body length), a JSON header, then the body bytes.
+
+Requests (header ``op``): ``exec``, ``read``, ``write``, ``snapshot``, ``restore``, ``cancel``.
+Replies carry the request ``id``; each request ends with exactly one ``done`` frame.
+While a command runs, the first ``limit // 2`` bytes of each stream go back at once as
+``out``/``err`` frames; the rest is kept as a tail of ``limit - limit // 2`` bytes that rides
+on the ``done`` frame. So a command printing gigabytes costs memory of ``limit``, no more.
+
+After every command (finished, timed out or cancelled) every other process in the
+container is killed with ``kill(-1, SIGKILL)`` and reaped: nothing escapes by ``setsid``
+or double fork, and a fork bomb ends. Standard library only; runs on any python3 >= 3.8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+from collections import deque
+
+WORKDIR = os.environ.get("FLEET_WORKDIR", "/workspace")
+PREFIX = struct.Struct(">IQ")
+CHUNK = 1 << 20
+F_SETPIPE_SZ = 1031
+
+
+class Channel:
+    """Frames over fd 0 (in) and fd 1 (out)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.pending: deque[tuple[dict, bytes]] = deque()
+        self.eof = False
+
+    def send(self, header: dict, body: bytes = b"") -> None:
+        head = json.dumps(header).encode()
+        data = memoryview(PREFIX.pack(len(head), len(body)) + head + body)
+        while data:
+            written = os.write(1, data)
+            data = data[written:]
+
+    def fill(self) -> None:
+        """Read what stdin has now (call when select says it is readable)."""
+        chunk = os.read(0, CHUNK)
+        if not chunk:
+            self.eof = True
+        self.buf += chunk
+
+    def parse(self) -> tuple[dict, bytes] | None:
+        if len(self.buf) < PREFIX.size:
+            return None
+        hlen, blen = PREFIX.unpack_from(self.buf)
+        end = PREFIX.size + hlen + blen
+        if len(self.buf) < end:
+            return None
+        header = json.loads(bytes(self.buf[PREFIX.size : PREFIX.size + hlen]))
+        body = bytes(self.buf[PREFIX.size + hlen : end])
+        del self.buf[:end]
+        return header, body
+
+    def next(self) -> tuple[dict, bytes] | None:
+        """The next request, blocking; None at end of input."""
+        while True:
+            if self.pending:
+                return self.pending.popleft()
+            frame = self.parse()
+            if frame:
+                return frame
+            if self.eof:
+                return None
+            select.select([0], [], [])
+            self.fill()
+
+
+class Capped:
+    """Head sent as it arrives, tail kept here; mirrors sandboxes.base.CappedOutput."""
+
+    def __init__(self, limit: int, kind: str, channel: Channel, rid: int) -> None:
+        self.room = limit // 2
+        self.tail_limit = limit - limit // 2
+        self.tail = bytearray()
+        self.total = 0
+        self.kind, self.channel, self.rid = kind, channel, rid
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        if self.room > 0:
+            head = chunk[: self.room]
+            self.room -= len(head)
+            self.channel.send({"id": self.rid, "t": self.kind}, head)
+            chunk = chunk[len(head) :]
+        if not chunk:
+            return
+        if len(chunk) >= self.tail_limit:
+            self.tail = bytearray(chunk[len(chunk) - self.tail_limit :])
+        else:
+            self.tail += chunk
+            if len(self.tail) > self.tail_limit:
+                del self.tail[: len(self.tail) - self.tail_limit]
+
+
+def kill_others(deadline: float, main: subprocess.Popen | None) -> None:
+    """SIGKILL every other process in the container and reap them all."""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(-1, signal.SIGKILL)
+        try:
+            while True:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                if main is not None and pid == main.pid and main.returncode is None:
+                    main.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            return
+        time.sleep(0.002)
+
+
+def reap(main: subprocess.Popen | None) -> None:
+    """Reap zombies (orphans re-parented to us) without blocking."""
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+            if main is not None and pid == main.pid and main.returncode is None:
+                main.returncode = os.waitstatus_to_exitcode(status)
+
+
+def run_command(channel: Channel, req: dict, wake_fd: int) -> None:
+    rid = req["id"]
+    limit = int(req.get("limit", 1_000_000))
+    timeout = float(req.get("timeout", 60.0))
+    started = time.monotonic()
+    deadline = started + timeout
+    out = Capped(limit, "out", channel, rid)
+    err = Capped(limit, "err", channel, rid)
+    try:
+        proc = subprocess.Popen(
+            ["/bin/bash", "-c", req["cmd"]],
+            cwd=req.get("cwd") or WORKDIR,
+            env=req.get("env") or {},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        channel.send({"id": rid, "t": "done", "error": f"could not start command: {exc}"})
+        return
+    streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    for fd in streams:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, CHUNK)
+    timed_out = cancelled = False
+    # Phase 1: until the command exits (or times out / is cancelled), pump its output.
+    while proc.returncode is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            break
+        ready, _, _ = select.select([*streams, 0, wake_fd], [], [], remaining)
+        for fd in ready:
+            if fd == wake_fd:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_fd, 4096)
+            elif fd == 0:
+                channel.fill()
+                while (frame := channel.parse()) is not None:
+                    if frame[0].get("op") == "cancel" and frame[0].get("target") == rid:
+                        cancelled = True
+                    else:
+                        channel.pending.append(frame)
+                if channel.eof:
+                    cancelled = True
+            else:
+                chunk = os.read(fd, CHUNK)
+                if chunk:
+                    streams[fd].feed(chunk)
+                else:
+                    del streams[fd]
+        if cancelled:
+            break
+        proc.poll()
+        reap(proc)
+    # Phase 2: kill what is left (background jobs hold the pipes open), then drain.
+    kill_others(time.monotonic() + 5.0, proc)
+    drain_until = time.monotonic() + 2.0
+    while streams and time.monotonic() < drain_until:
+        ready, _, _ = select.select(list(streams), [], [], max(0.0, drain_until - time.monotonic()))
+        for fd in ready:
+            chunk = os.read(fd, CHUNK)
+            if chunk:
+                streams[fd].feed(chunk)
+            else:
+                del streams[fd]
+    proc.stdout.close()
+    proc.stderr.close()
+    code = proc.returncode if proc.returncode is not None else proc.wait()
+    channel.send(
+        {
+            "id": rid,
+            "t": "done",
+            "code": code,
+            "timed_out": timed_out,
+            "cancelled": cancelled,
+            "out_total": out.total,
+            "err_total": err.total,
+            "out_tail": len(out.tail),
+            "duration_ms": (time.monotonic() - started) * 1000,
+        },
+        bytes(out.tail) + bytes(err.tail),
+    )
+
+
+def inside(rel: str) -> str:
+    """Absolute path for a workspace-relative path; refuses ones resolving outside."""
+    path = os.path.join(WORKDIR, rel)
+    real = os.path.realpath(path)
+    root = os.path.realpath(WORKDIR)
+    if real != root and not real.startswith(root + os.sep):
+        raise ValueError(f"path {rel!r} resolves outside the workspace")
+    return path
+
+
+def _owner_neutral(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def snapshot() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in sorted(os.listdir(WORKDIR)):
+            tar.add(os.path.join(WORKDIR, name), arcname=name, filter=_owner_neutral)
+    return buf.getvalue()
+
+
+def _checked(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Refuse members that would land outside the workspace (checked as each is unpacked,
+    so a symlink unpacked earlier cannot be written through). Symlinks may point anywhere,
+    as in LocalSandbox.restore: nothing is written through them."""
+    root = os.path.realpath(WORKDIR)
+
+    def within(path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == root or real.startswith(root + os.sep)
+
+    if os.path.isabs(member.name) or not within(os.path.join(WORKDIR, member.name)):
+        raise ValueError(f"archive member {member.name!r} points outside the workspace")
+    if member.islnk() and not within(os.path.join(WORKDIR, member.linkname)):
+        raise ValueError(f"hard link {member.name!r} points outside the workspace")
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise ValueError(f"archive member {member.name!r} is a special file")
+    member.mode &= 0o777
+    member.uid, member.gid = os.getuid(), os.getgid()
+    return member
+
+
+def restore(archive: bytes) -> None:
+    directories: list[tuple[str, int]] = []
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar:
+            member = _checked(member)
+            if member.isdir():  # keep it writable until its contents are in
+                directories.append((os.path.join(WORKDIR, member.name), member.mode))
+                member.mode |= 0o700
+            if hasattr(tarfile, "data_filter"):
+                tar.extract(member, WORKDIR, filter="tar")
+            else:
+                tar.extract(member, WORKDIR)
+    for path, mode in reversed(directories):
+        os.chmod(path, mode)
+
+
+def handle(channel: Channel, header: dict, body: bytes, wake_fd: int) -> None:
+    rid = header.get("id")
+    op = header.get("op")
+    try:
+        if op == "exec":
+            run_command(channel, header, wake_fd)
+            return
+        if op == "cancel":
+            return  # the command it targets has already ended
+        if op == "read":
+            with open(inside(header["path"]), "rb") as handle_:
+                data = handle_.read()
+            channel.send({"id": rid, "t": "done"}, data)
+        elif op == "write":
+            path = inside(header["path"])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            inside(os.path.relpath(os.path.dirname(path), WORKDIR))
+            with open(path, "wb") as handle_:
+                handle_.write(body)
+            channel.send({"id": rid, "t": "done"})
+        elif op == "snapshot":
+            channel.send({"id": rid, "t": "done"}, snapshot())
+        elif op == "restore":
+            restore(body)
+            channel.send({"id": rid, "t": "done"})
+        elif op == "ping":
+            channel.send({"id": rid, "t": "done"})
+        else:
+            channel.send({"id": rid, "t": "done", "error": f"unknown op {op!r}"})
+    except FileNotFoundError:
+        channel.send({"id": rid, "t": "done", "error": "no such file", "kind": "missing"})
+    except IsADirectoryError:
+        channel.send({"id": rid, "t": "done", "error": "is a directory", "kind": "directory"})
+    except Exception as exc:
+        channel.send({"id": rid, "t": "done", "error": f"{type(exc).__name__}: {exc}"})
+
+
+def main() -> None:
+    os.umask(0o022)
+    with contextlib.suppress(OSError):
+        os.chdir(WORKDIR)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    channel = Channel()
+    channel.send({"t": "ready", "pid": os.getpid(), "uid": os.getuid()})
+    while (frame := channel.next()) is not None:
+        handle(channel, frame[0], frame[1], wake_r)
+        reap(None)
+
+
+if __name__ == "__main__":
+    main()

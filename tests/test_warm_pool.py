@@ -1,0 +1,157 @@
+"""WarmPool logic, driven with LocalSandbox (no Docker needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+
+from fleet.specs import EnvironmentSpec
+from sandboxes import LocalSandbox, SandboxError
+from sandboxes.pool import WarmPool
+
+
+class Recorder:
+    """A LocalSandbox factory that counts starts/closes and can be slowed or made to fail."""
+
+    def __init__(self, root: str, delay_s: float = 0.0) -> None:
+        self.root = root
+        self.delay_s = delay_s
+        self.fail = False
+        self.made: list[Any] = []
+        self.closed: list[Any] = []
+
+    def __call__(self, env: EnvironmentSpec) -> LocalSandbox:
+        recorder = self
+
+        class Tracked(LocalSandbox):
+            async def start(self) -> None:
+                await asyncio.sleep(recorder.delay_s)
+                if recorder.fail:
+                    raise SandboxError("start failed on purpose")
+                await super().start()
+
+            async def close(self) -> None:
+                recorder.closed.append(self)
+                await super().close()
+
+        sandbox = Tracked(env=env.env, root=self.root)
+        self.made.append(sandbox)
+        return sandbox
+
+
+def test_acquire_returns_started_sandbox_and_refills(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Recorder(str(tmp_path), delay_s=0.2)
+        pool = WarmPool(rec, size=1)
+        env = EnvironmentSpec(env={"X": "1"})
+        first = await pool.acquire(env)  # cold: started on demand
+        assert pool.misses == 1 and (await first.exec("echo $X")).stdout == "1\n"
+        await asyncio.sleep(0.4)  # the replacement starts in the background
+        assert pool.idle(env) == 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        second = await pool.acquire(env)
+        assert loop.time() - started < 0.1  # warm: no start delay
+        assert pool.hits == 1 and second is not first and second.workdir
+        assert (await second.exec("echo ok")).stdout == "ok\n"
+        await first.close()
+        await second.close()
+        await pool.close()
+
+    asyncio.run(go())
+
+
+def test_used_sandboxes_are_never_handed_out_again(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Recorder(str(tmp_path))
+        pool = WarmPool(rec, size=2)
+        env = EnvironmentSpec()
+        seen = []
+        for _ in range(6):
+            sandbox = await pool.acquire(env)
+            assert all(sandbox is not old for old in seen)
+            seen.append(sandbox)
+            await asyncio.sleep(0.01)
+        await pool.close()
+        assert len({id(s) for s in seen}) == 6
+
+    asyncio.run(go())
+
+
+def test_environments_are_kept_apart(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Recorder(str(tmp_path))
+        pool = WarmPool(rec, size=1)
+        a, b = EnvironmentSpec(env={"WHO": "a"}), EnvironmentSpec(env={"WHO": "b"})
+        pool.fill(a)
+        pool.fill(b)
+        await asyncio.sleep(0.05)
+        assert pool.idle(a) == 1 and pool.idle(b) == 1
+        sb = await pool.acquire(b)
+        assert (await sb.exec("echo $WHO")).stdout == "b\n"
+        assert pool.idle(a) == 1
+        await sb.close()
+        await pool.close()
+
+    asyncio.run(go())
+
+
+def test_concurrent_acquires_get_distinct_sandboxes(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Recorder(str(tmp_path), delay_s=0.05)
+        pool = WarmPool(rec, size=2)
+        env = EnvironmentSpec()
+        got = await asyncio.gather(*(pool.acquire(env) for _ in range(5)))
+        assert len({id(s) for s in got}) == 5
+        assert len({s.workdir for s in got}) == 5
+        for sb in got:
+            await sb.close()
+        await pool.close()
+
+    asyncio.run(go())
+
+
+def test_close_closes_idle_and_cancels_starts(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Recorder(str(tmp_path), delay_s=0.0)
+        pool = WarmPool(rec, size=2)
+        env = EnvironmentSpec()
+        held = await pool.acquire(env)
+        await asyncio.sleep(0.05)
+        idle = [s for s in rec.made if s is not held]
+        assert len(idle) == 2 and all(os.path.isdir(s.workdir) for s in idle)
+        rec.delay_s = 5.0
+        pool.size = 3
+        pool.fill(env)  # one slow start in flight
+        await asyncio.wait_for(pool.close(), 2.0)
+        assert all(s in rec.closed for s in idle)
+        assert all(not os.path.exists(s.workdir) for s in idle)
+        assert held not in rec.closed and os.path.isdir(held.workdir)
+        with pytest.raises(SandboxError):
+            await pool.acquire(env)
+        await held.close()
+
+    asyncio.run(go())
+
+
+def test_background_failure_surfaces_on_next_acquire(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Recorder(str(tmp_path))
+        pool = WarmPool(rec, size=1)
+        env = EnvironmentSpec()
+        rec.fail = True
+        with pytest.raises(SandboxError, match="on purpose"):
+            await pool.acquire(env)
+        pool.fill(env)
+        await asyncio.sleep(0.02)
+        assert pool.idle(env) == 0  # the failed background start was dropped
+        rec.fail = False
+        sb = await pool.acquire(env)
+        assert (await sb.exec("echo fine")).stdout == "fine\n"
+        await sb.close()
+        await pool.close()
+
+    asyncio.run(go())
