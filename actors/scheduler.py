@@ -114,6 +114,12 @@ class Scheduler:
                 record.worker = event.worker
                 record.session_id = event.session_id
                 record.started_at = record.started_at or event.ts
+            case EventType.approval_requested:
+                record.pending_approval = {
+                    k: event.payload.get(k) for k in ("call_id", "tool", "args")
+                }
+            case EventType.approval_decided:
+                record.pending_approval = None
             case EventType.session_ended:
                 record.turns += int(event.payload.get("turns", 0))
                 record.tool_calls += int(event.payload.get("tool_calls", 0))

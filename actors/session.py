@@ -12,6 +12,7 @@ from typing import Any
 
 from fleet.agent import AgentLoop, SessionOutcome
 from fleet.events import Event, EventType
+from fleet.hooks import SessionHooks
 from fleet.models import make_model
 from fleet.records import Assignment, SessionResult
 from fleet.settings import FleetSettings
@@ -31,7 +32,9 @@ class SessionRunner:
         self.worker_id = worker_id
         self.sandboxes = sandboxes
 
-    async def run(self, a: Assignment, sink: EventSink) -> SessionResult:
+    async def run(
+        self, a: Assignment, sink: EventSink, hooks: SessionHooks | None = None
+    ) -> SessionResult:
         started = time.perf_counter()
         task = a.task
 

@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 import pyarrow.parquet as pq
 import ray
 
+from actors.registry import Registry
 from actors.scheduler import Scheduler, TaskRejected
 from actors.worker import Worker
 from fleet.eventlog import EventLog
@@ -44,6 +46,7 @@ class Supervisor:
         self.settings = settings
         self.config = config
         self.sched = Scheduler(config, settings)
+        self.registry = Registry(config)
         self.log = EventLog(settings.events_dir, settings.wal_dir, settings.compact_min_files)
         self.workers: dict[str, Any] = {}
         self.running: dict[str, str] = {}
@@ -54,6 +57,9 @@ class Supervisor:
         self._done: asyncio.Condition | None = None
         self._roll_lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._recent: OrderedDict[str, list[Event]] = OrderedDict()
+        """Events of recently active tasks, for streams (the log has them all)."""
+        self._arrived: asyncio.Condition | None = None
         self.started_at = time.time()
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.recovered = 0
@@ -72,6 +78,7 @@ class Supervisor:
                     log.warning("removed %d containers left by crashed workers", reaped)
             self._work = asyncio.Condition()
             self._done = asyncio.Condition()
+            self._arrived = asyncio.Condition()
             self._roll_lock = asyncio.Lock()
             for _ in range(self.settings.workers):
                 self._spawn_worker()
@@ -244,6 +251,123 @@ class Supervisor:
                 await asyncio.to_thread(self.log.compact)
         return written
 
+    async def events_since(
+        self, task_id: str, after_seq: int = -1, timeout_s: float = 0.0, limit: int = 1000
+    ) -> list[Event]:
+        """A task's events with ``seq > after_seq``, oldest first; when there are none yet,
+        waits up to ``timeout_s`` for the next to arrive (long poll, for live streams)."""
+        if task_id not in self.sched.tasks:
+            return []
+        found = self._events_after(task_id, after_seq)
+        if found is None:
+            found = [e for e in await self.events(task_id) if e.seq > after_seq]
+        if not found and timeout_s > 0 and self._arrived is not None:
+
+            def arrived() -> bool:
+                return bool(self._events_after(task_id, after_seq))
+
+            async with self._arrived:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait_for(arrived), timeout_s)
+            found = self._events_after(task_id, after_seq) or []
+        return found[:limit]
+
+    def _events_after(self, task_id: str, after_seq: int) -> list[Event] | None:
+        """From memory, or None when memory does not reach back to ``after_seq``."""
+        cached = self._recent.get(task_id)
+        if not cached or cached[0].seq > after_seq + 1:
+            return None
+        return [e for e in cached if e.seq > after_seq]
+
+    def list_tasks(
+        self,
+        state: str | None = None,
+        label: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, optionally only those in ``state`` or carrying ``label``."""
+        records = reversed(self.sched.tasks.values())
+        picked = [
+            r
+            for r in records
+            if (state is None or r.state == state) and (label is None or label in r.spec.labels)
+        ]
+        return picked[offset : offset + limit]
+
+    async def steer(self, task_id: str, text: str) -> bool:
+        """Send a user message to a task's session: delivered at its next turn."""
+        record = self.sched.tasks.get(task_id)
+        if record is None or record.state.terminal:
+            return False
+        worker = self._worker_of(task_id)
+        event = Event(
+            task_id=task_id,
+            type=EventType.user_message,
+            session_id=record.session_id,
+            payload={"text": text, "delivered": worker is not None},
+        )
+        await self._record([event])
+        if worker is not None:
+            self.workers[worker].deliver.remote(record.session_id, "message", text)
+        return True
+
+    async def interrupt(self, task_id: str) -> bool:
+        """Stop a running session at its next safe point, leaving it resumable."""
+        record = self.sched.tasks.get(task_id)
+        worker = self._worker_of(task_id)
+        if record is None or worker is None:
+            return False
+        await self._record(
+            [Event(task_id=task_id, type=EventType.user_interrupt, session_id=record.session_id)]
+        )
+        self.workers[worker].deliver.remote(record.session_id, "interrupt", None)
+        return True
+
+    async def decide_approval(
+        self, task_id: str, call_id: str, allow: bool, message: str = ""
+    ) -> bool:
+        """Allow or deny a tool call that waits for approval."""
+        record = self.sched.tasks.get(task_id)
+        pending = record.pending_approval if record else None
+        if record is None or not pending or pending.get("call_id") != call_id:
+            return False
+        event = Event(
+            task_id=task_id,
+            type=EventType.approval_decided,
+            session_id=record.session_id,
+            payload={"call_id": call_id, "allow": allow, "message": message, "by": "user"},
+        )
+        worker = self._worker_of(task_id)
+        await self._record([event])
+        if worker is not None:
+            decision = {"call_id": call_id, "allow": allow, "message": message}
+            self.workers[worker].deliver.remote(record.session_id, "decision", decision)
+        return True
+
+    # -- agents and environments (versioned; tasks refer to them by name) -------------
+    def put_spec(
+        self, kind: str, spec: dict[str, Any], expected_version: int | None = None
+    ) -> dict[str, Any]:
+        """Create or update a named agent or environment; raises SpecConflict when
+        ``expected_version`` is given and is not the current version."""
+        return self.registry.put(kind, spec, expected_version)
+
+    def get_spec(self, kind: str, name: str) -> dict[str, Any] | None:
+        return self.registry.get(kind, name)
+
+    def list_specs(self, kind: str, include_archived: bool = False) -> list[dict[str, Any]]:
+        return self.registry.list(kind, include_archived)
+
+    def archive_spec(self, kind: str, name: str) -> bool:
+        return self.registry.archive(kind, name)
+
+    def _worker_of(self, task_id: str) -> str | None:
+        for worker, running in self.running.items():
+            if running == task_id and worker in self.workers:
+                return worker
+        return None
+
     # -- worker calls ------------------------------------------------------------------
     async def next_assignment(
         self, worker_id: str, result: SessionResult | None
@@ -287,6 +411,10 @@ class Supervisor:
             elif event.type in TERMINAL_EVENTS:
                 ended = True
         self.log.append(events)
+        self._remember(events)
+        if self._arrived is not None:
+            async with self._arrived:
+                self._arrived.notify_all()
         if self.log.buffered >= self.settings.flush_max_events:
             self._spawn(self.flush())
         if requeued and self._work is not None:
@@ -295,6 +423,17 @@ class Supervisor:
         if ended and self._done is not None:
             async with self._done:
                 self._done.notify_all()
+
+    def _remember(self, events: list[Event]) -> None:
+        for event in events:
+            cached = self._recent.get(event.task_id)
+            if cached is None:
+                cached = self._recent[event.task_id] = []
+            else:
+                self._recent.move_to_end(event.task_id)
+            cached.append(event)
+        while len(self._recent) > self.settings.recent_tasks:
+            self._recent.popitem(last=False)
 
     async def _flush_loop(self) -> None:
         rolls = 0

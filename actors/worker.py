@@ -15,6 +15,7 @@ import ray
 
 from actors.session import SessionRunner
 from fleet.events import Event
+from fleet.hooks import Decision, InboxHooks
 from fleet.records import Assignment, SessionResult
 from fleet.settings import FleetSettings
 from fleet.specs import EnvironmentSpec
@@ -76,6 +77,7 @@ class Worker:
         self._made = 0
         self._session: asyncio.Task[SessionResult] | None = None
         self._session_id: str | None = None
+        self._hooks: InboxHooks | None = None
 
     def _new_sandbox(self, environment: EnvironmentSpec) -> Sandbox:
         self._made += 1
@@ -110,7 +112,8 @@ class Worker:
     async def _run_one(self, assignment: Assignment) -> SessionResult:
         batcher = EventBatcher(self.supervisor, self.settings.worker_event_batch_s)
         self._session_id = assignment.session_id
-        self._session = asyncio.create_task(self.runner.run(assignment, batcher.add))
+        self._hooks = InboxHooks()
+        self._session = asyncio.create_task(self.runner.run(assignment, batcher.add, self._hooks))
         try:
             result = await self._session
         except asyncio.CancelledError:
@@ -125,8 +128,22 @@ class Worker:
         finally:
             self._session = None
             self._session_id = None
+            self._hooks = None
         result.events = await batcher.drain()
         return result
+
+    def deliver(self, session_id: str, kind: str, data: Any) -> bool:
+        """A push from the supervisor to the running session: message, interrupt, decision."""
+        hooks = self._hooks
+        if hooks is None or self._session_id != session_id:
+            return False
+        if kind == "message":
+            hooks.push_message(str(data))
+        elif kind == "interrupt":
+            hooks.push_interrupt()
+        elif kind == "decision":
+            hooks.push_decision(data["call_id"], Decision(bool(data["allow"]), data["message"]))
+        return True
 
     async def stop_session(self, session_id: str) -> bool:
         """Stop the running session if it is ``session_id``."""

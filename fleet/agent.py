@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from fleet.events import EventType
 from fleet.models.base import ModelClient, ModelError
@@ -24,12 +24,31 @@ Emit = Callable[..., None]
 NUDGE = "No tool was called. Use a tool to make progress, or call finish when the task is done."
 
 
+OutcomeStatus = Literal[
+    "finished",  # the agent called finish
+    "handoff",  # the agent handed the task to another agent (handoff_to, handoff_note)
+    "max_turns",
+    "timeout",
+    "budget",  # a token or cost budget ran out
+    "error",  # the model failed (after its retries)
+    "cancelled",
+    "interrupted",  # stopped at a safe point on request; ``state`` resumes it
+    "parked",  # waiting on an approval decision; ``state`` resumes it
+]
+
+
 class SessionOutcome(BaseModel):
-    status: Literal["finished", "max_turns", "timeout", "error", "cancelled"]
+    status: OutcomeStatus
     reason: str = ""
     summary: str = ""
     turns: int = 0
     tool_calls: int = 0
+    handoff_to: str | None = None
+    handoff_note: str = ""
+    followups: list[dict[str, Any]] = Field(default_factory=list)
+    """Follow-up tasks the agent asked for (TaskSpec fields); the supervisor creates them."""
+    state: dict[str, Any] | None = None
+    """The loop's serialised state when it can be resumed (parked, interrupted)."""
 
 
 class AgentLoop:

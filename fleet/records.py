@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -59,6 +59,8 @@ class TaskRecord(BaseModel):
     reason: str = ""
     seq: int = -1
     lost_workers: int = 0
+    pending_approval: dict[str, Any] | None = None
+    """The tool call waiting for a decision: call_id, tool, args."""
 
     @property
     def duration_s(self) -> float | None:

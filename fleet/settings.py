@@ -69,5 +69,9 @@ class FleetSettings(BaseSettings):
         False, description="On start, rebuild unfinished tasks from the event log and run them."
     )
 
+    recent_tasks: int = Field(
+        2000, ge=10, description="Tasks whose events the supervisor keeps in memory for streams."
+    )
+
     # Scheduling.
     retry_backoff_s: float = Field(0.0, ge=0, description="Base of exponential retry backoff.")

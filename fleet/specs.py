@@ -71,6 +71,12 @@ class ScriptStep(Strict):
 class TaskState(StrEnum):
     queued = "queued"
     running = "running"
+    awaiting_approval = "awaiting_approval"
+    """Parked: a tool call waits for a human decision; no worker is held."""
+    awaiting_review = "awaiting_review"
+    """The agent finished and the gate passed; a human approves or rejects the result."""
+    paused = "paused"
+    """Interrupted at a safe point; a new message (or resume) continues it."""
     succeeded = "succeeded"
     failed = "failed"
     needs_human = "needs_human"

@@ -58,6 +58,8 @@ DEBIAN_MIRROR = os.environ.get("FLEET_DEBIAN_MIRROR", "http://deb.debian.org/deb
 
 _known: dict[str, str] = {}
 """Images this process has built or found: spec digest (or "base") -> tag."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+"""Colour codes apt and pip put in their output."""
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]*(:[a-z0-9]+)?([=][A-Za-z0-9.+:~\-]+)?$")
 _PIP_FAILURES = [
     re.compile(r"No matching distribution found for ([^\s]+)"),
@@ -398,7 +400,8 @@ def _build(
             error = chunk["error"]
     if error is None:
         return
-    text = "".join(lines)
+    text = _ANSI.sub("", "".join(lines))
+    error = _ANSI.sub("", error)
     package = _culprit(text + error, env)
     what = f" because of package {package!r}" if package else ""
     tail = text[-3000:]

@@ -1,0 +1,81 @@
+"""How a running session hears from outside: steering messages, interrupts, approval decisions.
+
+The agent loop asks its hooks at safe points (before each model turn, before a tool call that
+needs approval). The worker gives each session an :class:`InboxHooks`, which the supervisor
+feeds by pushing to the worker; tests and plain scripts use :class:`SessionHooks` (nobody
+listening).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Decision:
+    allow: bool
+    message: str = ""
+
+
+class SessionHooks:
+    """Nobody is listening: no messages, no interrupts, no approval decisions."""
+
+    async def user_messages(self) -> list[str]:
+        """Messages to deliver before the next model turn (taken: each is delivered once)."""
+        return []
+
+    def interrupted(self) -> bool:
+        """True when the session should stop at the next safe point, resumable."""
+        return False
+
+    async def approval(
+        self, call_id: str, tool: str, args: dict[str, Any], wait_s: float
+    ) -> Decision | None:
+        """Wait up to ``wait_s`` for a decision on ``call_id``; None means park the session."""
+        return None
+
+
+class InboxHooks(SessionHooks):
+    """Hooks fed by pushes: messages queue up, interrupt is a flag, decisions wait by call id."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.interrupt = False
+        self.decisions: dict[str, Decision] = {}
+        self._changed = asyncio.Event()
+
+    def push_message(self, text: str) -> None:
+        self.messages.append(text)
+        self._changed.set()
+
+    def push_interrupt(self) -> None:
+        self.interrupt = True
+        self._changed.set()
+
+    def push_decision(self, call_id: str, decision: Decision) -> None:
+        self.decisions[call_id] = decision
+        self._changed.set()
+
+    async def user_messages(self) -> list[str]:
+        taken, self.messages = self.messages, []
+        return taken
+
+    def interrupted(self) -> bool:
+        return self.interrupt
+
+    async def approval(
+        self, call_id: str, tool: str, args: dict[str, Any], wait_s: float
+    ) -> Decision | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while call_id not in self.decisions and not self.interrupt:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return self.decisions.pop(call_id, None)
