@@ -1,30 +1,44 @@
-"""Queue order, assignment and what happens after each attempt: plain logic, no Ray.
+"""Queue order, routing and what happens after each attempt: plain logic, no Ray.
 
 Task state is a fold over events. Every decision here is made by creating events and
 applying them with :meth:`Scheduler.apply`; replaying the log through ``apply`` rebuilds
 the same state after a crash.
 
-| state       | event                 | next state  |
-| ----------- | --------------------- | ----------- |
-| (none)      | task.submitted        | queued      |
-| queued      | task.assigned         | running     |
-| running     | task.retried          | queued      |
-| running     | task.succeeded        | succeeded   |
-| running     | task.failed           | failed      |
-| any live    | task.cancelled        | cancelled   |
+| state             | event                 | next state                      |
+| ----------------- | --------------------- | ------------------------------- |
+| (none)            | task.submitted        | queued                          |
+| queued            | task.assigned         | running                         |
+| running           | task.retried          | queued (after a backoff)        |
+| running           | handoff               | queued (next stage or agent)    |
+| running           | task.parked           | awaiting_approval or paused     |
+| awaiting_approval | task.retried (resume) | queued                          |
+| running           | task.awaiting_review  | awaiting_review                 |
+| awaiting_review   | task.succeeded        | succeeded (a human approved)    |
+| running           | task.succeeded        | succeeded                       |
+| running           | task.needs_human      | needs_human (attempts ran out)  |
+| running           | task.failed           | failed (exhausted_state=failed) |
+| any live          | task.cancelled        | cancelled                       |
+
+What follows a failed attempt: another attempt after ``retry_backoff_s * 2**(n-1)`` seconds,
+which sees the failure (gate output, review comments) in its prompt; when attempts run out,
+the task goes to a human with a brief of every attempt. A worker that dies does not use up an
+attempt (up to 3 losses).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import time
 import uuid
 from collections.abc import Callable
 
 from fleet.events import Event, EventType
 from fleet.records import Assignment, SessionResult, TaskRecord
-from fleet.settings import FleetSettings
-from fleet.specs import FleetConfig, TaskSpec, TaskState
+from fleet.settings import FleetSettings, PoolSpec
+from fleet.specs import AgentSpec, FleetConfig, TaskSpec, TaskState
+
+MAX_WORKER_LOSSES = 3
 
 
 class TaskRejected(ValueError):
@@ -36,17 +50,18 @@ class TaskRejected(ValueError):
 
 
 class TaskQueue:
-    """Priority (higher first), then age (older first). Removal is lazy: a heap entry is
-    live only while it is the task's current entry."""
+    """Priority (higher first), then expected duration (longer first, from memory), then age
+    (older first). Removal is lazy: a heap entry is live only while it is the task's current
+    entry."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, str]] = []
+        self._heap: list[tuple[int, float, int, str]] = []
         self._order = itertools.count()
         self._live: dict[str, int] = {}
 
-    def push(self, task_id: str, priority: int) -> None:
+    def push(self, task_id: str, priority: int, expected_s: float = 0.0) -> None:
         order = next(self._order)
-        heapq.heappush(self._heap, (-priority, order, task_id))
+        heapq.heappush(self._heap, (-priority, -expected_s, order, task_id))
         self._live[task_id] = order
 
     def discard(self, task_id: str) -> None:
@@ -58,19 +73,19 @@ class TaskQueue:
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._live
 
-    def _is_live(self, item: tuple[int, int, str]) -> bool:
-        return self._live.get(item[2]) == item[1]
+    def _is_live(self, item: tuple[int, float, int, str]) -> bool:
+        return self._live.get(item[3]) == item[2]
 
     def pop(self, fits: Callable[[str], bool] = lambda _: True) -> str | None:
         """Take the first task in order that ``fits``; the ones passed over stay queued."""
-        skipped: list[tuple[int, int, str]] = []
+        skipped: list[tuple[int, float, int, str]] = []
         found = None
         while self._heap:
             item = heapq.heappop(self._heap)
             if not self._is_live(item):
                 continue
-            if fits(item[2]):
-                found = item[2]
+            if fits(item[3]):
+                found = item[3]
                 del self._live[found]
                 break
             skipped.append(item)
@@ -78,8 +93,9 @@ class TaskQueue:
             heapq.heappush(self._heap, item)
         return found
 
-    def ids(self) -> list[str]:
-        return [item[2] for item in sorted(self._heap) if self._is_live(item)]
+    def ids(self, limit: int | None = None) -> list[str]:
+        live = (item for item in sorted(self._heap) if self._is_live(item))
+        return [item[3] for item, _ in zip(live, range(limit or len(self._heap)), strict=False)]
 
 
 class Scheduler:
@@ -93,13 +109,18 @@ class Scheduler:
 
     # -- the fold ----------------------------------------------------------------------
     def apply(self, event: Event) -> None:
+        p = event.payload
         if event.type == EventType.task_submitted:
-            spec = TaskSpec.model_validate(event.payload["task"])
+            spec = TaskSpec.model_validate(p["task"])
             record = TaskRecord(
-                id=spec.id, spec=spec, batch=event.payload.get("batch"), submitted_at=event.ts
+                id=spec.id,
+                spec=spec,
+                batch=p.get("batch"),
+                submitted_at=event.ts,
+                plan=p.get("plan") or {},
             )
             self.tasks[spec.id] = record
-            self.queue.push(spec.id, spec.priority)
+            self._enqueue(record)
         record = self.tasks.get(event.task_id)
         if record is None:
             return
@@ -114,23 +135,64 @@ class Scheduler:
                 record.worker = event.worker
                 record.session_id = event.session_id
                 record.started_at = record.started_at or event.ts
+                record.inbox = []
+                record.loop_state_ref = None
+                record.history_ref = None
             case EventType.approval_requested:
-                record.pending_approval = {
-                    k: event.payload.get(k) for k in ("call_id", "tool", "args")
-                }
+                record.pending_approval = {k: p.get(k) for k in ("call_id", "tool", "args")}
             case EventType.approval_decided:
-                record.pending_approval = None
+                if record.pending_approval:
+                    record.pending_approval["decision"] = {
+                        "allow": bool(p.get("allow")),
+                        "message": p.get("message", ""),
+                    }
+            case EventType.user_message:
+                if not p.get("delivered"):
+                    record.inbox.append(str(p.get("text", "")))
             case EventType.session_ended:
-                record.turns += int(event.payload.get("turns", 0))
-                record.tool_calls += int(event.payload.get("tool_calls", 0))
+                record.turns += int(p.get("turns", 0))
+                record.tool_calls += int(p.get("tool_calls", 0))
+                agent = p.get("agent", "?")
+                how = p.get("outcome") or p.get("status", "?")
+                reason = p.get("reason") or p.get("summary") or ""
+                record.history.append(
+                    f"attempt {event.attempt} (agent {agent}, stage {record.stage}): {how}"
+                    + (f": {reason}" if reason else "")
+                )
             case EventType.worker_lost:
                 record.lost_workers += 1
             case EventType.task_retried:
                 record.state = TaskState.queued
-                record.reason = event.payload.get("reason", "")
-                record.attempts = int(event.payload.get("next_attempt", record.attempts + 1)) - 1
-                if record.id not in self.queue:
-                    self.queue.push(record.id, record.spec.priority)
+                record.reason = p.get("reason", "")
+                record.attempts = int(p.get("next_attempt", record.attempts + 1)) - 1
+                record.not_before = float(p.get("not_before", 0.0))
+                if p.get("feedback"):
+                    record.feedback.append(p["feedback"])
+                if "workspace_ref" in p:
+                    record.workspace_ref = p["workspace_ref"]
+                self._enqueue(record)
+            case EventType.handoff:
+                record.state = TaskState.queued
+                record.stage = int(p.get("stage", record.stage))
+                record.agent = p.get("to_agent")
+                record.attempts = 0
+                record.feedback = (
+                    [f"Handed over by {p.get('from_agent')}: {p['note']}"] if p.get("note") else []
+                )
+                record.workspace_ref = p.get("workspace_ref")
+                record.loop_state_ref = None
+                record.history_ref = p.get("history_ref")
+                self._enqueue(record)
+            case EventType.task_parked:
+                self.queue.discard(record.id)
+                record.state = TaskState(p.get("state", TaskState.awaiting_approval))
+                record.workspace_ref = p.get("workspace_ref")
+                record.loop_state_ref = p.get("loop_state_ref")
+                record.attempts = max(0, record.attempts - 1)  # the resumed session continues it
+            case EventType.task_awaiting_review:
+                record.state = TaskState.awaiting_review
+            case EventType.task_followup:
+                record.children.append(p.get("child", ""))
             case (
                 EventType.task_succeeded
                 | EventType.task_failed
@@ -140,37 +202,100 @@ class Scheduler:
                 self.queue.discard(record.id)
                 record.state = TaskState(event.type.value.split(".", 1)[1])
                 record.finished_at = event.ts
-                record.summary = event.payload.get("summary", record.summary)
-                record.reason = event.payload.get("reason", "")
+                record.summary = p.get("summary", record.summary)
+                record.reason = p.get("reason", "")
                 self.finished.append(record.id)
 
+    def _enqueue(self, record: TaskRecord) -> None:
+        if record.id not in self.queue:
+            self.queue.push(record.id, record.spec.priority, record.plan.get("expected_s", 0.0))
+
     # -- decisions ---------------------------------------------------------------------
-    def submit(self, spec: TaskSpec, batch: str | None = None) -> Event:
+    def submit(self, spec: TaskSpec, batch: str | None = None, plan: dict | None = None) -> Event:
         """Validate a new task against what the fleet knows; return its submitted event."""
         if spec.id in self.tasks:
             raise TaskRejected(spec.id, "id", "a task with this id already exists")
-        if isinstance(spec.agent, str) and spec.agent not in self.config.agents:
-            known = ", ".join(sorted(self.config.agents))
-            raise TaskRejected(spec.id, "agent", f"unknown agent {spec.agent!r} (known: {known})")
+        names = [spec.agent] if isinstance(spec.agent, str) else []
+        names += spec.agents + [st.agent for st in spec.stages]
+        names += [spec.reviewer] if spec.reviewer else []
+        for name in names:
+            if name not in self.config.agents:
+                known = ", ".join(sorted(self.config.agents))
+                raise TaskRejected(spec.id, "agent", f"unknown agent {name!r} (known: {known})")
         if isinstance(spec.environment, str) and spec.environment not in self.config.environments:
             known = ", ".join(sorted(self.config.environments))
             raise TaskRejected(
                 spec.id, "environment", f"unknown environment {spec.environment!r} (known: {known})"
             )
-        return Event(
-            task_id=spec.id,
-            type=EventType.task_submitted,
-            payload={"task": spec.model_dump(mode="json", exclude_none=True), "batch": batch},
+        if not any(self._pool_could_take(pool, spec) for pool in self.settings.pool_specs()):
+            raise TaskRejected(spec.id, "requires", "no worker pool can run this task")
+        payload = {"task": spec.model_dump(mode="json", exclude_none=True), "batch": batch}
+        if plan:
+            payload["plan"] = plan
+        return Event(task_id=spec.id, type=EventType.task_submitted, payload=payload)
+
+    def _pool_could_take(self, pool: PoolSpec, spec: TaskSpec) -> bool:
+        env = spec.environment_name
+        return set(spec.requires) <= set(pool.labels) and (
+            not pool.environments or env in pool.environments
         )
 
-    def assign(self, worker: str) -> tuple[Assignment, Event] | None:
-        task_id = self.queue.pop()
+    def agent_name(self, record: TaskRecord) -> str:
+        """The agent of the task's current stage."""
+        if record.agent:
+            return record.agent
+        spec = record.spec
+        if record.stage > 0:
+            return spec.stages[record.stage - 1].agent
+        return record.plan.get("agent") or spec.agent_name
+
+    def resolve_agent(self, record: TaskRecord) -> AgentSpec:
+        """The agent spec of the task's current stage (inline, or named in the config)."""
+        name = self.agent_name(record)
+        inline = record.spec.agent
+        if isinstance(inline, AgentSpec) and name == inline.name and record.stage == 0:
+            return inline
+        # A name archived since submit falls back to the default agent.
+        return self.config.agents.get(name) or self.config.agents["default"]
+
+    def fits(
+        self, record: TaskRecord, pool: PoolSpec, running: list[TaskRecord], now: float
+    ) -> bool:
+        """May this task start now on a worker of ``pool``, given what is running?"""
+        if record.not_before > now:
+            return False
+        spec = record.spec
+        if not pool.takes(spec.requires, spec.environment_name, self.agent_name(record)):
+            return False
+        if self.settings.max_running is not None and len(running) >= self.settings.max_running:
+            return False
+        for label in spec.labels:
+            limit = self.settings.label_limits.get(label)
+            if limit is not None and sum(label in r.spec.labels for r in running) >= limit:
+                return False
+        return True
+
+    def assign(
+        self,
+        worker: str,
+        pool: PoolSpec | None = None,
+        running: list[TaskRecord] | None = None,
+        now: float | None = None,
+    ) -> tuple[Assignment, Event] | None:
+        """Pick the first queued task this worker may run now; None when there is none."""
+        pool = pool or PoolSpec(workers=1)
+        running = running or []
+        now = time.time() if now is None else now
+        task_id = self.queue.pop(lambda t: self.fits(self.tasks[t], pool, running, now))
         if task_id is None:
             return None
         record = self.tasks[task_id]
         spec = record.spec
-        agent = self.config.resolve_agent(spec)
+        agent = self.resolve_agent(record)
+        stage = spec.stages[record.stage - 1] if record.stage > 0 else None
+        last_stage = record.stage >= len(spec.stages)
         attempt = record.attempts + 1
+        time_limit = spec.time_limit_s or record.plan.get("time_limit_s")
         assignment = Assignment(
             task=spec,
             agent=agent,
@@ -178,7 +303,17 @@ class Scheduler:
             attempt=attempt,
             session_id=f"s-{uuid.uuid4().hex[:12]}",
             max_turns=spec.max_turns or agent.max_turns or self.settings.default_max_turns,
-            time_limit_s=spec.time_limit_s or self.settings.default_time_limit_s,
+            time_limit_s=time_limit or self.settings.default_time_limit_s,
+            stage=record.stage,
+            prompt=self._prompt(record, stage.prompt if stage and stage.prompt else spec.prompt),
+            gate=(stage.gate if stage and stage.gate else spec.gate),
+            script=stage.script if stage else spec.script,
+            reviewer=self.config.agents.get(spec.reviewer)
+            if spec.reviewer and last_stage
+            else None,
+            keep_workspace=not last_stage,
+            messages=list(record.inbox),
+            decision=self._decision(record),
         )
         event = Event(
             task_id=task_id,
@@ -186,12 +321,33 @@ class Scheduler:
             session_id=assignment.session_id,
             attempt=attempt,
             worker=worker,
-            payload={"time_limit_s": assignment.time_limit_s, "max_turns": assignment.max_turns},
+            payload={
+                "time_limit_s": assignment.time_limit_s,
+                "max_turns": assignment.max_turns,
+                "agent": agent.name,
+                "stage": record.stage,
+                "pool": pool.name,
+            },
         )
         return assignment, event
 
-    def complete(self, result: SessionResult) -> list[Event]:
-        """Decide what follows an attempt: success, a retry, or failure."""
+    @staticmethod
+    def _decision(record: TaskRecord) -> dict | None:
+        pending = record.pending_approval
+        if pending and pending.get("decision"):
+            return {"call_id": pending["call_id"], **pending["decision"]}
+        return None
+
+    @staticmethod
+    def _prompt(record: TaskRecord, base: str) -> str:
+        if not record.feedback:
+            return base
+        notes = "\n".join(f"- {f}" for f in record.feedback[-5:])
+        return f"{base}\n\n## Feedback on earlier work\n{notes}"
+
+    def complete(self, result: SessionResult, now: float | None = None) -> list[Event]:
+        """Decide what follows a session: success, next stage, review, parking or retry."""
+        now = time.time() if now is None else now
         record = self.tasks.get(result.task_id)
         if record is None or record.state != TaskState.running:
             return []  # e.g. cancelled while it ran
@@ -203,15 +359,150 @@ class Scheduler:
             "attempt": result.attempt,
             "worker": result.worker,
         }
+        outcome = result.outcome
+        events = self._followups(record, result)
+        if outcome is not None and outcome.status in ("parked", "interrupted"):
+            state = TaskState.awaiting_approval if outcome.status == "parked" else TaskState.paused
+            payload = {"state": state.value, "reason": outcome.reason}
+            return [*events, Event(type=EventType.task_parked, payload=payload, **common)]
         if result.status == "succeeded":
-            summary = result.outcome.summary if result.outcome else ""
-            return [Event(type=EventType.task_succeeded, payload={"summary": summary}, **common)]
-        max_attempts = record.spec.max_attempts or self.settings.default_max_attempts
+            spec = record.spec
+            if outcome is not None and outcome.status == "handoff":
+                target = outcome.handoff_to or ""
+                if target not in self.config.agents:
+                    result = result.model_copy(
+                        update={
+                            "status": "failed",
+                            "reason": f"handoff to unknown agent {target!r}",
+                        }
+                    )
+                    return [*events, *self._retry_or_give_up(record, result, common, now)]
+                payload = {
+                    "from_agent": self.agent_name(record),
+                    "to_agent": target,
+                    "note": outcome.handoff_note,
+                    "stage": record.stage,
+                }
+                return [*events, Event(type=EventType.handoff, payload=payload, **common)]
+            if record.stage < len(spec.stages):
+                nxt = spec.stages[record.stage]
+                payload = {
+                    "from_agent": self.agent_name(record),
+                    "to_agent": nxt.agent,
+                    "note": outcome.summary if outcome else "",
+                    "stage": record.stage + 1,
+                }
+                return [*events, Event(type=EventType.handoff, payload=payload, **common)]
+            summary = outcome.summary if outcome else ""
+            if spec.require_approval:
+                payload = {"summary": summary}
+                return [
+                    *events,
+                    Event(type=EventType.task_awaiting_review, payload=payload, **common),
+                ]
+            return [
+                *events,
+                Event(type=EventType.task_succeeded, payload={"summary": summary}, **common),
+            ]
+        return [*events, *self._retry_or_give_up(record, result, common, now)]
+
+    def _followups(self, record: TaskRecord, result: SessionResult) -> list[Event]:
+        """Follow-up tasks an agent asked for: submitted, linked to their parent."""
+        events: list[Event] = []
+        requests = result.outcome.followups if result.outcome else []
+        for n, request in enumerate(requests, start=len(record.children) + 1):
+            fields = {k: v for k, v in request.items() if k in TaskSpec.model_fields}
+            fields.setdefault("id", f"{record.id}.f{n}")
+            fields["parent"] = record.id
+            try:
+                child = self.submit(TaskSpec.model_validate(fields))
+            except (TaskRejected, ValueError) as exc:
+                payload = {"error": str(exc).splitlines()[0], "request": request}
+                events.append(
+                    Event(task_id=record.id, type=EventType.task_followup, payload=payload)
+                )
+                continue
+            payload = {"child": fields["id"], "prompt": fields.get("prompt", "")}
+            events.append(Event(task_id=record.id, type=EventType.task_followup, payload=payload))
+            events.append(child)
+        return events
+
+    def _retry_or_give_up(
+        self, record: TaskRecord, result: SessionResult, common: dict, now: float
+    ) -> list[Event]:
+        spec = record.spec
+        max_attempts = (
+            spec.max_attempts
+            or record.plan.get("max_attempts")
+            or self.settings.default_max_attempts
+        )
         if result.attempt < max_attempts:
-            payload = {"reason": result.reason, "next_attempt": result.attempt + 1}
+            delay = min(
+                self.settings.retry_backoff_max_s,
+                self.settings.retry_backoff_s * 2 ** (result.attempt - 1),
+            )
+            payload = {
+                "reason": result.reason,
+                "next_attempt": result.attempt + 1,
+                "not_before": now + delay,
+                "backoff_s": delay,
+                "feedback": f"Attempt {result.attempt} failed: {result.reason}"
+                + (f"\n{result.feedback}" if result.feedback else ""),
+            }
             return [Event(type=EventType.task_retried, payload=payload, **common)]
-        payload = {"reason": result.reason, "attempts": result.attempt}
-        return [Event(type=EventType.task_failed, payload=payload, **common)]
+        return self._give_up(record, f"{result.reason} (after {result.attempt} attempts)", common)
+
+    def _give_up(self, record: TaskRecord, reason: str, common: dict) -> list[Event]:
+        if self.settings.exhausted_state == "failed":
+            payload = {"reason": reason, "attempts": record.attempts}
+            return [Event(type=EventType.task_failed, payload=payload, **common)]
+        brief = list(record.history)
+        payload = {"reason": reason, "attempts": record.attempts, "brief": brief}
+        return [Event(type=EventType.task_needs_human, payload=payload, **common)]
+
+    def review(self, task_id: str, approve: bool, message: str = "") -> list[Event]:
+        """A human's verdict on a result awaiting review."""
+        record = self.tasks.get(task_id)
+        if record is None or record.state != TaskState.awaiting_review:
+            return []
+        common = {"task_id": task_id, "session_id": record.session_id, "attempt": record.attempts}
+        decided = Event(
+            type=EventType.review_decided,
+            payload={"approve": approve, "message": message},
+            **common,
+        )
+        if approve:
+            payload = {"summary": record.summary or message, "reviewed_by": "human"}
+            return [decided, Event(type=EventType.task_succeeded, payload=payload, **common)]
+        result = SessionResult(
+            task_id=task_id,
+            session_id=record.session_id or "",
+            attempt=record.attempts,
+            worker=record.worker or "",
+            status="failed",
+            reason="rejected in review",
+            feedback=f"A human reviewer rejected the result: {message}",
+        )
+        return [decided, *self._retry_or_give_up(record, result, common, time.time())]
+
+    def resume(self, task_id: str) -> list[Event]:
+        """Put a parked or paused task back in the queue (its decision or message arrived)."""
+        record = self.tasks.get(task_id)
+        if record is None or record.state not in (TaskState.awaiting_approval, TaskState.paused):
+            return []
+        payload = {
+            "reason": "resumed",
+            "next_attempt": record.attempts + 1,
+            "workspace_ref": record.workspace_ref,
+        }
+        return [
+            Event(
+                task_id=task_id,
+                type=EventType.task_retried,
+                session_id=record.session_id,
+                payload=payload,
+            )
+        ]
 
     def worker_lost(self, worker: str, task_id: str, reason: str) -> list[Event]:
         """A worker died mid-task: the attempt does not count against the task."""
@@ -220,13 +511,12 @@ class Scheduler:
             return []
         common = {"task_id": task_id, "session_id": record.session_id, "worker": worker}
         events = [Event(type=EventType.worker_lost, payload={"reason": reason}, **common)]
-        if record.lost_workers + 1 >= 3:
-            payload = {"reason": f"lost {record.lost_workers + 1} workers: {reason}"}
-            events.append(Event(type=EventType.task_failed, payload=payload, **common))
-        else:
-            # The attempt number is reused: the crash was not the agent's fault.
-            payload = {"reason": f"worker lost: {reason}", "next_attempt": record.attempts}
-            events.append(Event(type=EventType.task_retried, payload=payload, **common))
+        if record.lost_workers + 1 >= MAX_WORKER_LOSSES:
+            reason = f"lost {record.lost_workers + 1} workers: {reason}"
+            return events + self._give_up(record, reason, common)
+        # The attempt number is reused: the crash was not the agent's fault.
+        payload = {"reason": f"worker lost: {reason}", "next_attempt": record.attempts}
+        events.append(Event(type=EventType.task_retried, payload=payload, **common))
         return events
 
     def cancel(self, task_id: str, reason: str = "cancelled by user") -> list[Event]:
@@ -234,6 +524,11 @@ class Scheduler:
         if record is None or record.state.terminal:
             return []
         return [Event(task_id=task_id, type=EventType.task_cancelled, payload={"reason": reason})]
+
+    def next_wakeup(self, now: float) -> float | None:
+        """The earliest future time a queued task becomes eligible (end of a backoff)."""
+        times = [r.not_before for t in self.queue.ids() if (r := self.tasks[t]).not_before > now]
+        return min(times, default=None)
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys((s.value for s in TaskState), 0)

@@ -10,20 +10,75 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from actors.review import REVIEW_INSTRUCTIONS, Verdict, review_prompt, review_toolbox
 from fleet.agent import AgentLoop, SessionOutcome
+from fleet.diffs import workspace_diff
 from fleet.events import Event, EventType
-from fleet.hooks import SessionHooks
+from fleet.hooks import Decision, InboxHooks, SessionHooks
 from fleet.models import make_model
 from fleet.records import Assignment, SessionResult
 from fleet.settings import FleetSettings
+from fleet.skills import install_skills, load_skills
 from fleet.specs import EnvironmentSpec
-from fleet.tools import ToolBox, ToolContext, truncate
+from fleet.tools import ToolContext, truncate
 from sandboxes.base import Sandbox, tar_directory, tar_files
 
 SandboxFactory = Callable[[EnvironmentSpec, str], Awaitable[Sandbox]]
 """Returns a started sandbox for an environment; the name labels it."""
 
 EventSink = Callable[[Event], None]
+
+
+class SessionRecorder:
+    """Stamps a session's events and builds its result."""
+
+    def __init__(self, a: Assignment, worker_id: str, sink: EventSink) -> None:
+        self.a = a
+        self.worker_id = worker_id
+        self.sink = sink
+        self.started = time.perf_counter()
+
+    def emit(self, type_: EventType, payload: dict[str, Any] | None = None, **typed: Any) -> None:
+        self.sink(
+            Event(
+                task_id=self.a.task.id,
+                type=type_,
+                session_id=self.a.session_id,
+                attempt=self.a.attempt,
+                worker=self.worker_id,
+                payload=payload or {},
+                **typed,
+            )
+        )
+
+    def result(
+        self,
+        status: str,
+        reason: str,
+        outcome: SessionOutcome | None = None,
+        **extra: Any,
+    ) -> SessionResult:
+        duration_ms = (time.perf_counter() - self.started) * 1000
+        payload: dict[str, Any] = {"status": status, "reason": reason, "agent": self.a.agent.name}
+        if outcome:
+            payload |= {
+                "outcome": outcome.status,
+                "summary": outcome.summary,
+                "turns": outcome.turns,
+                "tool_calls": outcome.tool_calls,
+            }
+        self.emit(EventType.session_ended, payload, duration_ms=duration_ms)
+        return SessionResult(
+            task_id=self.a.task.id,
+            session_id=self.a.session_id,
+            attempt=self.a.attempt,
+            worker=self.worker_id,
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            outcome=outcome,
+            duration_ms=duration_ms,
+            **extra,
+        )
 
 
 class SessionRunner:
@@ -35,96 +90,159 @@ class SessionRunner:
     async def run(
         self, a: Assignment, sink: EventSink, hooks: SessionHooks | None = None
     ) -> SessionResult:
-        started = time.perf_counter()
-        task = a.task
-
-        def emit(type_: EventType, payload: dict[str, Any] | None = None, **typed: Any) -> None:
-            sink(
-                Event(
-                    task_id=task.id,
-                    type=type_,
-                    session_id=a.session_id,
-                    attempt=a.attempt,
-                    worker=self.worker_id,
-                    payload=payload or {},
-                    **typed,
-                )
-            )
-
-        def result(status: str, reason: str, outcome: SessionOutcome | None) -> SessionResult:
-            duration_ms = (time.perf_counter() - started) * 1000
-            payload: dict[str, Any] = {"status": status, "reason": reason}
-            if outcome:
-                payload |= {
-                    "outcome": outcome.status,
-                    "summary": outcome.summary,
-                    "turns": outcome.turns,
-                    "tool_calls": outcome.tool_calls,
-                }
-            emit(EventType.session_ended, payload, duration_ms=duration_ms)
-            return SessionResult(
-                task_id=task.id,
-                session_id=a.session_id,
-                attempt=a.attempt,
-                worker=self.worker_id,
-                status=status,  # type: ignore[arg-type]
-                reason=reason,
-                outcome=outcome,
-                duration_ms=duration_ms,
-            )
-
-        emit(
+        rec = SessionRecorder(a, self.worker_id, sink)
+        rec.emit(
             EventType.session_started,
-            {"agent": a.agent.name, "model": a.agent.model, "environment": a.environment.name},
+            {
+                "agent": a.agent.name,
+                "model": a.agent.model,
+                "environment": a.environment.name,
+                "stage": a.stage,
+                "resumed": a.loop_state is not None,
+            },
         )
         try:
-            sandbox = await self.sandboxes(a.environment, f"{task.id}-{a.attempt}")
+            sandbox = await self.sandboxes(a.environment, f"{a.task.id}-{a.attempt}")
         except Exception as exc:
-            return result("failed", f"sandbox failed to start: {exc}", None)
+            return rec.result("failed", f"sandbox failed to start: {exc}")
         try:
-            await self._seed(sandbox, a)
-            try:
-                toolbox = ToolBox(a.agent.tools)
-                model = make_model(a.agent, script=task.script, attempt=a.attempt)
-            except Exception as exc:
-                return result("failed", f"agent {a.agent.name!r} cannot start: {exc}", None)
-            ctx = ToolContext(sandbox=sandbox, output_limit=self.settings.tool_output_limit)
-            loop = AgentLoop(
-                instructions=a.agent.instructions,
-                model=model,
-                toolbox=toolbox,
-                ctx=ctx,
-                emit=emit,
-                max_turns=a.max_turns,
-                time_limit_s=a.time_limit_s,
-            )
-            try:
-                outcome = await loop.run(task.prompt)
-            finally:
-                aclose = getattr(model, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            if outcome.status != "finished":
-                return result("failed", outcome.reason, outcome)
-            if task.gate:
-                gate = await sandbox.exec(task.gate, timeout_s=min(a.time_limit_s, 600.0))
-                output = truncate(gate.stdout + gate.stderr, self.settings.tool_output_limit)
-                passed = gate.exit_code == 0
-                emit(
-                    EventType.gate_passed if passed else EventType.gate_failed,
-                    {"command": task.gate, "output": output},
-                    exit_code=gate.exit_code,
-                    duration_ms=gate.duration_ms,
-                )
-                if not passed:
-                    return result("failed", f"gate failed (exit {gate.exit_code})", outcome)
-            return result("succeeded", "", outcome)
+            return await self._in_sandbox(a, sandbox, rec, hooks or SessionHooks())
         except (
             Exception
         ) as exc:  # a broken sandbox mid-session: the attempt fails, the worker lives
-            return result("failed", f"session error: {type(exc).__name__}: {exc}", None)
+            return rec.result("failed", f"session error: {type(exc).__name__}: {exc}")
         finally:
             await sandbox.close()
+
+    async def _in_sandbox(
+        self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, hooks: SessionHooks
+    ) -> SessionResult:
+        if a.workspace is not None:
+            await sandbox.restore(a.workspace)
+        else:
+            await self._seed(sandbox, a)
+        baseline = await sandbox.snapshot() if self.settings.capture_diff or a.reviewer else None
+        if isinstance(hooks, InboxHooks):
+            for message in a.messages:
+                hooks.push_message(message)
+            if a.decision:
+                hooks.push_decision(
+                    a.decision["call_id"], Decision(a.decision["allow"], a.decision["message"])
+                )
+        try:
+            outcome = await self._agent(a, sandbox, rec, hooks)
+        except AgentStartError as exc:
+            return rec.result("failed", str(exc))
+
+        async def finish(status: str, reason: str, feedback: str = "") -> SessionResult:
+            extra: dict[str, Any] = {"feedback": feedback}
+            keep = a.keep_workspace or outcome.status in ("handoff", "parked", "interrupted")
+            if keep or baseline is not None:
+                after = await sandbox.snapshot()
+                if keep:
+                    extra["workspace"] = after
+                if baseline is not None and self.settings.capture_diff:
+                    extra["diff"], extra["changed_files"] = workspace_diff(baseline, after)
+            return rec.result(status, reason, outcome, **extra)
+
+        if outcome.status == "handoff":
+            return await finish("succeeded", "")
+        if outcome.status != "finished":
+            return await finish("failed", outcome.reason)
+        if a.gate:
+            gate = await sandbox.exec(a.gate, timeout_s=min(a.time_limit_s, 600.0))
+            output = truncate(gate.stdout + gate.stderr, self.settings.tool_output_limit)
+            passed = gate.exit_code == 0
+            rec.emit(
+                EventType.gate_passed if passed else EventType.gate_failed,
+                {"command": a.gate, "output": output},
+                exit_code=gate.exit_code,
+                duration_ms=gate.duration_ms,
+            )
+            if not passed:
+                feedback = f"The gate `{a.gate}` failed (exit {gate.exit_code}):\n{output[-2000:]}"
+                return await finish("failed", f"gate failed (exit {gate.exit_code})", feedback)
+        if a.reviewer is not None:
+            verdict = await self._review(a, sandbox, rec, baseline)
+            if verdict.approved is False:
+                return await finish(
+                    "failed",
+                    "reviewer requested changes",
+                    f"The reviewer ({a.reviewer.name}) asked for changes: {verdict.comments}",
+                )
+        return await finish("succeeded", "")
+
+    async def _agent(
+        self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, hooks: SessionHooks
+    ) -> SessionOutcome:
+        try:
+            skills = load_skills(a.agent.skills, self.settings.skill_dirs or None)
+            model = make_model(a.agent, script=a.script, attempt=a.attempt)
+            loop = AgentLoop.from_spec(
+                a.agent,
+                model=model,
+                ctx=ToolContext(sandbox=sandbox, output_limit=self.settings.tool_output_limit),
+                emit=rec.emit,
+                max_turns=a.max_turns,
+                time_limit_s=a.time_limit_s,
+                skills=skills,
+                hooks=hooks,
+                approval_wait_s=self.settings.approval_wait_s,
+            )
+        except Exception as exc:
+            raise AgentStartError(f"agent {a.agent.name!r} cannot start: {exc}") from exc
+        if skills and a.workspace is None:
+            await install_skills(sandbox, skills)
+        try:
+            if a.loop_state is not None:
+                return await loop.resume(a.loop_state)
+            return await loop.run(a.prompt or a.task.prompt, history=a.history)
+        finally:
+            aclose = getattr(model, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _review(
+        self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, baseline: bytes | None
+    ) -> Verdict:
+        """Run the reviewer agent on the same sandbox; its events carry payload role=reviewer."""
+        assert a.reviewer is not None
+        diff, _ = workspace_diff(baseline, await sandbox.snapshot())
+        verdict = Verdict()
+        reviewer = a.reviewer
+
+        def emit(type_: EventType, payload: dict[str, Any] | None = None, **typed: Any) -> None:
+            rec.emit(
+                type_, {**(payload or {}), "role": "reviewer", "agent": reviewer.name}, **typed
+            )
+
+        model = make_model(reviewer, script=a.task.review_script, attempt=a.attempt)
+        loop = AgentLoop(
+            instructions=reviewer.instructions + "\n\n" + REVIEW_INSTRUCTIONS,
+            model=model,
+            toolbox=review_toolbox(verdict),
+            ctx=ToolContext(sandbox=sandbox, output_limit=self.settings.tool_output_limit),
+            emit=emit,
+            max_turns=reviewer.max_turns or self.settings.default_max_turns,
+            time_limit_s=a.time_limit_s,
+        )
+        try:
+            outcome = await loop.run(review_prompt(a.prompt or a.task.prompt, diff))
+        finally:
+            aclose = getattr(model, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if verdict.approved is None and outcome.status != "finished":
+            verdict.approved, verdict.comments = False, f"review did not finish: {outcome.reason}"
+        rec.emit(
+            EventType.agent_message,
+            {
+                "role": "reviewer",
+                "verdict": "approve" if verdict.approved else "changes",
+                "comments": verdict.comments,
+            },
+        )
+        return verdict
 
     async def _seed(self, sandbox: Sandbox, a: Assignment) -> None:
         """Put the task's starting files (repository, environment files, task files) in place."""
@@ -137,3 +255,7 @@ class SessionRunner:
         files = {**env_files, **a.task.files}
         if files:
             await sandbox.restore(tar_files({k: v.encode() for k, v in files.items()}))
+
+
+class AgentStartError(RuntimeError):
+    pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from typing import Any
@@ -17,13 +18,15 @@ from typing import Any
 import pyarrow.parquet as pq
 import ray
 
+from actors.artifacts import ArtifactStore
+from actors.memory import Memory
 from actors.registry import Registry
 from actors.scheduler import Scheduler, TaskRejected
 from actors.worker import Worker
 from fleet.eventlog import EventLog
 from fleet.events import Event, EventType
 from fleet.records import Assignment, SessionResult, TaskRecord
-from fleet.settings import FleetSettings
+from fleet.settings import FleetSettings, PoolSpec
 from fleet.specs import FleetConfig, TaskSpec, TaskState
 
 log = logging.getLogger("fleet.supervisor")
@@ -47,8 +50,15 @@ class Supervisor:
         self.config = config
         self.sched = Scheduler(config, settings)
         self.registry = Registry(config)
+        self.memory = Memory(settings)
         self.log = EventLog(settings.events_dir, settings.wal_dir, settings.compact_min_files)
+        self.artifacts = ArtifactStore(
+            settings.artifacts_dir or f"{settings.events_dir.rstrip('/')}/_artifacts"
+        )
         self.workers: dict[str, Any] = {}
+        self.pools: dict[str, PoolSpec] = {}
+        """worker id -> the pool it belongs to"""
+        self.heartbeats: dict[str, float] = {}
         self.running: dict[str, str] = {}
         """worker id -> task id it is running"""
         self._worker_count = 0
@@ -60,6 +70,7 @@ class Supervisor:
         self._recent: OrderedDict[str, list[Event]] = OrderedDict()
         """Events of recently active tasks, for streams (the log has them all)."""
         self._arrived: asyncio.Condition | None = None
+        self._session_started: dict[str, float] = {}
         self.started_at = time.time()
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.recovered = 0
@@ -80,11 +91,16 @@ class Supervisor:
             self._done = asyncio.Condition()
             self._arrived = asyncio.Condition()
             self._roll_lock = asyncio.Lock()
-            for _ in range(self.settings.workers):
-                self._spawn_worker()
+            for pool in self.settings.pool_specs():
+                for _ in range(pool.workers):
+                    self._spawn_worker(pool)
             # The pool is up when start returns: wait for every worker process.
             await asyncio.gather(*(w.pid.remote() for w in self.workers.values()))
+            if self.settings.memory:
+                await asyncio.to_thread(self.memory.refresh, self.settings.events_dir)
+                self._spawn(self._memory_loop())
             self._spawn(self._flush_loop())
+            self._spawn(self._watch_loop())
             self._requeue_orphans()
         return {"workers": len(self.workers), "recovered": self.recovered}
 
@@ -93,15 +109,27 @@ class Supervisor:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _spawn_worker(self) -> None:
+    def _spawn_worker(self, pool: PoolSpec) -> None:
         self._worker_count += 1
         worker_id = f"w{self._worker_count}"
         me = ray.get_runtime_context().current_actor
-        prewarm = [self.config.environments["default"]]
-        handle = Worker.options(num_cpus=self.settings.worker_num_cpus).remote(
-            worker_id, me, self.settings, prewarm
-        )
+        names = pool.environments or ["default"]
+        prewarm = [self.config.environments[n] for n in names if n in self.config.environments]
+        resources = {
+            **self.settings.worker_resources,
+            **self.settings.pool_resources.get(pool.name, {}),
+        }
+        num_cpus = self.settings.worker_num_cpus
+        if self.settings.worker_strategy == "SPREAD":
+            num_cpus = max(num_cpus, 0.001)  # Ray spreads only actors that ask for a resource
+        handle = Worker.options(
+            num_cpus=num_cpus,
+            resources=resources,  # e.g. {"docker": 1}: only nodes that offer it
+            scheduling_strategy=self.settings.worker_strategy,  # SPREAD: across nodes
+        ).remote(worker_id, me, self.settings, prewarm)
         self.workers[worker_id] = handle
+        self.pools[worker_id] = pool
+        self.heartbeats[worker_id] = time.time()
         self._spawn(self._watch(worker_id, handle))
 
     async def _watch(self, worker_id: str, handle: Any) -> None:
@@ -112,6 +140,8 @@ class Supervisor:
         except Exception as exc:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         self.workers.pop(worker_id, None)
+        self.heartbeats.pop(worker_id, None)
+        pool = self.pools.pop(worker_id)
         task_id = self.running.pop(worker_id, None)
         if self._stopping:
             return
@@ -119,7 +149,7 @@ class Supervisor:
         if task_id:
             events = self.sched.worker_lost(worker_id, task_id, reason)
             await self._record(events)
-        self._spawn_worker()
+        self._spawn_worker(pool)
 
     async def shutdown(self) -> None:
         """Stop the workers once they finish their sessions, roll and compact the log."""
@@ -140,13 +170,15 @@ class Supervisor:
     # -- driver calls ------------------------------------------------------------------
     async def submit(self, tasks: list[dict[str, Any]], batch: str | None = None) -> dict[str, Any]:
         """Queue tasks; each accepted one is in the log before this returns."""
+        await self.start()
         accepted: list[str] = []
         rejected: list[dict[str, str]] = []
         events: list[Event] = []
         for raw in tasks:
             try:
                 spec = raw if isinstance(raw, TaskSpec) else TaskSpec.model_validate(raw)
-                event = self.sched.submit(spec, batch)
+                plan, decisions = self.memory.plan(spec) if self.settings.memory else ({}, [])
+                event = self.sched.submit(spec, batch, plan)
             except TaskRejected as exc:
                 rejected.append({"task_id": exc.task_id, "field": exc.field, "error": exc.message})
                 continue
@@ -155,16 +187,22 @@ class Supervisor:
                 rejected.append({"task_id": task_id, "field": "", "error": str(exc)})
                 continue
             # Apply at once so a duplicate id later in the same batch is caught.
-            await self._record([event])
+            await self._record([event, *(self._decision_event(spec.id, d) for d in decisions)])
             events.append(event)
             accepted.append(spec.id)
         return {"accepted": accepted, "rejected": rejected, "batch": batch}
+
+    @staticmethod
+    def _decision_event(task_id: str, decision: Any) -> Event:
+        payload = {"decision": decision.what, "value": decision.value, "reason": decision.reason}
+        return Event(task_id=task_id, type=EventType.memory_decision, payload=payload)
 
     async def finished_since(
         self, cursor: int, timeout_s: float = 1.0
     ) -> tuple[list[TaskRecord], int]:
         """Tasks that ended after position ``cursor``; waits up to ``timeout_s`` for one."""
-        assert self._done is not None, "call start() first"
+        await self.start()  # after a restart, the first driver call brings the pool back
+        assert self._done is not None
         if len(self.sched.finished) <= cursor:
             async with self._done:
                 with contextlib.suppress(TimeoutError):
@@ -173,6 +211,9 @@ class Supervisor:
                     )
         ids = self.sched.finished[cursor:]
         return [self.sched.tasks[i] for i in ids], cursor + len(ids)
+
+    def pid(self) -> int:
+        return os.getpid()
 
     async def worker_pid(self, worker_id: str) -> int:
         return await self.workers[worker_id].pid.remote()
@@ -213,12 +254,25 @@ class Supervisor:
                 }
             )
         recent = [self.sched.tasks[i] for i in self.sched.finished[-10:]]
+        waiting = (TaskState.awaiting_approval, TaskState.awaiting_review, TaskState.paused)
+        blocked = [
+            {
+                "task_id": r.id,
+                "state": r.state.value,
+                "call_id": (r.pending_approval or {}).get("call_id"),
+                "tool": (r.pending_approval or {}).get("tool"),
+                "reason": r.reason,
+            }
+            for r in self.sched.tasks.values()
+            if r.state in waiting
+        ][:50]
         return {
             "fleet": self.settings.name,
             "workers": len(self.workers),
             "counts": self.sched.counts(),
             "queued": self.sched.queue.ids()[:50],
             "running": running,
+            "blocked": blocked,
             "recent": [
                 {"task_id": r.id, "state": r.state.value, "reason": r.reason} for r in recent
             ],
@@ -310,7 +364,15 @@ class Supervisor:
         await self._record([event])
         if worker is not None:
             self.workers[worker].deliver.remote(record.session_id, "message", text)
+        elif record.state == TaskState.paused:
+            await self._record(self.sched.resume(task_id))
         return True
+
+    async def resume(self, task_id: str) -> bool:
+        """Continue a paused (interrupted) or parked task on any worker."""
+        events = self.sched.resume(task_id)
+        await self._record(events)
+        return bool(events)
 
     async def interrupt(self, task_id: str) -> bool:
         """Stop a running session at its next safe point, leaving it resumable."""
@@ -343,6 +405,8 @@ class Supervisor:
         if worker is not None:
             decision = {"call_id": call_id, "allow": allow, "message": message}
             self.workers[worker].deliver.remote(record.session_id, "decision", decision)
+        elif record.state == TaskState.awaiting_approval:
+            await self._record(self.sched.resume(task_id))  # parked: any worker picks it up
         return True
 
     # -- agents and environments (versioned; tasks refer to them by name) -------------
@@ -374,22 +438,145 @@ class Supervisor:
     ) -> Assignment | None:
         """Take a worker's last result (if any) and wait for its next assignment."""
         assert self._work is not None
+        self.heartbeats[worker_id] = time.time()
         if result is not None:
             self.running.pop(worker_id, None)
+            self._session_started.pop(result.session_id, None)
             await self._record(result.events)
-            await self._record(self.sched.complete(result))
+            refs = await asyncio.to_thread(self._store_artifacts, result)
+            decided = self.sched.complete(result)
+            for event in decided:
+                if event.type in (EventType.handoff, EventType.task_parked) and refs:
+                    event.payload.update(refs)
+            if refs.get("diff_ref"):
+                decided.insert(0, self._artifact_event(result, refs))
+            await self._record(decided)
+        pool = self.pools.get(worker_id)
         async with self._work:
             while True:
-                if self._stopping or worker_id not in self.workers:
+                if self._stopping or pool is None or worker_id not in self.workers:
                     return None
-                got = self.sched.assign(worker_id)
+                running = [self.sched.tasks[t] for t in self.running.values()]
+                got = self.sched.assign(worker_id, pool, running)
                 if got is not None:
                     break
                 await self._work.wait()
         assignment, event = got
         self.running[worker_id] = assignment.task.id
+        record = self.sched.tasks[assignment.task.id]
+        # One-shot refs (a parked loop, a handoff's history) are cleared by the assignment.
+        refs = (record.workspace_ref, record.loop_state_ref, record.history_ref)
         await self._record([event])
+        if any(refs):
+            await asyncio.to_thread(self._load_artifacts, assignment, *refs)
         return assignment
+
+    def _store_artifacts(self, result: SessionResult) -> dict[str, str]:
+        """Write a session's diff, workspace and parked loop state; return their refs."""
+        refs: dict[str, str] = {}
+        sid = result.session_id
+        if result.diff is not None:
+            refs["diff_ref"] = self.artifacts.put(
+                result.task_id, f"{sid}.diff", result.diff.encode()
+            )
+        if result.workspace is not None:
+            refs["workspace_ref"] = self.artifacts.put(
+                result.task_id, f"{sid}.tar", result.workspace
+            )
+        outcome = result.outcome
+        if outcome is not None and outcome.status in ("parked", "interrupted") and outcome.state:
+            refs["loop_state_ref"] = self.artifacts.put_json(
+                result.task_id, f"{sid}.state.json", outcome.state
+            )
+        if outcome is not None and outcome.status == "handoff" and outcome.handoff_history:
+            refs["history_ref"] = self.artifacts.put_json(
+                result.task_id, f"{sid}.history.json", outcome.handoff_history
+            )
+        return refs
+
+    def _artifact_event(self, result: SessionResult, refs: dict[str, str]) -> Event:
+        return Event(
+            task_id=result.task_id,
+            type=EventType.artifact_saved,
+            session_id=result.session_id,
+            attempt=result.attempt,
+            worker=result.worker,
+            payload={
+                "kind": "diff",
+                "ref": refs["diff_ref"],
+                "path": self.artifacts.path(refs["diff_ref"]),
+                "changed_files": result.changed_files[:200],
+                "bytes": len(result.diff or ""),
+            },
+        )
+
+    def _load_artifacts(
+        self,
+        assignment: Assignment,
+        workspace_ref: str | None,
+        loop_state_ref: str | None,
+        history_ref: str | None,
+    ) -> None:
+        if workspace_ref:
+            assignment.workspace = self.artifacts.get(workspace_ref)
+        if loop_state_ref:
+            assignment.loop_state = self.artifacts.get_json(loop_state_ref)
+        if history_ref:
+            assignment.history = self.artifacts.get_json(history_ref)
+
+    def heartbeat(self, worker_id: str) -> None:
+        self.heartbeats[worker_id] = time.time()
+
+    async def review(self, task_id: str, approve: bool, message: str = "") -> bool:
+        """A human approves or rejects a result that awaits review."""
+        events = self.sched.review(task_id, approve, message)
+        await self._record(events)
+        return bool(events)
+
+    async def _memory_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.settings.memory_refresh_s)
+            try:
+                await self.flush()
+                await asyncio.to_thread(self.memory.refresh, self.settings.events_dir)
+            except Exception:
+                log.exception("memory refresh failed")
+
+    async def memory_tables(self, refresh: bool = False) -> dict[str, Any]:
+        """What the supervisor has learned from history (per label and per agent)."""
+        if refresh:
+            await self.flush()
+            await asyncio.to_thread(self.memory.refresh, self.settings.events_dir)
+        return self.memory.tables()
+
+    async def _watch_loop(self) -> None:
+        """Stop sessions that went silent or overran, replace workers that stopped beating."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            now = time.time()
+            for worker_id, task_id in list(self.running.items()):
+                record = self.sched.tasks[task_id]
+                stall = record.spec.stall_timeout_s or self.settings.stall_timeout_s
+                silent = now - record.last_event_at.timestamp() if record.last_event_at else 0
+                limit = (
+                    record.spec.time_limit_s
+                    or record.plan.get("time_limit_s")
+                    or self.settings.default_time_limit_s
+                )
+                started = self._session_started.get(record.session_id or "", now)
+                reason = None
+                if silent > stall:
+                    reason = f"stalled: no event for {silent:.0f}s (stall timeout {stall:g}s)"
+                elif now - started > limit + 30:
+                    reason = f"time limit of {limit:g}s passed"
+                if reason and worker_id in self.workers:
+                    log.warning("stopping %s on %s: %s", task_id, worker_id, reason)
+                    self.workers[worker_id].stop_session.remote(record.session_id, reason)
+            for worker_id, beat in list(self.heartbeats.items()):
+                if now - beat > self.settings.heartbeat_timeout_s and worker_id in self.workers:
+                    log.warning("worker %s missed its heartbeats; replacing it", worker_id)
+                    self.heartbeats[worker_id] = now
+                    ray.kill(self.workers[worker_id], no_restart=True)
 
     async def ingest(self, events: list[Event]) -> int:
         await self._record(events)
@@ -406,8 +593,13 @@ class Supervisor:
             record = self.sched.tasks.get(event.task_id)
             event.seq = record.seq + 1 if record else 0
             self.sched.apply(event)
-            if event.type in (EventType.task_submitted, EventType.task_retried):
+            if event.type in (EventType.task_submitted, EventType.task_retried, EventType.handoff):
                 requeued += 1
+                not_before = event.payload.get("not_before", 0)
+                if not_before and not_before > time.time():
+                    self._wake_at(not_before)
+            elif event.type == EventType.task_assigned and event.session_id:
+                self._session_started[event.session_id] = time.time()
             elif event.type in TERMINAL_EVENTS:
                 ended = True
         self.log.append(events)
@@ -418,11 +610,22 @@ class Supervisor:
         if self.log.buffered >= self.settings.flush_max_events:
             self._spawn(self.flush())
         if requeued and self._work is not None:
-            async with self._work:
-                self._work.notify(requeued)
+            async with self._work:  # all: with pools, not every idle worker fits every task
+                self._work.notify_all()
         if ended and self._done is not None:
             async with self._done:
                 self._done.notify_all()
+
+    def _wake_at(self, when: float) -> None:
+        """Wake idle workers when a backoff ends."""
+
+        async def wake() -> None:
+            await asyncio.sleep(max(0.0, when - time.time()) + 0.01)
+            if self._work is not None:
+                async with self._work:
+                    self._work.notify_all()
+
+        self._spawn(wake())
 
     def _remember(self, events: list[Event]) -> None:
         for event in events:

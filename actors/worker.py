@@ -78,6 +78,8 @@ class Worker:
         self._session: asyncio.Task[SessionResult] | None = None
         self._session_id: str | None = None
         self._hooks: InboxHooks | None = None
+        self._stop_reason: str | None = None
+        self._beat: asyncio.Task[None] | None = None
 
     def _new_sandbox(self, environment: EnvironmentSpec) -> Sandbox:
         self._made += 1
@@ -96,10 +98,17 @@ class Worker:
         """Close idle warm sandboxes (the supervisor calls this before stopping the worker)."""
         await self.pool.close()
 
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            with contextlib.suppress(Exception):
+                await self.supervisor.heartbeat.remote(self.worker_id)
+
     async def run(self) -> None:
         """Pull, run, report, until the supervisor says stop (returns None)."""
         for environment in self._prewarm:
             self.pool.fill(environment)
+        self._beat = asyncio.create_task(self._heartbeat())
         result: SessionResult | None = None
         while True:
             assignment: Assignment | None = await self.supervisor.next_assignment.remote(
@@ -123,12 +132,13 @@ class Worker:
                 attempt=assignment.attempt,
                 worker=self.worker_id,
                 status="failed",
-                reason="session stopped by the supervisor",
+                reason=self._stop_reason or "session stopped by the supervisor",
             )
         finally:
             self._session = None
             self._session_id = None
             self._hooks = None
+            self._stop_reason = None
         result.events = await batcher.drain()
         return result
 
@@ -145,9 +155,10 @@ class Worker:
             hooks.push_decision(data["call_id"], Decision(bool(data["allow"]), data["message"]))
         return True
 
-    async def stop_session(self, session_id: str) -> bool:
-        """Stop the running session if it is ``session_id``."""
+    async def stop_session(self, session_id: str, reason: str = "") -> bool:
+        """Stop the running session if it is ``session_id`` (its attempt fails with reason)."""
         if self._session is not None and self._session_id == session_id:
+            self._stop_reason = reason or None
             self._session.cancel()
             return True
         return False

@@ -1,27 +1,65 @@
 """The agent loop: model turn -> tool calls -> tool results -> next turn.
 
-It ends when the agent calls ``finish``, runs out of turns, runs out of time, or the model
-fails. Limits end the loop with an outcome, never with an exception. The loop knows nothing of
-Ray: it talks to a model client, a tool box and a sandbox, and reports through ``emit``.
+The loop knows nothing of Ray: it talks to a model client, a tool box (whose tools act on the
+sandbox), its hooks (steering, interrupts, approvals) and reports through ``emit``. Limits end
+it with an outcome, never with an exception. Everything it knows is plain JSON
+(:meth:`AgentLoop.state`), so a stopped session resumes anywhere with :meth:`AgentLoop.resume`.
+
+How a session ends:
+
+| status      | when                                                   | ``state`` |
+| ----------- | ------------------------------------------------------ | --------- |
+| finished    | the agent called ``finish``                            | no        |
+| handoff     | the agent called ``handoff`` (``handoff_history`` set)  | no        |
+| parked      | a call needs approval and no decision came in time     | yes       |
+| interrupted | ``hooks.interrupted()`` at a safe point                | yes       |
+| budget      | the token or cost budget was spent (checked per turn)  | yes       |
+| max_turns   | ``max_turns`` model turns done                         | yes       |
+| timeout     | ``time_limit_s`` of active time used (across resumes)  | yes       |
+| error       | the model failed after its retries                     | yes       |
+
+Safe points are before each model turn and before each tool call. Tool calls of one turn run
+one at a time, in the order the model gave them. A call that needs approval emits
+``approval.requested`` and waits up to ``approval_wait_s`` on ``hooks.approval``; with no
+decision the session parks, and ``resume`` asks again for that same call (without a second
+``approval.requested``) before running the rest of the turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from fleet.compaction import (
+    CHARS_PER_TOKEN,
+    CompactionPolicy,
+    compact,
+    estimate_tokens,
+    message_chars,
+)
 from fleet.events import EventType
-from fleet.models.base import ModelClient, ModelError
-from fleet.tools import ToolBox, ToolContext, truncate
+from fleet.hooks import Decision, SessionHooks
+from fleet.models.base import ModelClient, ModelError, ToolCall
+from fleet.tools import ToolBox, ToolContext, ToolOutput, approval_needed, truncate
+
+if TYPE_CHECKING:
+    from fleet.skills import Skill
+    from fleet.specs import AgentSpec
 
 Emit = Callable[..., None]
 """``emit(event_type, payload, **typed_columns)``"""
+Checkpoint = Callable[[dict[str, Any]], None]
+"""Called with :meth:`AgentLoop.state` at each safe point before a model turn."""
 
 NUDGE = "No tool was called. Use a tool to make progress, or call finish when the task is done."
+STATE_VERSION = 1
+DEFAULT_APPROVAL_WAIT_S = 30.0
+HANDOFF_HISTORY_CHARS = 12_000
 
 
 OutcomeStatus = Literal[
@@ -35,6 +73,9 @@ OutcomeStatus = Literal[
     "interrupted",  # stopped at a safe point on request; ``state`` resumes it
     "parked",  # waiting on an approval decision; ``state`` resumes it
 ]
+RESUMABLE: frozenset[str] = frozenset(
+    {"parked", "interrupted", "budget", "max_turns", "timeout", "error"}
+)
 
 
 class SessionOutcome(BaseModel):
@@ -45,10 +86,15 @@ class SessionOutcome(BaseModel):
     tool_calls: int = 0
     handoff_to: str | None = None
     handoff_note: str = ""
+    handoff_history: list[dict[str, Any]] = Field(default_factory=list)
+    """For a handoff: the messages to give the target agent's ``run(prompt, history=...)``."""
     followups: list[dict[str, Any]] = Field(default_factory=list)
     """Follow-up tasks the agent asked for (TaskSpec fields); the supervisor creates them."""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
     state: dict[str, Any] | None = None
-    """The loop's serialised state when it can be resumed (parked, interrupted)."""
+    """The loop's serialised state when it can be resumed (see ``RESUMABLE``)."""
 
 
 class AgentLoop:
@@ -61,6 +107,16 @@ class AgentLoop:
         emit: Emit,
         max_turns: int,
         time_limit_s: float,
+        *,
+        hooks: SessionHooks | None = None,
+        approvals: dict[str, Any] | None = None,
+        approval_wait_s: float = DEFAULT_APPROVAL_WAIT_S,
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
+        context_window: int | None = None,
+        compact_at: float = 0.75,
+        checkpoint: Checkpoint | None = None,
+        agent_name: str = "agent",
     ) -> None:
         self.instructions = instructions
         self.model = model
@@ -69,30 +125,219 @@ class AgentLoop:
         self.emit = emit
         self.max_turns = max_turns
         self.time_limit_s = time_limit_s
+        self.hooks = hooks or SessionHooks()
+        self.approvals = dict(approvals or {})
+        for name in self.approvals:  # a bad policy fails here, not at the first call
+            approval_needed(self.approvals, name, {})
+        self.approval_wait_s = approval_wait_s
+        self.max_tokens = max_tokens
+        self.max_cost_usd = max_cost_usd
+        self.compaction = (
+            CompactionPolicy(
+                context_window, trigger=compact_at, target=min(0.5, compact_at * 2 / 3)
+            )
+            if context_window
+            else None
+        )
+        self.checkpoint = checkpoint
+        self.agent_name = agent_name
+
         self.messages: list[dict[str, Any]] = []
         self.turns = 0
         self.tool_calls = 0
+        self.tokens_in = 0
+        self.cached_tokens_in = 0
+        self.tokens_out = 0
+        self.cost_usd = 0.0
+        self.followups: list[dict[str, Any]] = []
+        self._pending: list[ToolCall] = []
+        """Calls of the last model turn not answered yet, in order."""
+        self._approval: dict[str, Any] | None = None
+        """The first pending call's approval request, once emitted."""
+        self._prefix_len = 2
+        self._compactions = 0
+        self._reported_input = 0
+        """Input tokens the model reported for its last turn (0 after a compaction)."""
+        self._reported_at = 0
+        """How many messages that turn was sent."""
+        self._elapsed_before = 0.0
+        self._segment_started: float | None = None
+        self._schema_tokens = len(json.dumps(toolbox.schemas())) // CHARS_PER_TOKEN
+        self._counted = 0
+        """Messages whose characters are in ``_chars``."""
+        self._chars = 0
 
-    async def run(self, prompt: str) -> SessionOutcome:
+    @classmethod
+    def from_spec(
+        cls,
+        agent: AgentSpec,
+        *,
+        model: ModelClient,
+        ctx: ToolContext,
+        emit: Emit,
+        max_turns: int,
+        time_limit_s: float,
+        skills: list[Skill] | None = None,
+        **kwargs: Any,
+    ) -> AgentLoop:
+        """A loop configured from an agent's spec: its tools, approvals, budgets, window,
+        handoff targets, and instructions with the skills section appended. ``kwargs`` go to
+        the constructor (hooks, approval_wait_s, checkpoint)."""
+        from fleet.skills import with_skills
+
+        if agent.handoffs:
+            ctx.handoff_targets = list(agent.handoffs)
+        return cls(
+            with_skills(agent.instructions, skills or []),
+            model,
+            ToolBox(agent.tools),
+            ctx,
+            emit,
+            max_turns,
+            time_limit_s,
+            approvals=agent.approvals,
+            max_tokens=agent.max_tokens,
+            max_cost_usd=agent.max_cost_usd,
+            context_window=agent.context_window,
+            compact_at=agent.compact_at,
+            agent_name=agent.name,
+            **kwargs,
+        )
+
+    # --- entry points -------------------------------------------------------------------
+
+    async def run(self, prompt: str, history: list[dict[str, Any]] | None = None) -> SessionOutcome:
+        """Start a session on ``prompt``. ``history`` (e.g. a handoff's ``handoff_history``)
+        follows the task prompt and, like it, is never compacted: keep it short."""
         self.messages = [
             {"role": "system", "content": self.instructions},
             {"role": "user", "content": prompt},
+            *(history or []),
         ]
+        self._prefix_len = len(self.messages)
+        self._counted, self._chars = 0, 0
+        return await self._segment()
+
+    async def resume(self, state: dict[str, Any]) -> SessionOutcome:
+        """Continue a session from :meth:`state` exactly where it stopped."""
+        self.load_state(state)
+        return await self._segment()
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume, as plain JSON (a copy)."""
+        state = {
+            "version": STATE_VERSION,
+            "agent": self.agent_name,
+            "messages": self.messages,
+            "turns": self.turns,
+            "tool_calls": self.tool_calls,
+            "usage": {
+                "tokens_in": self.tokens_in,
+                "cached_tokens_in": self.cached_tokens_in,
+                "tokens_out": self.tokens_out,
+                "cost_usd": self.cost_usd,
+            },
+            "pending_calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in self._pending
+            ],
+            "pending_approval": self._approval,
+            "followups": self.followups,
+            "model_position": getattr(self.model, "position", None),
+            "elapsed_s": self._elapsed(),
+            "prefix_len": self._prefix_len,
+            "compaction": {
+                "count": self._compactions,
+                "reported_input_tokens": self._reported_input,
+                "reported_at": self._reported_at,
+            },
+        }
+        return json.loads(json.dumps(state))
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported agent state version {state.get('version')!r}")
+        self.messages = [dict(m) for m in state["messages"]]
+        self._counted, self._chars = 0, 0
+        self.turns = state["turns"]
+        self.tool_calls = state["tool_calls"]
+        usage = state["usage"]
+        self.tokens_in = usage["tokens_in"]
+        self.cached_tokens_in = usage["cached_tokens_in"]
+        self.tokens_out = usage["tokens_out"]
+        self.cost_usd = usage["cost_usd"]
+        self._pending = [
+            ToolCall(c["id"], c["name"], c["arguments"]) for c in state["pending_calls"]
+        ]
+        self._approval = state["pending_approval"]
+        self.followups = list(state["followups"])
+        self._elapsed_before = state["elapsed_s"]
+        self._prefix_len = state["prefix_len"]
+        compaction = state["compaction"]
+        self._compactions = compaction["count"]
+        self._reported_input = compaction["reported_input_tokens"]
+        self._reported_at = compaction["reported_at"]
+        position = state.get("model_position")
+        seek = getattr(self.model, "seek", None)
+        if position is not None and seek is not None:
+            seek(position)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        if self._segment_started is None:
+            return self._elapsed_before
+        return self._elapsed_before + time.perf_counter() - self._segment_started
+
+    async def _segment(self) -> SessionOutcome:
+        """Run until the session stops, within what is left of the time limit."""
+        left = self.time_limit_s - self._elapsed_before
+        limit = f"time limit of {self.time_limit_s:g}s reached"
+        if left <= 0:
+            return self._outcome("timeout", limit)
+        self._segment_started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.time_limit_s):
-                return await self._turns()
+            async with asyncio.timeout(left):
+                return await self._drive()
         except TimeoutError:
-            return self._outcome("timeout", f"time limit of {self.time_limit_s:g}s reached")
+            return self._outcome("timeout", limit)
         except ModelError as exc:
             return self._outcome("error", f"model error: {exc}")
+        finally:
+            self._elapsed_before = self._elapsed()
+            self._segment_started = None
 
-    async def _turns(self) -> SessionOutcome:
+    async def _drive(self) -> SessionOutcome:
         schemas = self.toolbox.schemas()
-        while self.turns < self.max_turns:
-            self.turns += 1
+        while True:
+            while self._pending:
+                stop = await self._next_call()
+                if stop is not None:
+                    return stop
+            if self.checkpoint is not None:
+                self.checkpoint(self.state())
+            if self.turns >= self.max_turns:
+                return self._outcome("max_turns", f"stopped after {self.max_turns} turns")
+            if self.hooks.interrupted():
+                return self._outcome("interrupted", f"interrupted before turn {self.turns + 1}")
+            for text in await self.hooks.user_messages():
+                self.messages.append({"role": "user", "content": text})
+                self.emit(
+                    EventType.user_message, {"text": text, "delivered_at_turn": self.turns + 1}
+                )
+            spent = self._budget_spent()
+            if spent:
+                return self._outcome("budget", spent)
+            self._maybe_compact()
+            sent = len(self.messages)
             turn = await self.model.complete(self.messages, schemas)
+            self.turns += 1
             usage = turn.usage
             if usage.input_tokens or usage.output_tokens:
+                self.tokens_in += usage.input_tokens
+                self.cached_tokens_in += usage.cached_input_tokens
+                self.tokens_out += usage.output_tokens
+                self.cost_usd += usage.cost_usd
+                self._reported_input, self._reported_at = usage.input_tokens, sent
                 self.emit(
                     EventType.usage,
                     {"cached_input_tokens": usage.cached_input_tokens, "model": self.model.name},
@@ -105,37 +350,209 @@ class AgentLoop:
                 self.emit(EventType.agent_message, {"text": turn.text, "turn": self.turns})
             if not turn.tool_calls:
                 self.messages.append({"role": "user", "content": NUDGE})
-                continue
-            for call in turn.tool_calls:
-                self.tool_calls += 1
+            self._pending = list(turn.tool_calls)
+
+    async def _next_call(self) -> SessionOutcome | None:
+        """Run the first pending call; an outcome when the session stops there."""
+        call = self._pending[0]
+        resumed_approval = self._approval is not None
+        if not resumed_approval:
+            if self.hooks.interrupted():
+                return self._outcome("interrupted", f"interrupted before tool call {call.id}")
+            self.tool_calls += 1
+            self.emit(
+                EventType.agent_tool_use,
+                {"call_id": call.id, "args": truncate(call.arguments, 4000), "turn": self.turns},
+                tool=call.name,
+            )
+        started = time.perf_counter()
+        parsed = self.toolbox.parse(call.name, call.arguments)
+        if isinstance(parsed, ToolOutput):
+            out = parsed
+        else:
+            tool_, args = parsed
+            decision: Decision | None = None
+            if resumed_approval or approval_needed(self.approvals, tool_.name, args):
+                if not resumed_approval:
+                    plain_args = json.loads(json.dumps(args))
+                    self._approval = {"call_id": call.id, "tool": call.name, "args": plain_args}
+                    self.emit(EventType.approval_requested, dict(self._approval), tool=call.name)
+                decision = await self.hooks.approval(
+                    call.id, call.name, args, wait_s=self.approval_wait_s
+                )
+                if decision is None:
+                    if self.hooks.interrupted():
+                        return self._outcome(
+                            "interrupted", f"interrupted awaiting approval of {call.id}"
+                        )
+                    return self._outcome("parked", f"{call.name} call {call.id} awaits approval")
+                self._approval = None
                 self.emit(
-                    EventType.agent_tool_use,
+                    EventType.approval_decided,
                     {
                         "call_id": call.id,
-                        "args": truncate(call.arguments, 4000),
-                        "turn": self.turns,
+                        "allow": decision.allow,
+                        "message": decision.message,
+                        "by": getattr(decision, "by", "") or "",
                     },
                     tool=call.name,
                 )
                 started = time.perf_counter()
-                out = await self.toolbox.call(self.ctx, call.name, call.arguments)
-                self.emit(
-                    EventType.agent_tool_result,
-                    {"call_id": call.id, "output": out.text, "is_error": out.is_error, **out.data},
-                    tool=call.name,
-                    exit_code=out.exit_code,
-                    duration_ms=(time.perf_counter() - started) * 1000,
+            if decision is not None and not decision.allow:
+                why = f": {decision.message}" if decision.message else ""
+                out = ToolOutput(
+                    text=f"denied: the {call.name} call was not approved{why}. "
+                    "Do something else, or explain why it is needed.",
+                    is_error=True,
+                    data={"denied": True},
                 )
-                self.messages.append({"role": "tool", "tool_call_id": call.id, "content": out.text})
-                if out.final:
-                    return self._outcome("finished", summary=str(out.data.get("summary", "")))
-        return self._outcome("max_turns", f"stopped after {self.max_turns} turns without finish")
+            else:
+                out = await self.toolbox.run(self.ctx, tool_, args)
+        if out.followup is not None:
+            if len(self.followups) >= self.ctx.max_followups:
+                limit = self.ctx.max_followups
+                out = ToolOutput(
+                    text=f"error: at most {limit} follow-ups per session", is_error=True
+                )
+            else:
+                self.followups.append(out.followup)
+        self.emit(
+            EventType.agent_tool_result,
+            {"call_id": call.id, "output": out.text, "is_error": out.is_error, **out.data},
+            tool=call.name,
+            exit_code=out.exit_code,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+        self._pending.pop(0)
+        self.messages.append({"role": "tool", "tool_call_id": call.id, "content": out.text})
+        if not out.final:
+            return None
+        self._pending.clear()  # calls after a final one are dropped
+        if out.handoff_to:
+            note = str(out.data.get("note", ""))
+            outcome = self._outcome("handoff", f"handed off to {out.handoff_to}")
+            outcome.handoff_to, outcome.handoff_note = out.handoff_to, note
+            outcome.handoff_history = handoff_history(
+                self.messages, self.agent_name, note, self._prefix_len
+            )
+            return outcome
+        return self._outcome("finished", summary=str(out.data.get("summary", "")))
 
-    def _outcome(self, status: Any, reason: str = "", summary: str = "") -> SessionOutcome:
+    def _budget_spent(self) -> str:
+        """Why the budget is spent, or empty."""
+        used = self.tokens_in + self.tokens_out
+        if self.max_tokens is not None and used >= self.max_tokens:
+            return f"token budget of {self.max_tokens} reached ({used} used)"
+        if self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd:
+            return f"cost budget of ${self.max_cost_usd:g} reached (${self.cost_usd:.4f} used)"
+        return ""
+
+    def context_tokens(self) -> int:
+        """The history's estimated size in tokens: the model's count for what it was last
+        sent plus chars/4 for what came after, or chars/4 throughout, tool schemas included."""
+        if self._reported_input:
+            return self._reported_input + estimate_tokens(self.messages[self._reported_at :])
+        return self._history_chars() // CHARS_PER_TOKEN + self._schema_tokens
+
+    def _history_chars(self) -> int:
+        """Characters in the history, counted incrementally (the history only grows between
+        compactions; anything that rewrites it resets ``_counted``)."""
+        if self._counted > len(self.messages):
+            self._counted, self._chars = 0, 0
+        for message in self.messages[self._counted :]:
+            self._chars += message_chars(message)
+        self._counted = len(self.messages)
+        return self._chars
+
+    def _maybe_compact(self) -> None:
+        policy = self.compaction
+        if policy is None:
+            return
+        before = self.context_tokens()
+        if before <= policy.trigger_tokens:
+            return
+        # Aim the chars/4 estimate of the messages so that the full count lands on target:
+        # scale by how much denser the model's count is, and leave room for the tool schemas.
+        plain = estimate_tokens(self.messages) + self._schema_tokens
+        density = max(1.0, before / plain)
+        goal = int(policy.target_tokens / density) - self._schema_tokens
+        report = compact(self.messages, policy, self._prefix_len, goal)
+        self._counted, self._chars = 0, 0
+        self._reported_input = 0
+        self._compactions += 1
+        report |= {
+            "estimated_before": before,
+            "estimated_after": self.context_tokens(),
+            "window": policy.window_tokens,
+            "turn": self.turns + 1,
+            "count": self._compactions,
+        }
+        self.emit(EventType.agent_message, {"compaction": report})
+
+    def _outcome(
+        self, status: OutcomeStatus, reason: str = "", summary: str = ""
+    ) -> SessionOutcome:
         return SessionOutcome(
             status=status,
             reason=reason,
             summary=summary,
             turns=self.turns,
             tool_calls=self.tool_calls,
+            followups=list(self.followups),
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            cost_usd=self.cost_usd,
+            state=self.state() if status in RESUMABLE else None,
         )
+
+
+def handoff_history(
+    messages: list[dict[str, Any]],
+    from_agent: str,
+    note: str,
+    prefix_len: int = 2,
+    limit_chars: int = HANDOFF_HISTORY_CHARS,
+) -> list[dict[str, Any]]:
+    """What the agent taking over a task sees after the task prompt: one user message with
+    the note and a digest of what the previous agent did (its tool calls with the start of
+    each result, what it said, and what users told it), newest kept when it is long.
+
+    A digest rather than the raw messages: the target may have other tools, and it needs
+    the gist, not 200 turns of output."""
+    results = {
+        m.get("tool_call_id"): m.get("content") or "" for m in messages if m.get("role") == "tool"
+    }
+    lines: list[str] = []
+    for message in messages[prefix_len:]:
+        role = message.get("role")
+        content = message.get("content")
+        text = " ".join(content.split()) if isinstance(content, str) else ""
+        if role == "assistant":
+            if text:
+                lines.append(f"- said: {text[:300]}")
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") or {}
+                name = function.get("name", "")
+                if name == "handoff":
+                    continue
+                result = " ".join(str(results.get(call.get("id"), "(no result)")).split())
+                args = function.get("arguments") or ""
+                lines.append(f"- {name} {args[:200]} -> {result[:300]}")
+        elif role == "user" and text and text != NUDGE:
+            lines.append(f"- user: {text[:300]}")
+    kept: list[str] = []
+    size = 0
+    for line in reversed(lines):
+        if size + len(line) > limit_chars:
+            kept.append(f"- ({len(lines) - len(kept)} earlier steps left out)")
+            break
+        kept.append(line)
+        size += len(line) + 1
+    digest = "\n".join(reversed(kept)) or "- (no tool calls)"
+    content = (
+        f"[handoff] Agent {from_agent!r} worked on this task and handed it to you.\n"
+        f"Their note: {note}\n\n"
+        f"What they did, oldest first (arguments and results shortened):\n{digest}\n\n"
+        "Their changes are in the workspace. Continue the task from here."
+    )
+    return [{"role": "user", "content": content}]

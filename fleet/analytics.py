@@ -95,7 +95,9 @@ def report(events_dir: str, batch: str | None = None, task_limit: int = 50) -> l
         SELECT count(*) AS tasks,
                count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
                count(*) FILTER (WHERE state = 'failed') AS failed,
-               count(*) FILTER (WHERE state NOT IN ('succeeded', 'failed')) AS other,
+               count(*) FILTER (WHERE state = 'needs_human') AS needs_human,
+               count(*) FILTER (WHERE state NOT IN ('succeeded', 'failed', 'needs_human'))
+                   AS other,
                round(100.0 * count(*) FILTER (WHERE state = 'succeeded')
                      / nullif(count(*), 0), 1) AS success_pct,
                round(quantile_cont(duration_s, 0.5), 3) AS p50_s,

@@ -51,6 +51,7 @@ class Fleet:
         self.supervisor = supervisor
         self.settings = settings
         self._owns_ray = owns_ray
+        self._restarts = 0
 
     # -- getting a fleet ---------------------------------------------------------------
     @classmethod
@@ -62,8 +63,8 @@ class Fleet:
     ) -> Fleet:
         """Start Ray if needed and the fleet's supervisor if absent (else reuse it)."""
         settings = settings or FleetSettings()
-        if overrides:
-            settings = settings.model_copy(update=overrides)
+        if overrides:  # validated, unlike model_copy(update=...)
+            settings = FleetSettings(**{**settings.model_dump(), **overrides})
         settings = _absolute_events_dir(settings)
         settings = settings.model_copy(update={"sandbox": resolve_kind(settings.sandbox)})
         owns_ray = cls._init_ray(settings.ray_address, settings.namespace)
@@ -71,6 +72,8 @@ class Fleet:
             "name": supervisor_name(settings.name),
             "namespace": settings.namespace,
             "get_if_exists": True,
+            # On the head node, beside the event log's default path.
+            "resources": {"node:__internal_head__": 0.001},
         }
         if not owns_ray:
             options["lifetime"] = "detached"  # a cluster's fleet outlives the driver
@@ -132,7 +135,7 @@ class Fleet:
         pending = set(task_ids)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         # Tasks that ended before we started listening.
-        for record in ray.get(self.supervisor.get.remote(list(pending))):
+        for record in self._read(self.supervisor.get, list(pending)):
             if record is not None and record.state.terminal:
                 pending.discard(record.id)
                 yield record
@@ -140,11 +143,28 @@ class Fleet:
         while pending:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{len(pending)} tasks still unfinished")
-            records, cursor = ray.get(self.supervisor.finished_since.remote(cursor, 1.0))
+            before = self._restarts
+            records, cursor = self._read(self.supervisor.finished_since, cursor, 1.0)
+            if self._restarts != before:
+                # The supervisor restarted and replayed the log: its list of finished tasks
+                # was rebuilt, so read it again from the start (yielded ones are skipped).
+                records, cursor = self._read(self.supervisor.finished_since, 0, 0.0)
             for record in records:
                 if record.id in pending:
                     pending.discard(record.id)
                     yield record
+
+    def _read(self, method: Any, *args: Any, patience_s: float = 60.0) -> Any:
+        """Call a read-only supervisor method, waiting out a supervisor restart."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return ray.get(method.remote(*args))
+            except ray.exceptions.RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                self._restarts += 1
+                time.sleep(0.5)
 
     def wait(self, task_ids: Iterable[str], timeout_s: float | None = None) -> list[TaskRecord]:
         return list(self.as_completed(task_ids, timeout_s))
@@ -154,6 +174,29 @@ class Fleet:
 
     def cancel(self, task_id: str) -> bool:
         return ray.get(self.supervisor.cancel.remote(task_id))
+
+    def steer(self, task_id: str, message: str) -> bool:
+        """Send a message to the task's session; it reads it before its next turn."""
+        return ray.get(self.supervisor.steer.remote(task_id, message))
+
+    def interrupt(self, task_id: str) -> bool:
+        """Stop the running session at a safe point; ``steer`` or ``resume`` continues it."""
+        return ray.get(self.supervisor.interrupt.remote(task_id))
+
+    def resume(self, task_id: str) -> bool:
+        return ray.get(self.supervisor.resume.remote(task_id))
+
+    def approve(self, task_id: str, call_id: str, allow: bool = True, message: str = "") -> bool:
+        """Decide on a tool call waiting for approval (a parked session resumes anywhere)."""
+        return ray.get(self.supervisor.decide_approval.remote(task_id, call_id, allow, message))
+
+    def review(self, task_id: str, approve: bool, message: str = "") -> bool:
+        """Approve a result awaiting review (it succeeds) or reject it (a new attempt)."""
+        return ray.get(self.supervisor.review.remote(task_id, approve, message))
+
+    def memory(self, refresh: bool = False) -> dict[str, Any]:
+        """What the supervisor learned from history, per label and per agent."""
+        return ray.get(self.supervisor.memory_tables.remote(refresh))
 
     def events(self, task_id: str) -> list[Event]:
         return ray.get(self.supervisor.events.remote(task_id))

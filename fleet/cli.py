@@ -297,10 +297,103 @@ def status(
         print_table(
             Table("Running", list(info["running"][0]), [tuple(r.values()) for r in info["running"]])
         )
+    if info.get("blocked"):
+        print_table(
+            Table(
+                "Waiting on people",
+                list(info["blocked"][0]),
+                [tuple(r.values()) for r in info["blocked"]],
+            )
+        )
+    if info["queued"]:
+        out.print(f"queued ({len(info['queued'])} shown): " + ", ".join(info["queued"][:20]))
     if info["recent"]:
         print_table(
             Table("Recent", list(info["recent"][0]), [tuple(r.values()) for r in info["recent"]])
         )
+
+
+AddressOpt = Annotated[str, typer.Option("--address", help="Ray address of the fleet.")]
+NameOpt = Annotated[str, typer.Option("--name", help="Fleet name.")]
+
+
+def _connect(address: str, name: str, debug: bool) -> Any:
+    from fleet.api import Fleet, FleetError
+
+    try:
+        return Fleet.connect(address, name=name)
+    except FleetError as exc:
+        _fail(str(exc), debug, exc)
+
+
+@app.command()
+def approve(
+    task_id: str,
+    call_id: str,
+    deny: Annotated[
+        str | None, typer.Option("--deny", help="Deny the call, with this message.")
+    ] = None,
+    address: AddressOpt = "auto",
+    name: NameOpt = "default",
+    debug: DebugOpt = False,
+) -> None:
+    """Allow (or --deny) a tool call that waits for approval."""
+    fleet = _connect(address, name, debug)
+    if not fleet.approve(task_id, call_id, allow=deny is None, message=deny or ""):
+        _fail(f"task {task_id} has no tool call {call_id} waiting for approval", debug)
+    out.print(f"{'denied' if deny is not None else 'allowed'} {call_id} of {task_id}")
+
+
+@app.command()
+def review(
+    task_id: str,
+    reject: Annotated[
+        str | None, typer.Option("--reject", help="Reject the result, with this message.")
+    ] = None,
+    address: AddressOpt = "auto",
+    name: NameOpt = "default",
+    debug: DebugOpt = False,
+) -> None:
+    """Approve (or --reject) a finished task that awaits human review."""
+    fleet = _connect(address, name, debug)
+    if not fleet.review(task_id, approve=reject is None, message=reject or ""):
+        _fail(f"task {task_id} is not awaiting review", debug)
+    out.print(f"{'rejected' if reject is not None else 'approved'} {task_id}")
+
+
+@app.command()
+def steer(
+    task_id: str,
+    message: str,
+    address: AddressOpt = "auto",
+    name: NameOpt = "default",
+    debug: DebugOpt = False,
+) -> None:
+    """Send a message to a task's session (read before its next turn)."""
+    fleet = _connect(address, name, debug)
+    if not fleet.steer(task_id, message):
+        _fail(f"task {task_id} is not live", debug)
+
+
+@app.command()
+def memory(
+    events: EventsOpt = DEFAULT_EVENTS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """What the fleet has learned from past runs, per label and per agent."""
+    from actors.memory import Memory
+
+    learned = Memory(FleetSettings(events_dir=events))
+    if not learned.refresh(events):
+        _fail(f"no history under {events} yet (run a batch first)", debug)
+    tables = learned.tables()
+    if as_json:
+        out.print_json(json.dumps(tables))
+        return
+    for title, rows in tables.items():
+        if rows:
+            print_table(Table(f"By {title[:-1]}", list(rows[0]), [tuple(r.values()) for r in rows]))
 
 
 def main() -> None:

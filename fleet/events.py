@@ -40,6 +40,8 @@ class EventType(StrEnum):
     review_decided = "review.decided"
     task_followup = "task.followup"
     memory_decision = "memory.decision"
+    artifact_saved = "artifact.saved"
+    worker_heartbeat_lost = "worker.heartbeat_lost"
     handoff = "handoff"
     usage = "usage"
     worker_started = "worker.started"

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from fleet.agent import SessionOutcome
 from fleet.events import Event
-from fleet.specs import AgentSpec, EnvironmentSpec, TaskSpec, TaskState
+from fleet.specs import AgentSpec, EnvironmentSpec, ScriptStep, TaskSpec, TaskState
 
 
 class Assignment(BaseModel):
@@ -22,6 +22,24 @@ class Assignment(BaseModel):
     session_id: str
     max_turns: int
     time_limit_s: float
+    stage: int = 0
+    prompt: str = ""
+    """What this session is asked (the task's prompt, a stage's prompt, plus feedback)."""
+    gate: str | None = None
+    script: list[ScriptStep] | None = None
+    reviewer: AgentSpec | None = None
+    workspace: bytes | None = None
+    """A snapshot to start from (previous stage, handoff, parked session) instead of seeding."""
+    loop_state: dict[str, Any] | None = None
+    """A parked or interrupted agent loop to resume."""
+    keep_workspace: bool = False
+    """Return a snapshot of the workspace with the result (a later stage needs it)."""
+    messages: list[str] = Field(default_factory=list)
+    """Steering messages sent while no session ran."""
+    decision: dict[str, Any] | None = None
+    """The decision a parked session waited for: call_id, allow, message."""
+    history: list[dict[str, Any]] | None = None
+    """Messages a handed-over session starts with (what the previous agent did)."""
 
 
 class SessionResult(BaseModel):
@@ -36,6 +54,11 @@ class SessionResult(BaseModel):
     outcome: SessionOutcome | None = None
     duration_ms: float = 0.0
     events: list[Event] = Field(default_factory=list)
+    feedback: str = ""
+    """What the next attempt should know (gate output, review comments)."""
+    diff: str | None = None
+    changed_files: list[str] = Field(default_factory=list)
+    workspace: bytes | None = None
 
 
 class TaskRecord(BaseModel):
@@ -61,6 +84,22 @@ class TaskRecord(BaseModel):
     lost_workers: int = 0
     pending_approval: dict[str, Any] | None = None
     """The tool call waiting for a decision: call_id, tool, args."""
+    stage: int = 0
+    agent: str | None = None
+    """The agent of the current stage (a handoff or a stage changes it)."""
+    not_before: float = 0.0
+    """Epoch seconds before which a retry may not start (backoff)."""
+    feedback: list[str] = Field(default_factory=list)
+    history: list[str] = Field(default_factory=list)
+    """One line per ended session: what was tried and how it ended (the brief for humans)."""
+    plan: dict[str, Any] = Field(default_factory=dict)
+    """Decisions taken from memory at submit: expected_s, time_limit_s, agent, max_attempts."""
+    workspace_ref: str | None = None
+    """Where the snapshot the next session starts from is stored."""
+    loop_state_ref: str | None = None
+    history_ref: str | None = None
+    inbox: list[str] = Field(default_factory=list)
+    children: list[str] = Field(default_factory=list)
 
     @property
     def duration_s(self) -> float | None:

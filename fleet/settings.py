@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SandboxKind = Literal["local", "docker", "auto"]
@@ -73,5 +73,86 @@ class FleetSettings(BaseSettings):
         2000, ge=10, description="Tasks whose events the supervisor keeps in memory for streams."
     )
 
-    # Scheduling.
-    retry_backoff_s: float = Field(0.0, ge=0, description="Base of exponential retry backoff.")
+    artifacts_dir: str | None = Field(
+        None, description="Workspace diffs and snapshots; default: <events_dir>/_artifacts."
+    )
+    capture_diff: bool = Field(True, description="Save each session's workspace diff.")
+
+    approval_wait_s: float = Field(
+        30.0, ge=0, description="How long a session waits for an approval before it parks."
+    )
+    skill_dirs: list[str] = Field(
+        default_factory=list, description="Folders searched for skills (before the built-ins)."
+    )
+
+    # Scheduling and routing.
+    pools: list[PoolSpec] = Field(
+        default_factory=list,
+        description="Worker pools split by labels, environment or agent; empty: one pool of "
+        "`workers` workers that take any task.",
+    )
+    max_running: int | None = Field(None, ge=1, description="Sessions running at once, in all.")
+    label_limits: dict[str, int] = Field(
+        default_factory=dict, description="Sessions running at once per task label."
+    )
+    retry_backoff_s: float = Field(1.0, ge=0, description="Base of exponential retry backoff.")
+    retry_backoff_max_s: float = Field(300.0, ge=0)
+    exhausted_state: Literal["needs_human", "failed"] = Field(
+        "needs_human", description="Where a task goes when its attempts run out."
+    )
+
+    # Watching.
+    stall_timeout_s: float = Field(
+        300.0, gt=0, description="Stop a session with no event for this long (per task too)."
+    )
+    watch_interval_s: float = Field(1.0, gt=0, description="How often sessions are checked.")
+    heartbeat_s: float = Field(5.0, gt=0, description="Worker heartbeat interval.")
+    heartbeat_timeout_s: float = Field(
+        60.0, gt=0, description="A worker silent this long is replaced (its task retried)."
+    )
+
+    # Memory of past runs.
+    memory: bool = Field(True, description="Use run history for time limits, order, agents.")
+    memory_refresh_s: float = Field(60.0, gt=0)
+    memory_min_runs: int = Field(3, ge=1, description="Runs of a label before history counts.")
+    memory_escalate_below: float = Field(
+        0.2, ge=0, le=1, description="Labels succeeding less often go to a human after one try."
+    )
+
+    # Placement on a cluster.
+    worker_strategy: Literal["SPREAD", "DEFAULT"] = Field(
+        "SPREAD", description="Ray scheduling strategy of workers: SPREAD puts them on all nodes."
+    )
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='Custom Ray resources each worker needs, e.g. {"docker": 1}: workers then '
+        "land only on nodes started with `--resources '{\"docker\": N}'`.",
+    )
+    pool_resources: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per pool name, added to `worker_resources`.",
+    )
+
+    def pool_specs(self) -> list[PoolSpec]:
+        return self.pools or [PoolSpec(name="default", workers=self.workers)]
+
+
+class PoolSpec(BaseModel):
+    """Workers that share what they can do. Empty lists mean 'anything'."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "default"
+    workers: int = Field(1, ge=1, le=256)
+    labels: list[str] = Field(
+        default_factory=list, description="Skills these workers offer (tasks' `requires`)."
+    )
+    environments: list[str] = Field(default_factory=list, description="Only these environments.")
+    agents: list[str] = Field(default_factory=list, description="Only these agents.")
+
+    def takes(self, requires: list[str], environment: str, agent: str) -> bool:
+        return (
+            set(requires) <= set(self.labels)
+            and (not self.environments or environment in self.environments)
+            and (not self.agents or agent in self.agents)
+        )

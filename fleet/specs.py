@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-BUILTIN_TOOLS = ["shell", "read_file", "write_file", "finish"]
+BUILTIN_TOOLS = ["shell", "read_file", "write_file", "edit_file", "list_files", "search", "finish"]
 
 
 class Strict(BaseModel):
@@ -37,6 +37,41 @@ class AgentSpec(Strict):
     temperature: float | None = None
     stream: bool = Field(False, description="Stream model output (tool calls arrive in deltas).")
     context_window: int = Field(128_000, ge=1000, description="Model context size, in tokens.")
+    compact_at: float = Field(
+        0.75, gt=0, lt=1, description="Compact the history past this fraction of the window."
+    )
+    skills: list[str] = Field(
+        default_factory=list, description="Skill folders copied to .skills/ at session start."
+    )
+    handoffs: list[str] = Field(
+        default_factory=list,
+        description="Agents the handoff tool may name (add 'handoff' to tools); empty: any.",
+    )
+    approvals: dict[
+        str, Literal["always_allow", "always_ask"] | dict[Literal["ask_if"], dict[str, str]]
+    ] = Field(
+        default_factory=dict,
+        description="Tool name (or '*') -> 'always_allow', 'always_ask', or "
+        "{'ask_if': {argument: regex}}: ask when the argument matches. Unlisted: allowed.",
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Session budget: input + output tokens; None: unlimited."
+    )
+    max_cost_usd: float | None = Field(None, gt=0, description="Session budget in USD.")
+
+    @field_validator("approvals")
+    @classmethod
+    def _approval_regexes_compile(cls, value: dict[str, Any]) -> dict[str, Any]:
+        import re
+
+        for tool, policy in value.items():
+            rules = policy.get("ask_if", {}) if isinstance(policy, dict) else {}
+            for arg, pattern in rules.items():
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"{tool}.ask_if.{arg}: bad regex {pattern!r}: {exc}") from None
+        return value
 
 
 NetworkPolicy = Literal["none", "full"] | list[str]
@@ -92,6 +127,15 @@ TERMINAL_STATES = frozenset(
 )
 
 
+class StageSpec(Strict):
+    """A later stage of a task: another agent continuing on the same workspace."""
+
+    agent: str
+    prompt: str | None = Field(None, description="Default: the task's prompt.")
+    gate: str | None = None
+    script: list[ScriptStep] | None = None
+
+
 def new_task_id() -> str:
     return "t-" + uuid.uuid4().hex[:12]
 
@@ -114,6 +158,24 @@ class TaskSpec(Strict):
     time_limit_s: float | None = Field(None, gt=0)
     max_turns: int | None = Field(None, ge=1)
     script: list[ScriptStep] | None = None
+    requires: list[str] = Field(
+        default_factory=list, description="Worker labels (skills) a worker must have to run it."
+    )
+    agents: list[str] = Field(
+        default_factory=list,
+        description="Agents allowed to run it; the one with the best record is picked.",
+    )
+    stages: list[StageSpec] = Field(
+        default_factory=list,
+        description="Agents that run one after another on the same workspace (after the first).",
+    )
+    reviewer: str | None = Field(None, description="Agent that reviews the diff before success.")
+    review_script: list[ScriptStep] | None = Field(
+        None, description="Tool calls the scripted reviewer replays (approve / request_changes)."
+    )
+    require_approval: bool = Field(False, description="A human approves the result before done.")
+    stall_timeout_s: float | None = Field(None, gt=0, description="Stop after this long silent.")
+    parent: str | None = Field(None, description="The task that asked for this one.")
 
     @field_validator("id")
     @classmethod

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Awaitable, Callable
+import re
+import shlex
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from sandboxes.base import Sandbox, SandboxError
+from sandboxes.base import Sandbox, SandboxError, workspace_relative
 
 
 @dataclass
@@ -21,6 +23,10 @@ class ToolContext:
     sandbox: Sandbox
     output_limit: int = 10_000
     command_timeout_s: float = 120.0
+    handoff_targets: list[str] | None = None
+    """Agents ``handoff`` may name; None accepts any name (the supervisor checks it)."""
+    max_followups: int = 10
+    """Follow-up task requests one session may make."""
 
 
 @dataclass
@@ -33,6 +39,10 @@ class ToolOutput:
     data: dict[str, Any] = field(default_factory=dict)
     final: bool = False
     """True for a tool that ends the session (finish, handoff)."""
+    handoff_to: str | None = None
+    """Set with ``final`` by ``handoff``: the agent that takes the task over."""
+    followup: dict[str, Any] | None = None
+    """A follow-up task request (TaskSpec fields) the loop adds to the outcome."""
 
 
 ToolFn = Callable[..., Awaitable[ToolOutput]]
@@ -106,12 +116,205 @@ async def write_file(ctx: ToolContext, path: str, content: str) -> ToolOutput:
 
 
 @tool
+async def edit_file(ctx: ToolContext, path: str, old_str: str, new_str: str) -> ToolOutput:
+    """Replace one exact occurrence of old_str with new_str in a workspace file. old_str must
+    match the file exactly (whitespace included) and occur exactly once: include enough
+    surrounding lines to make it unique. Use write_file to create a file."""
+    if not old_str:
+        return ToolOutput(
+            text="error: old_str is empty; use write_file to create a file", is_error=True
+        )
+    text = (await ctx.sandbox.read_file(path)).decode(errors="replace")
+    count = text.count(old_str)
+    if count == 0:
+        hint = ""
+        if old_str.strip() and old_str.strip() in text:
+            hint = " (it occurs with different leading/trailing whitespace)"
+        return ToolOutput(text=f"error: old_str not found in {path}{hint}", is_error=True)
+    if count > 1:
+        lines = _match_lines(text, old_str)
+        return ToolOutput(
+            text=f"error: old_str occurs {count} times in {path} (lines {lines}); "
+            "include more surrounding text so it matches once",
+            is_error=True,
+        )
+    start = text.index(old_str)
+    await ctx.sandbox.write_file(
+        path, (text[:start] + new_str + text[start + len(old_str) :]).encode()
+    )
+    line = text.count("\n", 0, start) + 1
+    return ToolOutput(text=f"edited {path}: replaced 1 occurrence at line {line}")
+
+
+def _match_lines(text: str, needle: str, limit: int = 10) -> str:
+    lines, start = [], 0
+    while (found := text.find(needle, start)) != -1 and len(lines) < limit:
+        lines.append(str(text.count("\n", 0, found) + 1))
+        start = found + 1
+    return ", ".join(lines)
+
+
+LIST_SKIP = (".git", "__pycache__", "node_modules", ".venv", ".mypy_cache", ".pytest_cache")
+
+
+@tool
+async def list_files(
+    ctx: ToolContext, path: str = ".", depth: int = 3, limit: int = 300
+) -> ToolOutput:
+    """List files and folders under a workspace path (folders end with '/'), down to `depth`
+    levels, at most `limit` entries. .git, __pycache__, node_modules and .venv are skipped."""
+    rel = workspace_relative(path, ctx.sandbox.workdir)
+    depth, limit = max(1, min(depth, 10)), max(1, min(limit, 2000))
+    skip = " -o ".join(f"-name {name}" for name in LIST_SKIP)
+    command = (
+        f"cd -- {shlex.quote(rel)} && find . -mindepth 1 -maxdepth {depth} "
+        f"\\( {skip} \\) -prune -o -type d -exec printf '%s/\\n' {{}} + -o -print "
+        f"| LC_ALL=C sort | head -n {limit + 1}"
+    )
+    result = await ctx.sandbox.exec(command, timeout_s=min(30.0, ctx.command_timeout_s))
+    if result.exit_code != 0:
+        return ToolOutput(
+            text=f"error: cannot list {path}: {result.stderr.strip()}",
+            is_error=True,
+            exit_code=result.exit_code,
+        )
+    entries = [e.removeprefix("./") for e in result.stdout.splitlines() if e]
+    more = len(entries) > limit
+    entries = entries[:limit]
+    text = "\n".join(entries) if entries else "(empty)"
+    if more:
+        text += f"\n[more than {limit} entries: list a subfolder or lower depth]"
+    return ToolOutput(text=truncate(text, ctx.output_limit), data={"entries": len(entries)})
+
+
+@tool
+async def search(
+    ctx: ToolContext,
+    pattern: str,
+    path: str = ".",
+    glob: str | None = None,
+    fixed_strings: bool = False,
+    ignore_case: bool = False,
+    max_results: int = 100,
+) -> ToolOutput:
+    """Search file contents under a workspace path (grep -rn): prints file:line:text for each
+    match. `pattern` is an extended regex unless fixed_strings; `glob` limits the files
+    searched (e.g. '*.py'). Binary files and .git are skipped."""
+    rel = workspace_relative(path, ctx.sandbox.workdir)
+    max_results = max(1, min(max_results, 1000))
+    flags = "-rnI" + ("F" if fixed_strings else "E") + ("i" if ignore_case else "")
+    parts = ["grep", flags, "--exclude-dir=.git", "--exclude-dir=node_modules"]
+    if glob:
+        parts.append(f"--include={shlex.quote(glob)}")
+    parts += ["-e", shlex.quote(pattern), "--", shlex.quote(rel)]
+    command = f"{' '.join(parts)} | head -n {max_results + 1}; exit ${{PIPESTATUS[0]}}"
+    result = await ctx.sandbox.exec(command, timeout_s=min(60.0, ctx.command_timeout_s))
+    # grep: 0 matches found, 1 none, 2 trouble; 141 (SIGPIPE) when head stopped reading.
+    if result.exit_code == 1:
+        return ToolOutput(text=f"no matches for {pattern!r} in {path}", exit_code=1)
+    if result.exit_code not in (0, 141):
+        return ToolOutput(
+            text=f"error: search failed: {result.stderr.strip() or result.exit_code}",
+            is_error=True,
+            exit_code=result.exit_code,
+        )
+    lines = [
+        (line if len(line) <= 300 else line[:300] + " [line cut]").removeprefix("./")
+        for line in result.stdout.splitlines()
+    ]
+    more = len(lines) > max_results
+    lines = lines[:max_results]
+    text = "\n".join(lines)
+    if more:
+        text += f"\n[more than {max_results} matches: narrow the pattern, path or glob]"
+    return ToolOutput(
+        text=truncate(text, ctx.output_limit), exit_code=0, data={"matches": len(lines)}
+    )
+
+
+@tool
 async def finish(ctx: ToolContext, summary: str = "") -> ToolOutput:
     """Call when the task is done, with a short summary of what you did."""
     return ToolOutput(text="finished", final=True, data={"summary": summary})
 
 
-BUILTINS: dict[str, Tool] = {t.name: t for t in (shell, read_file, write_file, finish)}
+@tool
+async def handoff(ctx: ToolContext, agent: str, note: str) -> ToolOutput:
+    """Hand the task over to another agent and end your session. The note tells it what you
+    did, what is left and anything it must know; it works on the same workspace."""
+    targets = ctx.handoff_targets
+    if targets is not None and agent not in targets:
+        known = ", ".join(targets) or "none"
+        return ToolOutput(
+            text=f"error: cannot hand off to {agent!r}; agents: {known}", is_error=True
+        )
+    return ToolOutput(
+        text=f"handed off to {agent}", final=True, handoff_to=agent, data={"note": note}
+    )
+
+
+@tool
+async def create_followup(
+    ctx: ToolContext,
+    prompt: str,
+    labels: tuple[str, ...] = (),
+    agent: str | None = None,
+    priority: int = 0,
+) -> ToolOutput:
+    """Ask for a separate follow-up task (work outside this task's scope that you noticed).
+    It is created when this session ends; this does not end your session."""
+    if not prompt.strip():
+        return ToolOutput(text="error: the follow-up prompt is empty", is_error=True)
+    request: dict[str, Any] = {"prompt": prompt, "labels": list(labels), "priority": priority}
+    if agent:
+        request["agent"] = agent
+    return ToolOutput(text="follow-up task requested", followup=request)
+
+
+BUILTINS: dict[str, Tool] = {
+    t.name: t
+    for t in (
+        shell,
+        read_file,
+        write_file,
+        edit_file,
+        list_files,
+        search,
+        finish,
+        handoff,
+        create_followup,
+    )
+}
+CODING_TOOLS = ["shell", "read_file", "write_file", "edit_file", "list_files", "search", "finish"]
+
+
+# --- approvals ------------------------------------------------------------------------
+
+APPROVAL_DEFAULT_KEY = "*"
+
+
+def approval_needed(approvals: Mapping[str, Any], tool_name: str, args: Mapping[str, Any]) -> bool:
+    """Whether a call needs a decision, from an agent's ``approvals`` policy.
+
+    ``approvals`` maps a tool name (or ``"*"`` for any other tool) to ``"always_allow"``,
+    ``"always_ask"`` or ``{"ask_if": {argument: regex}}`` (ask when any named argument,
+    as text, matches its regex anywhere). Tools not named are allowed.
+    """
+    policy = approvals.get(tool_name, approvals.get(APPROVAL_DEFAULT_KEY, "always_allow"))
+    if policy == "always_allow":
+        return False
+    if policy == "always_ask":
+        return True
+    if isinstance(policy, Mapping) and isinstance(policy.get("ask_if"), Mapping):
+        for name, pattern in policy["ask_if"].items():
+            if name not in args or args[name] is None:
+                continue
+            value = args[name]
+            text = value if isinstance(value, str) else json.dumps(value)
+            if re.search(pattern, text):
+                return True
+        return False
+    raise ValueError(f"bad approval policy for {tool_name!r}: {policy!r}")
 
 
 class ToolBox:
@@ -125,11 +328,13 @@ class ToolBox:
         self.tools = {n: registry[n] for n in names}
         if "finish" not in self.tools:
             self.tools["finish"] = registry.get("finish", finish)
+        self._schemas = [t.schema() for t in self.tools.values()]
 
     def schemas(self) -> list[dict[str, Any]]:
-        return [t.schema() for t in self.tools.values()]
+        return self._schemas
 
-    async def call(self, ctx: ToolContext, name: str, arguments: str) -> ToolOutput:
+    def parse(self, name: str, arguments: str) -> tuple[Tool, dict[str, Any]] | ToolOutput:
+        """Validate a call: the tool and its arguments, or an error result for the model."""
         tool_ = self.tools.get(name)
         if tool_ is None:
             known = ", ".join(self.tools)
@@ -141,9 +346,21 @@ class ToolBox:
             args = tool_.args_model.model_validate(raw)
         except (ValueError, ValidationError) as exc:
             return ToolOutput(text=f"error: bad arguments for {name}: {exc}", is_error=True)
+        return tool_, args.model_dump()
+
+    async def run(self, ctx: ToolContext, tool_: Tool, args: dict[str, Any]) -> ToolOutput:
+        """Run a validated call; a sandbox or OS failure is an error result, not a crash."""
         try:
-            return await tool_.fn(ctx, **args.model_dump())
+            return await tool_.fn(ctx, **args)
         except SandboxError as exc:
             return ToolOutput(text=f"error: {exc}", is_error=True)
         except OSError as exc:
             return ToolOutput(text=f"error: {type(exc).__name__}: {exc}", is_error=True)
+        except UnicodeError as exc:
+            return ToolOutput(text=f"error: {type(exc).__name__}: {exc}", is_error=True)
+
+    async def call(self, ctx: ToolContext, name: str, arguments: str) -> ToolOutput:
+        parsed = self.parse(name, arguments)
+        if isinstance(parsed, ToolOutput):
+            return parsed
+        return await self.run(ctx, *parsed)

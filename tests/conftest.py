@@ -34,6 +34,7 @@ def fleet_factory(ray_session: None, tmp_path):  # type: ignore[no-untyped-def]
             "sandbox": "local",
             "workers": 2,
             "flush_interval_s": 0.2,
+            "retry_backoff_s": 0.0,
             "namespace": "agent-fleet-tests",
         }
         settings.update(overrides)

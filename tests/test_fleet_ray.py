@@ -44,7 +44,7 @@ def test_batch_runs_on_real_actors_and_lands_in_parquet(fleet_factory):
     records = {r.id: r for r in fleet.wait(submitted.accepted, timeout_s=120)}
     assert records["ok0"].state == TaskState.succeeded and records["ok0"].turns == 3
     failed = records["gate-fails"]
-    assert failed.state == TaskState.failed and failed.attempts == 2
+    assert failed.state == TaskState.needs_human and failed.attempts == 2
     assert "gate failed" in failed.reason
     # Workers are separate processes: work spread over both.
     workers = {e.worker for t in records for e in fleet.events(t) if e.worker}
@@ -61,7 +61,7 @@ def test_batch_runs_on_real_actors_and_lands_in_parquet(fleet_factory):
     events_dir = fleet.settings.events_dir
     overview, per_task, tools = report(events_dir, batch="b1")
     row = overview.as_dicts()[0]
-    assert (row["tasks"], row["succeeded"], row["failed"]) == (8, 7, 1)
+    assert (row["tasks"], row["succeeded"], row["needs_human"]) == (8, 7, 1)
     by_task = {r["task_id"]: r for r in per_task.as_dicts()}
     assert by_task["gate-fails"]["attempts"] == 2 and by_task["urgent"]["state"] == "succeeded"
     assert {r["tool"]: r["calls"] for r in tools.as_dicts()}["shell"] == 9  # 7 tasks + 2 attempts

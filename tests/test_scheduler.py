@@ -59,7 +59,7 @@ class Harness:
 
 
 def test_failed_attempt_is_retried_then_fails_for_good():
-    h = Harness(default_max_attempts=2)
+    h = Harness(default_max_attempts=2, exhausted_state="failed", retry_backoff_s=0)
     h.submit(id="t", prompt="x")
     a1 = h.assign()
     assert a1.attempt == 1 and h.s.tasks["t"].state == TaskState.running
@@ -69,7 +69,7 @@ def test_failed_attempt_is_retried_then_fails_for_good():
     assert a2.attempt == 2
     h.finish(a2, "failed", "gate failed again")
     rec = h.s.tasks["t"]
-    assert rec.state == TaskState.failed and rec.reason == "gate failed again"
+    assert rec.state == TaskState.failed and rec.reason == "gate failed again (after 2 attempts)"
     assert h.s.finished == ["t"]
 
 
@@ -129,3 +129,194 @@ def test_cancel_ends_a_queued_task():
     h.record(h.s.cancel("t"))
     assert h.s.tasks["t"].state == TaskState.cancelled
     assert h.s.assign("w1") is None
+
+
+# -- issue 6: routing, limits, backoff, triage, stages, review --------------------------
+from fleet.agent import SessionOutcome  # noqa: E402
+from fleet.settings import PoolSpec  # noqa: E402
+
+
+def make(**settings):
+    config = FleetConfig.model_validate(
+        {"agents": {"coder": {}, "docs": {}, "rev": {}}, "environments": {"gpu": {}}}
+    )
+    h = Harness(**settings)
+    h.s.config = config
+    return h
+
+
+def result_for(a, status="succeeded", reason="", **outcome):
+    out = SessionOutcome(status=outcome.pop("outcome", "finished"), **outcome)
+    return SessionResult(
+        task_id=a.task.id,
+        session_id=a.session_id,
+        attempt=a.attempt,
+        worker="w1",
+        status=status,
+        reason=reason,
+        outcome=out,
+    )
+
+
+def test_routing_by_required_labels_and_environment():
+    h = make(pools=[{"name": "py", "labels": ["python"]}, {"name": "gpu", "environments": ["gpu"]}])
+    h.submit(id="needs-py", prompt="x", requires=["python"])
+    h.submit(id="on-gpu", prompt="x", environment="gpu")
+    plain = PoolSpec(environments=["default"])
+    py, gpu = PoolSpec(labels=["python"]), PoolSpec(environments=["gpu"])
+    assert h.s.assign("w0", plain) is None  # nothing fits a pool without the label or env
+    got = h.s.assign("w1", gpu)
+    assert got[0].task.id == "on-gpu"
+    got = h.s.assign("w2", py)
+    assert got[0].task.id == "needs-py"
+    with pytest.raises(TaskRejected, match="no worker pool"):
+        h.s.submit(TaskSpec(id="nobody", prompt="x", requires=["rust"]))
+
+
+def test_label_and_global_concurrency_limits():
+    h = make(label_limits={"db": 1}, max_running=2)
+    for i in range(3):
+        h.submit(id=f"db{i}", prompt="x", labels=["db"])
+    h.submit(id="other", prompt="x")
+    first = h.assign()
+    running = [h.s.tasks[first.task.id]]
+    got = h.s.assign("w2", PoolSpec(), running)
+    assert got[0].task.id == "other"  # the second db task waits for the label's slot
+    h.record([got[1]])
+    running.append(h.s.tasks["other"])
+    assert h.s.assign("w3", PoolSpec(), running) is None  # global limit of 2
+
+
+def test_backoff_delays_the_retry_and_feedback_reaches_the_next_prompt():
+    h = make(retry_backoff_s=10, default_max_attempts=3)
+    h.submit(id="t", prompt="do it")
+    a = h.assign()
+    res = result_for(a, "failed", "gate failed (exit 1)")
+    res.feedback = "assert 2 == 3"
+    h.record(h.s.complete(res, now=1000.0))
+    rec = h.s.tasks["t"]
+    assert rec.state == TaskState.queued and rec.not_before == 1010.0
+    assert h.s.assign("w1", now=1005.0) is None
+    again = h.s.assign("w1", now=1011.0)[0]
+    assert again.attempt == 2
+    assert "Attempt 1 failed: gate failed (exit 1)" in again.prompt
+    assert "assert 2 == 3" in again.prompt
+
+
+def test_exhausted_attempts_go_to_a_human_with_a_brief():
+    h = make(retry_backoff_s=0, default_max_attempts=2)
+    h.submit(id="t", prompt="x")
+    for reason in ("gate failed (exit 1)", "gate failed (exit 2)"):
+        a = h.assign()
+        h.record(
+            [
+                Event(
+                    task_id="t",
+                    type=EventType.session_ended,
+                    attempt=a.attempt,
+                    payload={"outcome": "finished", "reason": reason, "agent": "default"},
+                )
+            ]
+        )
+        h.record(h.s.complete(result_for(a, "failed", reason)))
+    rec = h.s.tasks["t"]
+    assert rec.state == TaskState.needs_human
+    brief = h.log[-1].payload["brief"]
+    assert len(brief) == 2 and "exit 1" in brief[0] and "exit 2" in brief[1]
+
+
+def test_stages_hand_the_workspace_to_the_next_agent():
+    h = make()
+    h.submit(
+        id="t",
+        prompt="code it",
+        agent="coder",
+        stages=[{"agent": "docs", "prompt": "document it", "gate": "test -f README"}],
+    )
+    first = h.assign()
+    assert first.agent.name == "coder" and first.keep_workspace and first.stage == 0
+    h.record(h.s.complete(result_for(first, summary="coded")))
+    rec = h.s.tasks["t"]
+    assert rec.state == TaskState.queued and rec.stage == 1 and rec.agent == "docs"
+    second = h.assign()
+    assert second.agent.name == "docs" and second.prompt.startswith("document it")
+    assert second.gate == "test -f README" and not second.keep_workspace
+    assert second.attempt == 1  # attempts count per stage
+    h.record(h.s.complete(result_for(second)))
+    assert h.s.tasks["t"].state == TaskState.succeeded
+
+
+def test_agent_handoff_and_unknown_target():
+    h = make()
+    h.submit(id="t", prompt="x", agent="coder")
+    a = h.assign()
+    h.record(
+        h.s.complete(
+            result_for(
+                a, outcome="handoff", handoff_to="docs", handoff_note="code done, write docs"
+            )
+        )
+    )
+    b = h.assign()
+    assert b.agent.name == "docs" and "code done, write docs" in b.prompt
+    h.record(h.s.complete(result_for(b, outcome="handoff", handoff_to="ghost")))
+    assert h.s.tasks["t"].reason.startswith("handoff to unknown agent")
+
+
+def test_human_review_approves_or_sends_back():
+    h = make(retry_backoff_s=0)
+    h.submit(id="t", prompt="x", require_approval=True)
+    a = h.assign()
+    h.record(h.s.complete(result_for(a, summary="done")))
+    assert h.s.tasks["t"].state == TaskState.awaiting_review
+    h.record(h.s.review("t", approve=False, message="use a list"))
+    rec = h.s.tasks["t"]
+    assert rec.state == TaskState.queued
+    again = h.assign()
+    assert "use a list" in again.prompt
+    h.record(h.s.complete(result_for(again, summary="done again")))
+    h.record(h.s.review("t", approve=True))
+    assert h.s.tasks["t"].state == TaskState.succeeded
+    assert h.s.review("t", approve=True) == []  # nothing to review any more
+
+
+def test_followups_become_linked_tasks():
+    h = make()
+    h.submit(id="p", prompt="x")
+    a = h.assign()
+    h.record(h.s.complete(result_for(a, followups=[{"prompt": "write tests", "labels": ["t"]}])))
+    child = h.s.tasks["p.f1"]
+    assert child.spec.parent == "p" and child.state == TaskState.queued
+    assert h.s.tasks["p"].children == ["p.f1"]
+
+
+def test_parked_task_resumes_with_its_decision():
+    h = make()
+    h.submit(id="t", prompt="x")
+    a = h.assign()
+    h.record(
+        [
+            Event(
+                task_id="t",
+                type=EventType.approval_requested,
+                payload={"call_id": "c1", "tool": "shell", "args": {"command": "rm -rf x"}},
+            )
+        ]
+    )
+    h.record(h.s.complete(result_for(a, "failed", outcome="parked", state={"turns": 1})))
+    rec = h.s.tasks["t"]
+    assert rec.state == TaskState.awaiting_approval
+    assert h.s.assign("w1") is None  # a parked task holds no worker and is not queued
+    h.record(
+        [
+            Event(
+                task_id="t",
+                type=EventType.approval_decided,
+                payload={"call_id": "c1", "allow": True, "message": "ok"},
+            )
+        ]
+    )
+    h.record(h.s.resume("t"))
+    resumed = h.assign()
+    assert resumed.attempt == 1  # the same attempt, continued
+    assert resumed.decision == {"call_id": "c1", "allow": True, "message": "ok"}

@@ -1,0 +1,250 @@
+"""The supervisor as a manager, on a real local Ray: routing, watching, retries, gates,
+reviews, stages, memory, and surviving a supervisor crash."""
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+import ray
+
+from fleet.events import EventType
+from fleet.specs import FleetConfig, TaskState
+from tests.conftest import script
+
+pytestmark = pytest.mark.ray
+
+DONE = script(("finish", {"summary": "done"}))
+
+
+def wait_state(fleet, task_id, state, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        record = fleet.get(task_id)
+        if record is not None and record.state == state:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"{task_id} never reached {state}: {fleet.get(task_id)}")
+
+
+def types_of(fleet, task_id):
+    return [e.type for e in fleet.events(task_id)]
+
+
+def test_routing_by_label_and_environment(fleet_factory):
+    config = FleetConfig.model_validate({"environments": {"gpu": {}}})
+    fleet = fleet_factory(
+        config=config,
+        pools=[
+            {"name": "general", "workers": 1, "environments": ["default"]},
+            {"name": "python", "workers": 1, "labels": ["python"], "environments": ["default"]},
+            {"name": "gpu", "workers": 1, "environments": ["gpu"]},
+        ],
+    )
+    out = fleet.submit(
+        [
+            {"id": "py", "prompt": "x", "requires": ["python"], "script": DONE},
+            {"id": "gpu", "prompt": "x", "environment": "gpu", "script": DONE},
+            {"id": "any", "prompt": "x", "script": DONE},
+            {"id": "rust", "prompt": "x", "requires": ["rust"], "script": DONE},
+        ]
+    )
+    assert out.rejected[0]["task_id"] == "rust" and out.rejected[0]["field"] == "requires"
+    fleet.wait(out.accepted, timeout_s=60)
+    pools = {
+        t: next(e.payload["pool"] for e in fleet.events(t) if e.type == EventType.task_assigned)
+        for t in out.accepted
+    }
+    assert pools["py"] == "python" and pools["gpu"] == "gpu"
+    assert pools["any"] in ("general", "python")
+
+
+def test_stalled_session_is_stopped_with_the_reason(fleet_factory):
+    fleet = fleet_factory(workers=1, watch_interval_s=0.2)
+    slow = script(("shell", {"command": "sleep 20"}), ("finish", {}))
+    fleet.submit(
+        [{"id": "stuck", "prompt": "x", "script": slow, "stall_timeout_s": 1, "max_attempts": 1}]
+    )
+    record = fleet.wait(["stuck"], timeout_s=30)[0]
+    assert record.state == TaskState.needs_human
+    assert "stalled: no event for" in record.reason
+
+
+def test_backoff_then_needs_human_with_a_brief(fleet_factory):
+    fleet = fleet_factory(workers=1, retry_backoff_s=0.5)
+    fleet.submit([{"id": "bad", "prompt": "x", "gate": "false", "max_attempts": 3, "script": DONE}])
+    record = fleet.wait(["bad"], timeout_s=60)[0]
+    assert record.state == TaskState.needs_human and record.attempts == 3
+    events = fleet.events("bad")
+    assigned = [e.ts for e in events if e.type == EventType.task_assigned]
+    retried = [e for e in events if e.type == EventType.task_retried]
+    assert [r.payload["backoff_s"] for r in retried] == [0.5, 1.0]
+    assert (assigned[1] - retried[0].ts).total_seconds() >= 0.45
+    assert (assigned[2] - retried[1].ts).total_seconds() >= 0.95
+    brief = events[-1].payload["brief"]
+    assert len(brief) == 3 and all("gate failed" in line for line in brief)
+
+
+def test_gate_fails_then_passes_and_the_retry_sees_why(fleet_factory):
+    from tests.fake_openai import FakeOpenAI, Reply
+
+    server = FakeOpenAI().start()
+    try:
+        write = '{{"path": "answer.txt", "content": "{}"}}'
+        server.queue(
+            Reply(tool_calls=[("c1", "write_file", write.format(41))]),
+            Reply(tool_calls=[("c2", "finish", "{}")]),
+            Reply(tool_calls=[("c3", "write_file", write.format(42))]),
+            Reply(tool_calls=[("c4", "finish", "{}")]),
+        )
+        fleet = fleet_factory(workers=1)
+        agent = {"name": "api", "model": "m", "base_url": server.base_url}
+        gate = "grep -qx 42 answer.txt || (echo 'answer.txt must say 42'; false)"
+        fleet.submit([{"id": "g", "prompt": "write 42", "agent": agent, "gate": gate}])
+        record = fleet.wait(["g"], timeout_s=60)[0]
+        assert record.state == TaskState.succeeded and record.attempts == 2
+        types = types_of(fleet, "g")
+        assert types.count(EventType.gate_failed) == 1 and types.count(EventType.gate_passed) == 1
+        second_prompt = server.requests[2].body["messages"][1]["content"]
+        assert "Attempt 1 failed: gate failed" in second_prompt
+        assert "answer.txt must say 42" in second_prompt
+        diffs = [e for e in fleet.events("g") if e.type == EventType.artifact_saved]
+        with open(diffs[-1].payload["path"]) as f:
+            assert "+42" in f.read()
+    finally:
+        server.stop()
+
+
+def test_reviewer_sends_back_once(fleet_factory):
+    config = FleetConfig.model_validate({"agents": {"rev": {}}})
+    fleet = fleet_factory(workers=1, config=config)
+    coder = [
+        {"tool": "write_file", "args": {"path": "f.py", "content": "x=1\n"}, "attempt": 1},
+        {"tool": "write_file", "args": {"path": "f.py", "content": "x = 1\n"}, "attempt": 2},
+        {"tool": "finish", "args": {}},
+    ]
+    review = [
+        {"tool": "request_changes", "args": {"comments": "format it"}, "attempt": 1},
+        {"tool": "read_file", "args": {"path": "f.py"}, "attempt": 2},
+        {"tool": "approve", "args": {"comment": "good"}, "attempt": 2},
+    ]
+    fleet.submit(
+        [{"id": "r", "prompt": "x", "script": coder, "reviewer": "rev", "review_script": review}]
+    )
+    record = fleet.wait(["r"], timeout_s=60)[0]
+    assert record.state == TaskState.succeeded and record.attempts == 2
+    verdicts = [e.payload.get("verdict") for e in fleet.events("r") if e.payload.get("verdict")]
+    assert verdicts == ["changes", "approve"]
+    retried = next(e for e in fleet.events("r") if e.type == EventType.task_retried)
+    assert "format it" in retried.payload["feedback"]
+
+
+def test_human_approval_of_completion(fleet_factory):
+    fleet = fleet_factory(workers=1)
+    fleet.submit([{"id": "h", "prompt": "x", "require_approval": True, "script": DONE}])
+    wait_state(fleet, "h", TaskState.awaiting_review)
+    assert fleet.status()["blocked"][0]["task_id"] == "h"
+    assert fleet.review("h", approve=True, message="ship it")
+    assert fleet.wait(["h"], timeout_s=10)[0].state == TaskState.succeeded
+
+
+def test_two_stage_handoff_keeps_the_workspace(fleet_factory):
+    config = FleetConfig.model_validate({"agents": {"coder": {}, "docs": {}}})
+    fleet = fleet_factory(workers=2, config=config)
+    code = script(
+        ("write_file", {"path": "lib.py", "content": "def f(): return 1\n"}),
+        ("finish", {"summary": "lib.py written"}),
+    )
+    docs = script(
+        ("shell", {"command": "grep -q 'def f' lib.py && echo '# f' > DOCS.md"}),
+        ("finish", {"summary": "documented"}),
+    )
+    fleet.submit(
+        [
+            {
+                "id": "s",
+                "prompt": "x",
+                "agent": "coder",
+                "script": code,
+                "stages": [
+                    {"agent": "docs", "script": docs, "gate": "test -s DOCS.md && test -s lib.py"}
+                ],
+            }
+        ]
+    )
+    record = fleet.wait(["s"], timeout_s=60)[0]
+    assert record.state == TaskState.succeeded, record.reason
+    events = fleet.events("s")
+    handoff = next(e for e in events if e.type == EventType.handoff)
+    assert handoff.payload["from_agent"] == "coder" and handoff.payload["to_agent"] == "docs"
+    agents = [e.payload["agent"] for e in events if e.type == EventType.task_assigned]
+    assert agents == ["coder", "docs"]
+
+
+def test_memory_changes_a_time_limit_and_the_order(fleet_factory, tmp_path):
+    events_dir = str(tmp_path / "history")
+    slow = script(("shell", {"command": "sleep 0.4"}), ("finish", {}))
+    first = fleet_factory(workers=2, events_dir=events_dir)
+    history = [
+        {"id": f"h-slow{i}", "prompt": "x", "labels": ["slow"], "script": slow} for i in range(3)
+    ]
+    history += [
+        {"id": f"h-fast{i}", "prompt": "x", "labels": ["fast"], "script": DONE} for i in range(3)
+    ]
+    first.wait(first.submit(history).accepted, timeout_s=60)
+    first.flush()
+    first.shutdown()
+
+    fleet = fleet_factory(workers=1, events_dir=events_dir, memory_min_runs=2)
+    learned = {r["name"]: r for r in fleet.memory()["labels"]}
+    assert learned["slow"]["p50_s"] > learned["fast"]["p50_s"]
+    block = script(("shell", {"command": "sleep 0.5"}), ("finish", {}))
+    fleet.submit([{"id": "blocker", "prompt": "x", "priority": 9, "script": block}])
+    wait_state(fleet, "blocker", TaskState.running)
+    fleet.submit(
+        [
+            {"id": "fast", "prompt": "x", "labels": ["fast"], "script": DONE},
+            {"id": "slow", "prompt": "x", "labels": ["slow"], "script": DONE},
+        ]
+    )
+    fleet.wait(["blocker", "fast", "slow"], timeout_s=60)
+    decisions = {
+        e.payload["decision"]: e.payload
+        for e in fleet.events("slow")
+        if e.type == EventType.memory_decision
+    }
+    assert decisions["time_limit_s"]["value"] >= 30 and "p95" in decisions["time_limit_s"]["reason"]
+    assert "expected_s" in decisions
+    assigned = next(e for e in fleet.events("slow") if e.type == EventType.task_assigned)
+    assert assigned.payload["time_limit_s"] == decisions["time_limit_s"]["value"]
+    starts = {
+        t: next(e.ts for e in fleet.events(t) if e.type == EventType.task_assigned)
+        for t in ("fast", "slow")
+    }
+    assert starts["slow"] < starts["fast"]  # submitted second, expected longer: runs first
+
+
+def test_supervisor_killed_with_tasks_queued_and_running(fleet_factory):
+    fleet = fleet_factory(workers=2, flush_interval_s=0.1)
+    work = script(("shell", {"command": "sleep 0.3"}), ("finish", {"summary": "ok"}))
+    ids = fleet.submit([{"id": f"k{i}", "prompt": "x", "script": work} for i in range(8)]).accepted
+    wait_state(fleet, "k0", TaskState.running)
+    pid = ray.get(fleet.supervisor.pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    records = fleet.wait(ids, timeout_s=120)
+    assert sorted(r.id for r in records) == sorted(ids)
+    assert all(r.state == TaskState.succeeded for r in records)
+    assert ray.get(fleet.supervisor.pid.remote()) != pid
+    fleet.flush()
+    from fleet.analytics import sql
+
+    rows = sql(
+        fleet.settings.events_dir,
+        "select task_id, count(*) from events where type = 'task.succeeded' group by 1",
+    ).rows
+    assert Counter(dict(rows)) == Counter(dict.fromkeys(ids, 1))  # nothing lost, none twice
+    submitted = sql(
+        fleet.settings.events_dir, "select count(*) from events where type = 'task.submitted'"
+    ).rows[0][0]
+    assert submitted == 8
