@@ -146,6 +146,10 @@ class Scheduler:
                         "allow": bool(p.get("allow")),
                         "message": p.get("message", ""),
                     }
+            case EventType.agent_tool_result:
+                pending = record.pending_approval
+                if pending and pending.get("call_id") == p.get("call_id"):
+                    record.pending_approval = None  # the call it waited for has run (or not)
             case EventType.user_message:
                 if not p.get("delivered"):
                     record.inbox.append(str(p.get("text", "")))

@@ -82,10 +82,18 @@ class SessionRecorder:
 
 
 class SessionRunner:
-    def __init__(self, settings: FleetSettings, worker_id: str, sandboxes: SandboxFactory) -> None:
+    def __init__(
+        self,
+        settings: FleetSettings,
+        worker_id: str,
+        sandboxes: SandboxFactory,
+        where: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.sandboxes = sandboxes
+        self.where = where or {}
+        """Where the worker runs (node id, host), recorded with each session."""
 
     async def run(
         self, a: Assignment, sink: EventSink, hooks: SessionHooks | None = None
@@ -99,6 +107,7 @@ class SessionRunner:
                 "environment": a.environment.name,
                 "stage": a.stage,
                 "resumed": a.loop_state is not None,
+                **self.where,
             },
         )
         try:

@@ -394,6 +394,8 @@ class Supervisor:
         pending = record.pending_approval if record else None
         if record is None or not pending or pending.get("call_id") != call_id:
             return False
+        if pending.get("decision") is not None or record.state.terminal:
+            return False  # decided already
         event = Event(
             task_id=task_id,
             type=EventType.approval_decided,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 import ray
@@ -71,7 +72,8 @@ class Worker:
         self.worker_id = worker_id
         self.supervisor = supervisor
         self.settings = settings
-        self.runner = SessionRunner(settings, worker_id, self._sandbox)
+        where = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+        self.runner = SessionRunner(settings, worker_id, self._sandbox, where)
         self.pool = WarmPool(self._new_sandbox, size=settings.warm_pool)
         self._prewarm = prewarm or []
         self._made = 0

@@ -67,6 +67,12 @@ class Fleet:
             settings = FleetSettings(**{**settings.model_dump(), **overrides})
         settings = _absolute_events_dir(settings)
         settings = settings.model_copy(update={"sandbox": resolve_kind(settings.sandbox)})
+        config = config or FleetConfig()
+        if settings.model and config.agents["default"].model == "scripted":
+            default = config.agents["default"].model_copy(
+                update={"model": settings.model, "api": settings.api}
+            )
+            config = config.model_copy(update={"agents": {**config.agents, "default": default}})
         owns_ray = cls._init_ray(settings.ray_address, settings.namespace)
         options: dict[str, Any] = {
             "name": supervisor_name(settings.name),
@@ -78,7 +84,7 @@ class Fleet:
         if not owns_ray:
             options["lifetime"] = "detached"  # a cluster's fleet outlives the driver
         try:
-            handle = Supervisor.options(**options).remote(settings, config or FleetConfig())
+            handle = Supervisor.options(**options).remote(settings, config)
             ray.get(handle.start.remote())
         except ray.exceptions.RayActorError as exc:
             raise FleetError(f"the supervisor failed to start: {_first_line(exc)}") from exc

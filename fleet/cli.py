@@ -396,6 +396,57 @@ def memory(
             print_table(Table(f"By {title[:-1]}", list(rows[0]), [tuple(r.values()) for r in rows]))
 
 
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="Address the HTTP proxy listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    replicas: Annotated[int, typer.Option(min=1, help="API replicas.")] = 1,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address ('auto', 'ray://...'); default: a local Ray.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Fleet name.")] = None,
+    workers: WorkersOpt = None,
+    sandbox: SandboxOpt = None,
+    events: EventsOpt = DEFAULT_EVENTS,
+    config: ConfigOpt = None,
+    token_file: Annotated[
+        str | None, typer.Option(help="File holding the API token (else FLEET_API_TOKEN).")
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve the HTTP API and dashboard (Ray Serve) over a fleet, started or reused."""
+    from fleet.api import Fleet, FleetError
+    from serve.app import ServeSettings
+    from serve.deployment import run as run_api
+
+    try:
+        settings = _settings(workers, sandbox, events, name)
+        settings = settings.model_copy(update={"ray_address": address})
+        fleet_config = load_config(config)
+        api_settings = ServeSettings(**({"token_file": token_file} if token_file else {}))
+        api_settings.resolve_token()
+    except (InputError, CliError, ValueError, OSError) as exc:
+        _fail(str(exc).splitlines()[0], debug, exc)
+    try:
+        fleet = Fleet.start(settings, fleet_config)
+    except FleetError as exc:
+        _fail(str(exc), debug, exc)
+    try:
+        run_api(settings.name, settings.namespace, api_settings, host, port, replicas)
+        url = f"http://{host}:{port}/"
+        out.print(f"fleet {settings.name}: API and dashboard on {url} (Ctrl-C stops)")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        out.print("stopping")
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        if fleet._owns_ray:  # a cluster's fleet outlives this command
+            fleet.shutdown()
+
+
 def main() -> None:
     try:
         app()

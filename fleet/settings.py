@@ -57,6 +57,13 @@ class FleetSettings(BaseSettings):
         0.2, gt=0, description="Workers send buffered events to the supervisor at this interval."
     )
 
+    model: str | None = Field(
+        None,
+        description="Model for the default agent instead of the scripted one (FLEET_MODEL); "
+        "the server comes from OPENAI_BASE_URL, the key from OPENAI_API_KEY.",
+    )
+    api: Literal["chat", "responses"] = Field("chat", description="API the default agent uses.")
+
     # Agent loop.
     tool_output_limit: int = Field(
         10_000, ge=200, description="Characters of tool output kept (head + tail) per call."

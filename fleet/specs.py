@@ -101,6 +101,9 @@ class ScriptStep(Strict):
     attempt: int | None = Field(
         None, ge=1, description="Replay this step only on that attempt (to script retries)."
     )
+    agent: str | None = Field(
+        None, description="Replay this step only when this agent runs (to script handoffs)."
+    )
 
 
 class TaskState(StrEnum):

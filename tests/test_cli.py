@@ -12,9 +12,9 @@ from tests.conftest import script
 pytestmark = pytest.mark.ray
 
 
-def fleet(*args, cwd, timeout=180):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env["COLUMNS"] = "200"
+def fleet(*args, cwd, timeout=180, env=None):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "OPENAI_"))}
+    env = {**base, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "fleet.cli", *args],
         cwd=cwd,
@@ -84,3 +84,36 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     proc = fleet("run", "x.jsonl", "--workers", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "workers" in proc.stderr
+
+
+def test_two_environment_variables_run_tasks_on_a_real_model_server(tmp_path):
+    """FLEET_MODEL and OPENAI_BASE_URL are all it takes (a keyless local server here)."""
+    from tests.fake_openai import FakeOpenAI, Reply
+
+    server = FakeOpenAI().start()
+    try:
+        server.queue(
+            Reply(tool_calls=[("c1", "write_file", '{"path": "out.txt", "content": "hi"}')]),
+            Reply(tool_calls=[("c2", "finish", '{"summary": "wrote out.txt"}')]),
+        )
+        task = {"id": "real", "prompt": "write hi to out.txt", "gate": "grep -q hi out.txt"}
+        (tmp_path / "tasks.jsonl").write_text(json.dumps(task) + "\n")
+        env = {"FLEET_MODEL": "local-model", "OPENAI_BASE_URL": server.base_url}
+        proc = fleet(
+            "run",
+            "tasks.jsonl",
+            "--workers",
+            "1",
+            "--sandbox",
+            "local",
+            "--events",
+            "ev",
+            "--keep-ids",
+            cwd=tmp_path,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert [r.body["model"] for r in server.requests] == ["local-model", "local-model"]
+        assert "all 1 tasks succeeded" in proc.stdout
+    finally:
+        server.stop()

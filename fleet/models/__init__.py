@@ -22,7 +22,7 @@ def make_model(
 ) -> ModelClient:
     """The client an agent asks for: the scripted model, or an OpenAI-compatible API."""
     if agent.model == "scripted":
-        return ScriptedModel(script, attempt)
+        return ScriptedModel(script, attempt, agent=agent.name)
     from fleet.models.openai_client import make_model as make_api_model
 
     return make_api_model(agent, script=script, attempt=attempt)

@@ -16,9 +16,16 @@ from fleet.specs import ScriptStep
 class ScriptedModel:
     name = "scripted"
 
-    def __init__(self, script: list[ScriptStep] | None, attempt: int = 1) -> None:
+    def __init__(
+        self, script: list[ScriptStep] | None, attempt: int = 1, agent: str | None = None
+    ) -> None:
         steps = script or []
-        self._steps = [s for s in steps if s.attempt is None or s.attempt == attempt]
+        self._steps = [
+            s
+            for s in steps
+            if (s.attempt is None or s.attempt == attempt)
+            and (s.agent is None or agent is None or s.agent == agent)
+        ]
         self._turn = 0
 
     @property
