@@ -445,7 +445,15 @@ class Supervisor:
             self.running.pop(worker_id, None)
             self._session_started.pop(result.session_id, None)
             await self._record(result.events)
-            refs = await asyncio.to_thread(self._store_artifacts, result)
+            has_artifacts = (
+                result.diff
+                or result.workspace is not None
+                or (
+                    result.outcome is not None
+                    and (result.outcome.state or result.outcome.handoff_history)
+                )
+            )
+            refs = await asyncio.to_thread(self._store_artifacts, result) if has_artifacts else {}
             decided = self.sched.complete(result)
             for event in decided:
                 if event.type in (EventType.handoff, EventType.task_parked) and refs:
@@ -477,7 +485,7 @@ class Supervisor:
         """Write a session's diff, workspace and parked loop state; return their refs."""
         refs: dict[str, str] = {}
         sid = result.session_id
-        if result.diff is not None:
+        if result.diff:  # an empty diff (nothing changed) is not worth a file
             refs["diff_ref"] = self.artifacts.put(
                 result.task_id, f"{sid}.diff", result.diff.encode()
             )

@@ -11,7 +11,7 @@ def _files(archive: bytes | None) -> dict[str, bytes]:
     if not archive:
         return {}
     out: dict[str, bytes] = {}
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
         for member in tar:
             if member.isfile():
                 handle = tar.extractfile(member)
@@ -24,6 +24,8 @@ def workspace_diff(
     before: bytes | None, after: bytes, limit: int = 1_000_000
 ) -> tuple[str, list[str]]:
     """A unified diff of text files (binary files named only) and the changed paths."""
+    if before == after:  # nothing touched: the archives are byte for byte the same
+        return "", []
     old, new = _files(before), _files(after)
     changed = sorted(p for p in old.keys() | new.keys() if old.get(p) != new.get(p))
     parts: list[str] = []

@@ -56,9 +56,17 @@ class Tool:
     fn: ToolFn
 
     def schema(self) -> dict[str, Any]:
-        params = self.args_model.model_json_schema()
-        params.pop("title", None)
-        return {"name": self.name, "description": self.description, "parameters": params}
+        """The tool as the model sees it (built once: pydantic's schema generation is slow)."""
+        cached = _SCHEMAS.get(id(self))
+        if cached is None or cached[0] is not self:
+            params = self.args_model.model_json_schema()
+            params.pop("title", None)
+            schema = {"name": self.name, "description": self.description, "parameters": params}
+            cached = _SCHEMAS[id(self)] = (self, schema)
+        return cached[1]
+
+
+_SCHEMAS: dict[int, tuple[Tool, dict[str, Any]]] = {}
 
 
 def tool(fn: ToolFn) -> Tool:
