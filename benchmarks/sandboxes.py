@@ -110,10 +110,48 @@ async def pool_times(runs: int) -> list[float]:
     return times
 
 
+def fleet_batch(
+    warm_pool: int, tasks: int, workers: int, probes: int = 0
+) -> tuple[float, list[float], list[float]]:
+    """Wall time of a batch of ``tasks`` tasks of 5 commands on docker sandboxes, each task's
+    time from assignment to its first command (from the event log), and the same for
+    ``probes`` single tasks sent one at a time to the idle fleet afterwards."""
+    import tempfile
+
+    from fleet import Fleet
+    from fleet.analytics import connect
+
+    events_dir = tempfile.mkdtemp(prefix="fleet-bench-docker-")
+    steps = [{"tool": "shell", "args": {"command": f"echo step {i} > s{i}.txt"}} for i in range(5)]
+    steps.append({"tool": "finish", "args": {}})
+    batch = [{"id": f"t{i}", "prompt": "five commands", "script": steps} for i in range(tasks)]
+    with Fleet.start(
+        workers=workers, sandbox="docker", warm_pool=warm_pool, events_dir=events_dir
+    ) as fleet:
+        started = time.perf_counter()
+        records = fleet.wait(fleet.submit(batch).accepted)
+        wall = time.perf_counter() - started
+        assert all(r.state == "succeeded" for r in records), "a benchmark task failed"
+        for i in range(probes):
+            time.sleep(0.6)  # let the warm pool refill, as between tasks in a calm fleet
+            fleet.wait(fleet.submit([{"id": f"p{i}", "prompt": "x", "script": steps}]).accepted)
+        fleet.flush()
+    sql = """
+        SELECT task_id LIKE 'p%' AS probe,
+               epoch(min(ts) FILTER (WHERE type = 'agent.tool_use')
+                     - min(ts) FILTER (WHERE type = 'task.assigned')) * 1000
+        FROM events GROUP BY task_id
+    """
+    rows = connect(events_dir).execute(sql).fetchall()
+    return wall, [r[1] for r in rows if not r[0]], [r[1] for r in rows if r[0]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--starts", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=40, help="tasks in the fleet batch (0: skip)")
+    parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
     if not docker_available():
         raise SystemExit("no Docker engine answers")
@@ -131,6 +169,18 @@ def main() -> None:
     print(f"{'':<44} speed-up at p50: {pct(docker_exec, 50) / pct(agent, 50):.0f}x")
     row("create+start container until agent ready", starts)
     row("warm pool: acquire -> first command done", pooled)
+    if args.batch:
+        warm_wall, warm_first, warm_idle = fleet_batch(1, args.batch, args.workers, probes=20)
+        cold_wall, cold_first, cold_idle = fleet_batch(0, args.batch, args.workers, probes=20)
+        print(f"fleet batch: {args.batch} tasks x 5 commands on {args.workers} workers (docker)")
+        row("  idle fleet, warm pool on:  assign -> 1st cmd", warm_idle)
+        row("  idle fleet, warm pool off: assign -> 1st cmd", cold_idle)
+        row("  busy batch, warm pool on:  assign -> 1st cmd", warm_first)
+        row("  busy batch, warm pool off: assign -> 1st cmd", cold_first)
+        print(
+            f"  wall time: warm pool on {warm_wall:.2f} s, off {cold_wall:.2f} s, "
+            f"ratio off/on {cold_wall / warm_wall:.2f}x"
+        )
 
 
 if __name__ == "__main__":
