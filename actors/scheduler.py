@@ -136,8 +136,9 @@ class Scheduler:
                 record.session_id = event.session_id
                 record.started_at = record.started_at or event.ts
                 record.inbox = []
-                record.loop_state_ref = None
-                record.history_ref = None
+                # The resume point and history are handed to this session (read before this
+                # event is applied); its own checkpoints set a new resume point.
+                record.workspace_ref = record.loop_state_ref = record.history_ref = None
             case EventType.approval_requested:
                 record.pending_approval = {k: p.get(k) for k in ("call_id", "tool", "args")}
             case EventType.approval_decided:
@@ -172,8 +173,8 @@ class Scheduler:
                 record.not_before = float(p.get("not_before", 0.0))
                 if p.get("feedback"):
                     record.feedback.append(p["feedback"])
-                if "workspace_ref" in p:
-                    record.workspace_ref = p["workspace_ref"]
+                if not p.get("resume"):  # a fresh attempt: forget any point to resume from
+                    record.workspace_ref = record.loop_state_ref = None
                 self._enqueue(record)
             case EventType.handoff:
                 record.state = TaskState.queued
@@ -183,8 +184,8 @@ class Scheduler:
                 record.feedback = (
                     [f"Handed over by {p.get('from_agent')}: {p['note']}"] if p.get("note") else []
                 )
-                record.workspace_ref = p.get("workspace_ref")
-                record.loop_state_ref = None
+                record.base_ref = p.get("workspace_ref")
+                record.workspace_ref = record.loop_state_ref = None
                 record.history_ref = p.get("history_ref")
                 self._enqueue(record)
             case EventType.task_parked:
@@ -193,6 +194,10 @@ class Scheduler:
                 record.workspace_ref = p.get("workspace_ref")
                 record.loop_state_ref = p.get("loop_state_ref")
                 record.attempts = max(0, record.attempts - 1)  # the resumed session continues it
+            case EventType.session_checkpointed:
+                if record.state == TaskState.running and record.session_id == event.session_id:
+                    record.workspace_ref = p.get("workspace_ref")
+                    record.loop_state_ref = p.get("loop_state_ref")
             case EventType.task_awaiting_review:
                 record.state = TaskState.awaiting_review
             case EventType.task_followup:
@@ -494,11 +499,7 @@ class Scheduler:
         record = self.tasks.get(task_id)
         if record is None or record.state not in (TaskState.awaiting_approval, TaskState.paused):
             return []
-        payload = {
-            "reason": "resumed",
-            "next_attempt": record.attempts + 1,
-            "workspace_ref": record.workspace_ref,
-        }
+        payload = {"reason": "resumed", "next_attempt": record.attempts + 1, "resume": True}
         return [
             Event(
                 task_id=task_id,
@@ -518,8 +519,13 @@ class Scheduler:
         if record.lost_workers + 1 >= MAX_WORKER_LOSSES:
             reason = f"lost {record.lost_workers + 1} workers: {reason}"
             return events + self._give_up(record, reason, common)
-        # The attempt number is reused: the crash was not the agent's fault.
-        payload = {"reason": f"worker lost: {reason}", "next_attempt": record.attempts}
+        # The attempt number is reused (the crash was not the agent's fault) and the session
+        # resumes from its last checkpoint, if it made one.
+        payload = {
+            "reason": f"worker lost: {reason}",
+            "next_attempt": record.attempts,
+            "resume": True,
+        }
         events.append(Event(type=EventType.task_retried, payload=payload, **common))
         return events
 

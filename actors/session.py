@@ -5,6 +5,8 @@ Plain logic: the Worker actor calls it; tests call it directly.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,10 +25,14 @@ from fleet.specs import EnvironmentSpec
 from fleet.tools import ToolContext, truncate
 from sandboxes.base import Sandbox, tar_directory, tar_files
 
+log = logging.getLogger("fleet.session")
+
 SandboxFactory = Callable[[EnvironmentSpec, str], Awaitable[Sandbox]]
 """Returns a started sandbox for an environment; the name labels it."""
 
 EventSink = Callable[[Event], None]
+CheckpointSink = Callable[[str, str, dict[str, Any], bytes], Awaitable[Any]]
+"""``(task_id, session_id, loop_state, workspace_archive)``: keeps a resume point."""
 
 
 class SessionRecorder:
@@ -88,10 +94,12 @@ class SessionRunner:
         worker_id: str,
         sandboxes: SandboxFactory,
         where: dict[str, str] | None = None,
+        checkpoints: CheckpointSink | None = None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.sandboxes = sandboxes
+        self.checkpoints = checkpoints
         self.where = where or {}
         """Where the worker runs (node id, host), recorded with each session."""
 
@@ -197,6 +205,7 @@ class SessionRunner:
                 skills=skills,
                 hooks=hooks,
                 approval_wait_s=self.settings.approval_wait_s,
+                checkpoint=self._checkpointer(a, sandbox),
             )
         except Exception as exc:
             raise AgentStartError(f"agent {a.agent.name!r} cannot start: {exc}") from exc
@@ -210,6 +219,34 @@ class SessionRunner:
             aclose = getattr(model, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    def _checkpointer(self, a: Assignment, sandbox: Sandbox) -> Any:
+        """A throttled checkpoint callback for the loop: at most one every interval, one at
+        a time, sent in the background (a failed checkpoint only loses a resume point)."""
+        interval = self.settings.checkpoint_interval_s
+        sink = self.checkpoints
+        if sink is None or interval <= 0:
+            return None
+        last = time.monotonic()
+        running: set[asyncio.Task[None]] = set()
+
+        async def save(state: dict[str, Any]) -> None:
+            try:
+                await sink(a.task.id, a.session_id, state, await sandbox.snapshot())
+            except Exception as exc:
+                log.warning("checkpoint of %s failed: %s", a.task.id, exc)
+
+        def checkpoint(state: dict[str, Any]) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < interval or running:
+                return
+            last = now
+            task = asyncio.create_task(save(state))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+        return checkpoint
 
     async def _review(
         self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, baseline: bytes | None

@@ -475,7 +475,11 @@ class Supervisor:
         self.running[worker_id] = assignment.task.id
         record = self.sched.tasks[assignment.task.id]
         # One-shot refs (a parked loop, a handoff's history) are cleared by the assignment.
-        refs = (record.workspace_ref, record.loop_state_ref, record.history_ref)
+        refs = (
+            record.workspace_ref or record.base_ref,
+            record.loop_state_ref if record.workspace_ref else None,
+            record.history_ref,
+        )
         await self._record([event])
         if any(refs):
             await asyncio.to_thread(self._load_artifacts, assignment, *refs)
@@ -533,6 +537,33 @@ class Supervisor:
             assignment.loop_state = self.artifacts.get_json(loop_state_ref)
         if history_ref:
             assignment.history = self.artifacts.get_json(history_ref)
+
+    async def checkpoint(
+        self, task_id: str, session_id: str, state: dict[str, Any], workspace: bytes
+    ) -> bool:
+        """Keep a running session's latest resume point (workspace and loop state)."""
+        record = self.sched.tasks.get(task_id)
+        if record is None or record.state != TaskState.running or record.session_id != session_id:
+            return False
+
+        def store() -> dict[str, str]:
+            return {
+                "workspace_ref": self.artifacts.put(task_id, f"{session_id}.ckpt.tar", workspace),
+                "loop_state_ref": self.artifacts.put_json(
+                    task_id, f"{session_id}.ckpt.json", state
+                ),
+            }
+
+        refs = await asyncio.to_thread(store)
+        event = Event(
+            task_id=task_id,
+            type=EventType.session_checkpointed,
+            session_id=session_id,
+            attempt=record.attempts,
+            payload={**refs, "turns": state.get("turns"), "bytes": len(workspace)},
+        )
+        await self._record([event])
+        return True
 
     def heartbeat(self, worker_id: str) -> None:
         self.heartbeats[worker_id] = time.time()

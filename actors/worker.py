@@ -73,7 +73,9 @@ class Worker:
         self.supervisor = supervisor
         self.settings = settings
         where = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
-        self.runner = SessionRunner(settings, worker_id, self._sandbox, where)
+        self.runner = SessionRunner(
+            settings, worker_id, self._sandbox, where, checkpoints=self._checkpoint
+        )
         self.pool = WarmPool(self._new_sandbox, size=settings.warm_pool)
         self._prewarm = prewarm or []
         self._made = 0
@@ -95,6 +97,11 @@ class Worker:
     async def _sandbox(self, environment: EnvironmentSpec, name: str) -> Sandbox:
         """A started sandbox: from the warm pool, which then starts the next one."""
         return await self.pool.acquire(environment)
+
+    async def _checkpoint(
+        self, task_id: str, session_id: str, state: dict[str, Any], workspace: bytes
+    ) -> None:
+        await self.supervisor.checkpoint.remote(task_id, session_id, state, workspace)
 
     async def close(self) -> None:
         """Close idle warm sandboxes (the supervisor calls this before stopping the worker)."""

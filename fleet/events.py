@@ -26,6 +26,7 @@ class EventType(StrEnum):
     task_cancelled = "task.cancelled"
     session_started = "session.started"
     session_ended = "session.ended"
+    session_checkpointed = "session.checkpointed"
     agent_message = "agent.message"
     agent_tool_use = "agent.tool_use"
     agent_tool_result = "agent.tool_result"

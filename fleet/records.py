@@ -94,9 +94,12 @@ class TaskRecord(BaseModel):
     """One line per ended session: what was tried and how it ended (the brief for humans)."""
     plan: dict[str, Any] = Field(default_factory=dict)
     """Decisions taken from memory at submit: expected_s, time_limit_s, agent, max_attempts."""
+    base_ref: str | None = None
+    """The workspace this stage starts from (the previous stage's), when not seeded."""
     workspace_ref: str | None = None
-    """Where the snapshot the next session starts from is stored."""
+    """A point to resume from (parked, paused, or a checkpoint): its workspace snapshot..."""
     loop_state_ref: str | None = None
+    """...and the agent loop's state there."""
     history_ref: str | None = None
     inbox: list[str] = Field(default_factory=list)
     children: list[str] = Field(default_factory=list)

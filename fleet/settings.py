@@ -85,6 +85,12 @@ class FleetSettings(BaseSettings):
     )
     capture_diff: bool = Field(True, description="Save each session's workspace diff.")
 
+    checkpoint_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="Save a running session's workspace and state this often, so "
+        "that it resumes there if its worker dies (0: never).",
+    )
     approval_wait_s: float = Field(
         30.0, ge=0, description="How long a session waits for an approval before it parks."
     )

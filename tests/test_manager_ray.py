@@ -248,3 +248,32 @@ def test_supervisor_killed_with_tasks_queued_and_running(fleet_factory):
         fleet.settings.events_dir, "select count(*) from events where type = 'task.submitted'"
     ).rows[0][0]
     assert submitted == 8
+
+
+def test_killed_worker_resumes_the_session_from_its_checkpoint(fleet_factory):
+    fleet = fleet_factory(workers=2, checkpoint_interval_s=0.3)
+    steps = script(
+        ("shell", {"command": "echo one >> log.txt"}),
+        ("shell", {"command": "sleep 0.5"}),
+        ("shell", {"command": "sleep 2"}),
+        ("shell", {"command": "echo two >> log.txt"}),
+        ("finish", {"summary": "done"}),
+    )
+    gate = 'test "$(cat log.txt)" = "$(printf \'one\\ntwo\')"'  # "one" once: not started over
+    fleet.submit([{"id": "ck", "prompt": "x", "script": steps, "gate": gate, "max_attempts": 1}])
+    deadline = time.time() + 30
+    while not any(e.type == EventType.session_checkpointed for e in fleet.events("ck")):
+        assert time.time() < deadline, "no checkpoint was made"
+        time.sleep(0.1)
+    worker = fleet.get("ck").worker
+    os.kill(ray.get(fleet.supervisor.worker_pid.remote(worker)), signal.SIGKILL)
+    record = fleet.wait(["ck"], timeout_s=60)[0]
+    assert record.state == TaskState.succeeded, record.reason
+    events = fleet.events("ck")
+    started = [e for e in events if e.type == EventType.session_started]
+    assert len(started) == 2 and started[1].payload["resumed"] is True
+    assert started[1].worker != worker
+    ones = [
+        e for e in events if e.type == EventType.agent_tool_use and "echo one" in e.payload["args"]
+    ]
+    assert len(ones) == 1  # the step before the checkpoint did not run again
