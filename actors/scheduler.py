@@ -290,12 +290,15 @@ class Scheduler:
         pool: PoolSpec | None = None,
         running: list[TaskRecord] | None = None,
         now: float | None = None,
+        only: str | None = None,
     ) -> tuple[Assignment, Event] | None:
-        """Pick the first queued task this worker may run now; None when there is none."""
+        """Pick the first queued task this worker may run now (or ``only`` that one)."""
         pool = pool or PoolSpec(workers=1)
         running = running or []
         now = time.time() if now is None else now
-        task_id = self.queue.pop(lambda t: self.fits(self.tasks[t], pool, running, now))
+        task_id = self.queue.pop(
+            lambda t: (only is None or t == only) and self.fits(self.tasks[t], pool, running, now)
+        )
         if task_id is None:
             return None
         record = self.tasks[task_id]

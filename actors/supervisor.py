@@ -19,15 +19,20 @@ import pyarrow.parquet as pq
 import ray
 
 from actors.artifacts import ArtifactStore
+from actors.manager import MANAGER_INSTRUCTIONS, ManagerRound
 from actors.memory import Memory
 from actors.registry import Registry
 from actors.scheduler import Scheduler, TaskRejected
 from actors.worker import Worker
+from fleet.agent import AgentLoop
 from fleet.eventlog import EventLog
 from fleet.events import Event, EventType
+from fleet.models import make_model
 from fleet.records import Assignment, SessionResult, TaskRecord
 from fleet.settings import FleetSettings, PoolSpec
 from fleet.specs import FleetConfig, TaskSpec, TaskState
+from fleet.tools import ToolContext
+from sandboxes.local import LocalSandbox
 
 log = logging.getLogger("fleet.supervisor")
 
@@ -71,6 +76,11 @@ class Supervisor:
         """Events of recently active tasks, for streams (the log has them all)."""
         self._arrived: asyncio.Condition | None = None
         self._session_started: dict[str, float] = {}
+        self._pins: dict[str, str] = {}
+        """worker id -> the task the manager agent gave it"""
+        self._manager_round: asyncio.Task[None] | None = None
+        self._manager_again = False
+        self._manager_down_until = 0.0
         self.started_at = time.time()
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.recovered = 0
@@ -467,7 +477,15 @@ class Supervisor:
                 if self._stopping or pool is None or worker_id not in self.workers:
                     return None
                 running = [self.sched.tasks[t] for t in self.running.values()]
-                got = self.sched.assign(worker_id, pool, running)
+                if self._manager_routes():
+                    pinned = self._pins.pop(worker_id, None)
+                    got = (
+                        self.sched.assign(worker_id, pool, running, only=pinned) if pinned else None
+                    )
+                    if got is None and len(self.sched.queue):
+                        self._run_manager()
+                else:
+                    got = self.sched.assign(worker_id, pool, running)
                 if got is not None:
                     break
                 await self._work.wait()
@@ -564,6 +582,109 @@ class Supervisor:
         )
         await self._record([event])
         return True
+
+    # -- the manager agent (routing = manager) ----------------------------------------
+    def _manager_routes(self) -> bool:
+        return self.settings.routing == "manager" and time.time() >= self._manager_down_until
+
+    def _run_manager(self) -> None:
+        """Start a manager round, or ask for another once the running one ends."""
+        if self._manager_round is not None and not self._manager_round.done():
+            self._manager_again = True
+            return
+        self._manager_again = False
+        self._manager_round = asyncio.create_task(self._manage())
+
+    async def _manage(self) -> None:
+        idle = [w for w in self.workers if w not in self.running and w not in self._pins]
+        if not idle or not len(self.sched.queue):
+            return
+        round_ = ManagerRound(tasks=self._task_views(), workers=self._worker_views())
+        agent = self.config.agents.get(self.settings.manager_agent)
+        try:
+            if agent is None:
+                raise ValueError(f"no agent named {self.settings.manager_agent!r}")
+            model = make_model(agent)
+            loop = AgentLoop(
+                instructions=f"{agent.instructions}\n\n{MANAGER_INSTRUCTIONS}",
+                model=model,
+                toolbox=round_.toolbox(),
+                ctx=ToolContext(sandbox=LocalSandbox()),  # the manager's tools run no commands
+                emit=lambda *_a, **_k: None,
+                max_turns=agent.max_turns or 20,
+                time_limit_s=120.0,
+            )
+            outcome = await loop.run(round_.prompt())
+            aclose = getattr(model, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            if outcome.status != "finished" and not round_.assignments:
+                raise RuntimeError(outcome.reason or outcome.status)
+        except Exception as exc:
+            # A manager that cannot decide must not stall the fleet: rules route for a while.
+            log.warning("manager agent failed (%s); the rules route for 60s", exc)
+            self._manager_down_until = time.time() + 60
+            round_.assignments.clear()
+        await self._apply_manager(round_)
+
+    async def _apply_manager(self, round_: ManagerRound) -> None:
+        events: list[Event] = []
+        for worker, task_id in round_.assignments.items():
+            self._pins[worker] = task_id
+            payload = {"action": "assign", "worker": worker}
+            events.append(Event(task_id=task_id, type=EventType.manager_decision, payload=payload))
+        for task_id, status, note in round_.updates:
+            if self.sched.tasks[task_id].state.terminal:
+                continue
+            kind = EventType.task_cancelled if status == "cancelled" else EventType.task_needs_human
+            reason = f"manager: {note}"
+            events.append(
+                Event(
+                    task_id=task_id,
+                    type=EventType.manager_decision,
+                    payload={"action": status, "reason": reason},
+                )
+            )
+            events.append(Event(task_id=task_id, type=kind, payload={"reason": reason}))
+        await self._record(events)
+        if round_.created:
+            await self.submit(round_.created, batch="manager")
+        if self._work is not None:
+            async with self._work:
+                self._work.notify_all()
+        if self._manager_again:
+            self._manager_round = None
+            self._run_manager()
+
+    def _task_views(self) -> list[dict[str, Any]]:
+        live = [r for r in self.sched.tasks.values() if not r.state.terminal]
+        live.sort(key=lambda r: -r.spec.priority)
+        return [
+            {
+                "task_id": r.id,
+                "state": r.state.value,
+                "prompt": r.spec.prompt[:200],
+                "priority": r.spec.priority,
+                "labels": r.spec.labels,
+                "requires": r.spec.requires,
+                "attempts": r.attempts,
+                "reason": r.reason,
+                "expected_s": r.plan.get("expected_s"),
+            }
+            for r in live[:200]
+        ]
+
+    def _worker_views(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "worker_id": w,
+                "pool": self.pools[w].name,
+                "labels": self.pools[w].labels,
+                "idle": w not in self.running and w not in self._pins,
+                "task": self.running.get(w),
+            }
+            for w in self.workers
+        ]
 
     def heartbeat(self, worker_id: str) -> None:
         self.heartbeats[worker_id] = time.time()

@@ -41,6 +41,7 @@ class EventType(StrEnum):
     review_decided = "review.decided"
     task_followup = "task.followup"
     memory_decision = "memory.decision"
+    manager_decision = "manager.decision"
     artifact_saved = "artifact.saved"
     worker_heartbeat_lost = "worker.heartbeat_lost"
     handoff = "handoff"

@@ -104,6 +104,11 @@ class FleetSettings(BaseSettings):
         description="Worker pools split by labels, environment or agent; empty: one pool of "
         "`workers` workers that take any task.",
     )
+    routing: Literal["rules", "manager"] = Field(
+        "rules",
+        description="Who assigns work: the rules (priority, memory, fit) or a manager agent.",
+    )
+    manager_agent: str = Field("manager", description="The agent that routes when routing=manager.")
     max_running: int | None = Field(None, ge=1, description="Sessions running at once, in all.")
     label_limits: dict[str, int] = Field(
         default_factory=dict, description="Sessions running at once per task label."

@@ -16,6 +16,13 @@ if [ -f scripts/ci-docker.sh ]; then
     fi
 fi
 
+# The dashboard test needs a headless browser.
+if [ "${CI:-}" = "true" ]; then
+    bash scripts/ci-chromium.sh
+else
+    bash scripts/ci-chromium.sh || echo "warning: no chromium; the browser test will be skipped"
+fi
+
 # The cluster launcher test needs an SSH server on loopback.
 if [ "${CI:-}" = "true" ]; then
     bash scripts/ci-sshd.sh

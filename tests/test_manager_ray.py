@@ -277,3 +277,62 @@ def test_killed_worker_resumes_the_session_from_its_checkpoint(fleet_factory):
         e for e in events if e.type == EventType.agent_tool_use and "echo one" in e.payload["args"]
     ]
     assert len(ones) == 1  # the step before the checkpoint did not run again
+
+
+def test_manager_agent_makes_the_assignment_calls(fleet_factory):
+    """routing=manager: an LLM (the real openai client, a local server) picks the order."""
+    from tests.fake_openai import FakeOpenAI, Reply
+
+    server = FakeOpenAI().start()
+    try:
+        server.queue(
+            Reply(tool_calls=[("c1", "list_tasks", "{}")]),
+            Reply(
+                tool_calls=[
+                    ("c2", "assign_task", '{"task_id": "low", "worker_id": "w1"}'),
+                    (
+                        "c3",
+                        "update_status",
+                        '{"task_id": "doomed", '
+                        '"status": "needs_human", "note": "needs a spec first"}',
+                    ),
+                ]
+            ),
+            Reply(tool_calls=[("c4", "finish", '{"summary": "low first"}')]),
+            Reply(tool_calls=[("c5", "assign_task", '{"task_id": "high", "worker_id": "w1"}')]),
+            Reply(tool_calls=[("c6", "finish", "{}")]),
+        )
+        config = FleetConfig.model_validate(
+            {"agents": {"manager": {"model": "boss", "base_url": server.base_url}}}
+        )
+        fleet = fleet_factory(workers=1, config=config, routing="manager")
+        fleet.submit(
+            [
+                {"id": "high", "prompt": "x", "priority": 9, "script": DONE},
+                {"id": "low", "prompt": "x", "priority": 0, "script": DONE},
+                {"id": "doomed", "prompt": "x", "script": DONE},
+            ]
+        )
+        records = {r.id: r for r in fleet.wait(["high", "low", "doomed"], timeout_s=60)}
+        assert records["doomed"].state == TaskState.needs_human
+        assert records["doomed"].reason == "manager: needs a spec first"
+        starts = {
+            t: next(e.ts for e in fleet.events(t) if e.type == EventType.task_assigned)
+            for t in ("high", "low")
+        }
+        assert starts["low"] < starts["high"]  # the manager's call, not the priority rule
+        decision = next(e for e in fleet.events("low") if e.type == EventType.manager_decision)
+        assert decision.payload == {"action": "assign", "worker": "w1"}
+        tools = {t["function"]["name"] for t in server.requests[0].body["tools"]}
+        assert tools == {
+            "list_tasks",
+            "list_workers",
+            "assign_task",
+            "update_status",
+            "create_task",
+            "finish",
+        }
+        listed = server.requests[1].body["messages"][-1]["content"]
+        assert '"task_id": "high"' in listed and '"task_id": "low"' in listed
+    finally:
+        server.stop()

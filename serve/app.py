@@ -1,0 +1,655 @@
+"""The HTTP API as a plain FastAPI app, built around a Supervisor actor handle.
+
+``create_app(fleet_or_handle, settings)`` is all Ray Serve needs (see :mod:`serve.deployment`)
+and all tests need (FastAPI's TestClient). Every supervisor call is awaited
+(``await handle.method.remote(...)``) so no route blocks the event loop.
+
+Shapes follow Claude's Managed Agents API: a session is a task (session id = task id), its
+status is the task's state, its events are the task's events numbered by ``seq``.
+"""
+
+import asyncio
+import datetime as dt
+import decimal
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import ray
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field, SecretStr, TypeAdapter, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from actors.registry import SpecConflict
+from actors.supervisor import TERMINAL_EVENTS
+from fleet import analytics
+from fleet.events import Event
+from fleet.records import TaskRecord
+from fleet.specs import TaskSpec, TaskState
+from serve import models as m
+from serve.dashboard import PAGE
+
+
+class ServeSettings(BaseSettings):
+    """Settings of the HTTP endpoint; environment variables are prefixed ``FLEET_API_``."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEET_API_", extra="forbid")
+
+    token: SecretStr | None = Field(None, description="Bearer token (FLEET_API_TOKEN).")
+    token_file: str | None = Field(None, description="File whose first line is the token.")
+    cors_origins: list[str] = Field(default_factory=list, description="Empty: CORS off.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    max_page: int = Field(1000, ge=1, description="Largest `limit` a list route accepts.")
+    max_batch: int = Field(10_000, ge=1, description="Most tasks in one POST /v1/tasks.")
+    stream_poll_s: float = Field(
+        15.0, gt=0, description="Long-poll wait of SSE streams (a keep-alive after each idle one)."
+    )
+    allow_repo: bool = Field(
+        False, description="Accept tasks naming a server-side `repo` path (off: 422)."
+    )
+
+    def resolve_token(self) -> str:
+        if self.token is not None and self.token.get_secret_value():
+            return self.token.get_secret_value()
+        if self.token_file:
+            lines = Path(self.token_file).read_text().strip().splitlines()
+            if lines and lines[0].strip():
+                return lines[0].strip()
+        raise ValueError("no API token: set FLEET_API_TOKEN or give a token file")
+
+
+# -- plumbing ----------------------------------------------------------------------------
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse bodies over ``max_bytes`` (413), by Content-Length or as they stream in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    too_large = int(value) > self.max_bytes
+                except ValueError:
+                    await _send_json(send, 400, "bad Content-Length header")
+                    return
+                if too_large:
+                    await _send_json(send, 413, f"body over {self.max_bytes} bytes")
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send_json(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+def _field_error(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+def _validation_error(exc: ValidationError, prefix: tuple[str, ...]) -> RequestValidationError:
+    errors = [
+        {"loc": (*prefix, *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+    ]
+    return RequestValidationError(errors)
+
+
+def _plain(value: Any) -> Any:
+    """DuckDB values as JSON values."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _sse(event: Event) -> bytes:
+    data = event.model_dump_json()
+    return f"id: {event.seq}\nevent: {event.type.value}\ndata: {data}\n\n".encode()
+
+
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "description": "One server-sent event.",
+    "required": ["data", "event"],
+    "properties": {
+        "id": {"type": "string", "description": "The event's seq (resume after it)."},
+        "event": {"type": "string", "description": "The event type, or session.end."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/Event"},
+                    {
+                        "type": "object",
+                        "description": "session.end: the session's final status.",
+                        "required": ["status"],
+                        "properties": {"status": {"type": "string"}},
+                    },
+                ]
+            },
+        },
+        "retry": {"type": "integer"},
+    },
+}
+VALIDATION = {
+    "description": "Validation Error",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+    },
+}
+NOT_FOUND = {404: {"model": m.ErrorBody, "description": "Unknown id"}}
+CONFLICT = {409: {"model": m.ErrorBody, "description": "Conflict with the current state"}}
+REPORTS = ("overview", "tasks", "tools", "durations")
+
+
+# -- the app -----------------------------------------------------------------------------
+def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
+    """The API over a fleet: a :class:`fleet.api.Fleet` or a Supervisor actor handle."""
+    settings = settings or ServeSettings()
+    token = settings.resolve_token().encode()
+    sup = getattr(fleet, "supervisor", fleet)
+    events_dir: list[str] = []  # filled on first use (one remote call)
+
+    app = FastAPI(
+        title="agent-fleet",
+        version="1",
+        description="Run coding agents on a Ray fleet: agents, environments, sessions, events, "
+        "streams, tasks and reports. Every /v1 route needs `Authorization: Bearer <token>`.",
+        separate_input_output_schemas=False,
+    )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:  # Allow: every method of the path, not one route's
+            methods: set[str] = set()
+            for route in app.router.routes:
+                if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+                    methods |= route.methods or set()
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"detail": f"body over {settings.max_body_bytes} bytes"}, 413)
+
+    @app.exception_handler(ray.exceptions.RayActorError)
+    @app.exception_handler(ray.exceptions.ActorUnavailableError)
+    async def _fleet_down(_: Request, exc: Exception) -> JSONResponse:
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return JSONResponse({"detail": f"fleet unavailable: {line}"}, 503)
+
+    bearer = HTTPBearer(auto_error=False, description="The fleet's API token.")
+
+    async def authorized(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if creds is None:
+            raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+        given = creds.credentials.encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, token):
+            raise HTTPException(403, "wrong token")
+
+    v1 = APIRouter(
+        prefix="/v1",
+        dependencies=[Depends(authorized)],
+        responses={
+            400: {"model": m.ErrorBody, "description": "The body cannot be parsed"},
+            401: {"model": m.ErrorBody, "description": "No bearer token"},
+            403: {"model": m.ErrorBody, "description": "Wrong token"},
+            413: {"model": m.ErrorBody, "description": "Body too large"},
+            503: {"model": m.ErrorBody, "description": "The fleet does not answer"},
+        },
+    )
+    Limit = Annotated[int, Query(ge=1, le=settings.max_page)]
+
+    async def record_of(task_id: str) -> TaskRecord:
+        [record] = await sup.get.remote([task_id])
+        if record is None:
+            raise HTTPException(404, f"no session or task {task_id!r}")
+        return record
+
+    async def submit(specs: list[TaskSpec], batch: str) -> dict[str, Any]:
+        payload = [s.model_dump(mode="json", exclude_none=True) for s in specs]
+        return await sup.submit.remote(payload, batch)
+
+    # -- health and dashboard ------------------------------------------------------------
+    @app.get("/healthz", tags=["meta"])
+    async def healthz() -> m.Health:
+        """Liveness (no auth): the app answers; says nothing about the fleet."""
+        return m.Health(ok=True)
+
+    @app.get("/", response_class=HTMLResponse, tags=["meta"])
+    async def dashboard() -> HTMLResponse:
+        """The dashboard page (it asks for the token, or reads `?token=` once)."""
+        return HTMLResponse(PAGE)
+
+    # -- agents and environments ---------------------------------------------------------
+    def spec_routes(kind: str, plural: str, create: type, update: type, view: type, listing: type):
+        async def get_view(name: str) -> dict[str, Any]:
+            found = await sup.get_spec.remote(kind, name)
+            if found is None:
+                raise HTTPException(404, f"no {kind} {name!r}")
+            return found
+
+        async def put(spec: dict[str, Any], expected: int | None) -> dict[str, Any]:
+            try:
+                return await sup.put_spec.remote(kind, spec, expected)
+            except SpecConflict as exc:
+                raise HTTPException(409, str(exc).strip().splitlines()[-1]) from None
+
+        @v1.post(f"/{plural}", status_code=201, responses=CONFLICT, tags=[plural])
+        async def create_spec(body: create) -> view:  # type: ignore[valid-type]
+            """Create (version 1). 409 if the name is taken."""
+            return await put(body.model_dump(mode="json"), 0)
+
+        @v1.get(f"/{plural}", tags=[plural])
+        async def list_spec(include_archived: bool = False) -> listing:  # type: ignore[valid-type]
+            return {"data": await sup.list_specs.remote(kind, include_archived)}
+
+        @v1.get(f"/{plural}/{{name}}", responses=NOT_FOUND, tags=[plural])
+        async def get_spec(name: str) -> view:  # type: ignore[valid-type]
+            return await get_view(name)
+
+        @v1.post(f"/{plural}/{{name}}", responses={**NOT_FOUND, **CONFLICT}, tags=[plural])
+        async def update_spec(name: str, body: update) -> view:  # type: ignore[valid-type]
+            """Replace the spec: it becomes the next version (409 if `version` is stale)."""
+            current = await get_view(name)
+            if current.get("archived"):
+                raise HTTPException(404, f"{kind} {name!r} is archived")
+            spec = body.model_dump(mode="json", exclude={"version"}) | {"name": name}
+            return await put(spec, body.version)
+
+        @v1.post(f"/{plural}/{{name}}/archive", responses={**NOT_FOUND, **CONFLICT}, tags=[plural])
+        async def archive_spec(name: str) -> view:  # type: ignore[valid-type]
+            """New tasks can no longer name it; it stays readable."""
+            current = await get_view(name)
+            if current.get("archived"):
+                return current
+            if not await sup.archive_spec.remote(kind, name):
+                raise HTTPException(409, f"{kind} {name!r} cannot be archived")
+            return await get_view(name)
+
+    spec_routes("agent", "agents", m.AgentCreate, m.AgentUpdate, m.AgentView, m.AgentList)
+    spec_routes(
+        "environment",
+        "environments",
+        m.EnvironmentCreate,
+        m.EnvironmentUpdate,
+        m.EnvironmentView,
+        m.EnvironmentList,
+    )
+
+    # -- sessions ------------------------------------------------------------------------
+    @v1.post("/sessions", status_code=201, responses=CONFLICT, tags=["sessions"])
+    async def create_session(body: m.SessionCreate) -> m.SessionView:
+        """Submit one task; the session id is the task id."""
+        texts = [event.text() for event in body.events]
+        prompt = body.prompt or "\n\n".join(texts)
+        if not prompt.strip():
+            raise _field_error(("body", "prompt"), "give a prompt or a user.message event")
+        fields = body.model_dump(exclude={"events", "prompt"}, exclude_none=True)
+        fields["prompt"] = prompt
+        try:
+            spec = TaskSpec.model_validate(fields)
+        except ValidationError as exc:
+            raise _validation_error(exc, ("body",)) from None
+        out = await submit([spec], f"s-{uuid.uuid4().hex[:8]}")
+        if out["rejected"]:
+            rejected = out["rejected"][0]
+            if rejected["field"] == "id":
+                raise HTTPException(409, rejected["error"])
+            raise _field_error(("body", rejected["field"] or "body"), rejected["error"])
+        return m.SessionView.of(await record_of(spec.id))
+
+    @v1.get("/sessions", tags=["sessions"])
+    async def list_sessions(
+        status: TaskState | None = None,
+        label: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Limit = 50,
+        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    ) -> m.SessionList:
+        """Newest first."""
+        state = status.value if status else None
+        records = await sup.list_tasks.remote(state, label, limit + 1, offset)
+        more = len(records) > limit
+        return m.SessionList(
+            data=[m.SessionView.of(r) for r in records[:limit]],
+            has_more=more,
+            next_offset=offset + limit if more else None,
+        )
+
+    @v1.get("/sessions/{session_id}", responses=NOT_FOUND, tags=["sessions"])
+    async def get_session(session_id: str) -> m.SessionView:
+        return m.SessionView.of(await record_of(session_id))
+
+    @v1.post("/sessions/{session_id}/archive", responses=NOT_FOUND, tags=["sessions"])
+    async def archive_session(session_id: str) -> m.SessionView:
+        """Stop the session if it is live (it is cancelled); its history stays readable."""
+        record = await record_of(session_id)
+        if not record.state.terminal:
+            await sup.cancel.remote(session_id)
+        return m.SessionView.of(await record_of(session_id))
+
+    @v1.get("/sessions/{session_id}/events", responses=NOT_FOUND, tags=["sessions"])
+    async def list_events(
+        session_id: str,
+        after_seq: Annotated[int, Query(ge=-1, le=2**62)] = -1,
+        limit: Limit = 100,
+    ) -> m.EventPage:
+        """The full history, oldest first, a page at a time (by `seq`)."""
+        await record_of(session_id)
+        events = await sup.events_since.remote(session_id, after_seq, 0.0, limit + 1)
+        page = events[:limit]
+        return m.EventPage(
+            data=page,
+            has_more=len(events) > limit,
+            next_after_seq=page[-1].seq if page else after_seq,
+        )
+
+    @v1.post(
+        "/sessions/{session_id}/events", responses={**NOT_FOUND, **CONFLICT}, tags=["sessions"]
+    )
+    async def post_events(session_id: str, body: m.EventsIn) -> m.EventsPosted:
+        """Steer (`user.message`), interrupt, or answer a tool confirmation, in order.
+        Stops at the first event the session cannot take (409)."""
+        record = await record_of(session_id)
+        for n, event in enumerate(body.events):
+            if isinstance(event, m.UserMessageIn):
+                done = await sup.steer.remote(session_id, event.text())
+                why = f"session is {record.state.value}"
+            elif isinstance(event, m.UserInterruptIn):
+                done = await sup.interrupt.remote(session_id)
+                why = "session is not running"
+            else:
+                pending = (await record_of(session_id)).pending_approval or {}
+                call_id = event.tool_use_id or pending.get("call_id")
+                done = bool(call_id) and await sup.decide_approval.remote(
+                    session_id, call_id, event.result == "allow", event.deny_message
+                )
+                why = "no tool call waits for approval" + (
+                    f" with id {call_id!r}" if call_id else ""
+                )
+            if not done:
+                raise HTTPException(409, f"events[{n}] ({event.type}) refused: {why}")
+        return m.EventsPosted(
+            accepted=len(body.events), session=m.SessionView.of(await record_of(session_id))
+        )
+
+    @v1.get(
+        "/sessions/{session_id}/events/stream",
+        response_class=EventStreamResponse,
+        responses={
+            **NOT_FOUND,
+            200: {
+                "description": "Server-Sent Events: `id` is the event's seq, `event` its type, "
+                "`data` the event as JSON; a final `session.end` event (no id) closes it.",
+                "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+            },
+        },
+        tags=["sessions"],
+    )
+    async def stream_events(
+        session_id: str,
+        last_event_id: Annotated[
+            str | None, Header(description="Resume after this seq (sent by EventSource).")
+        ] = None,
+        after_seq: Annotated[int, Query(ge=-1, le=2**62)] = -1,
+    ) -> EventStreamResponse:
+        """Live events from `after_seq` (or `Last-Event-ID`) until the session ends."""
+        if last_event_id is not None and last_event_id.strip():
+            try:
+                after_seq = max(-1, int(last_event_id.strip()))
+            except ValueError:
+                raise _field_error(("header", "last-event-id"), "must be an integer") from None
+        await record_of(session_id)
+        return EventStreamResponse(
+            follow(session_id, after_seq),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def follow(task_id: str, last: int) -> AsyncIterator[bytes]:
+        yield b"retry: 2000\n\n"
+        [record] = await sup.get.remote([task_id])
+        ended = record is None or (record.state.terminal and record.seq <= last)
+        while not ended:
+            events = await sup.events_since.remote(task_id, last, settings.stream_poll_s, 500)
+            for event in events:
+                if event.seq <= last:
+                    continue
+                last = event.seq
+                yield _sse(event)
+                ended = ended or event.type in TERMINAL_EVENTS
+            if not events:  # idle: has it ended without us seeing it (e.g. never started)?
+                [record] = await sup.get.remote([task_id])
+                ended = record is None or (record.state.terminal and record.seq <= last)
+                yield b": keep-alive\n\n"
+        [record] = await sup.get.remote([task_id])
+        status = record.state.value if record else "unknown"
+        yield f"event: session.end\ndata: {json.dumps({'status': status})}\n\n".encode()
+
+    # -- tasks ---------------------------------------------------------------------------
+    @v1.post(
+        "/tasks",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "A JSON array of tasks, or JSONL (one task per line).",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/TaskSpec"},
+                        }
+                    },
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                },
+            }
+        },
+        responses={422: VALIDATION},
+        tags=["tasks"],
+    )
+    async def submit_tasks(
+        request: Request, batch: Annotated[str | None, Query(max_length=200)] = None
+    ) -> m.BatchResult:
+        """Queue a batch. Bad tasks are listed in `rejected`; the others still run."""
+        raw = await request.body()
+        items, rejected = parse_batch(raw, settings.max_batch)
+        specs: list[TaskSpec] = []
+        for line, item in items:
+            if not isinstance(item, dict):
+                rejected.append(
+                    m.Rejection(task_id="?", field="", error="not an object", line=line)
+                )
+                continue
+            task_id = str(item.get("id", "?"))
+            if item.get("repo") is not None and not settings.allow_repo:
+                error = "server-side repo paths are not accepted over HTTP"
+                rejected.append(m.Rejection(task_id=task_id, field="repo", error=error, line=line))
+                continue
+            try:
+                specs.append(TaskSpec.model_validate(item))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                field = ".".join(str(p) for p in first["loc"])
+                rejected.append(
+                    m.Rejection(task_id=task_id, field=field, error=first["msg"], line=line)
+                )
+        batch = batch or f"b-{uuid.uuid4().hex[:8]}"
+        out = await submit(specs, batch) if specs else {"accepted": [], "rejected": []}
+        rejected += [m.Rejection(**r) for r in out["rejected"]]
+        return m.BatchResult(batch=batch, accepted=out["accepted"], rejected=rejected)
+
+    @v1.get("/tasks/{task_id}", responses=NOT_FOUND, tags=["tasks"])
+    async def get_task(task_id: str) -> TaskRecord:
+        """The task's full record (spec, attempts, history, plan)."""
+        return await record_of(task_id)
+
+    @v1.post("/tasks/{task_id}/cancel", responses={**NOT_FOUND, **CONFLICT}, tags=["tasks"])
+    async def cancel_task(task_id: str) -> TaskRecord:
+        record = await record_of(task_id)
+        if not await sup.cancel.remote(task_id):
+            raise HTTPException(409, f"task {task_id!r} is {record.state.value}: cannot cancel")
+        return await record_of(task_id)
+
+    @v1.post("/tasks/{task_id}/review", responses={**NOT_FOUND, **CONFLICT}, tags=["tasks"])
+    async def review_task(task_id: str, body: m.ReviewIn) -> TaskRecord:
+        """A person's verdict on a result awaiting review: approve (it succeeds) or reject
+        (a new attempt, told why)."""
+        record = await record_of(task_id)
+        if not await sup.review.remote(task_id, body.approve, body.message):
+            raise HTTPException(409, f"task {task_id!r} is {record.state.value}: not in review")
+        return await record_of(task_id)
+
+    # -- fleet ---------------------------------------------------------------------------
+    @v1.get("/fleet/status", tags=["fleet"])
+    async def fleet_status() -> m.FleetStatus:
+        """Counts by state, the queue head, running sessions, recent outcomes."""
+        return await sup.status.remote()
+
+    @v1.get("/reports/{name}", responses=NOT_FOUND, tags=["fleet"])
+    async def get_report(
+        name: str, batch: Annotated[str | None, Query(max_length=200)] = None
+    ) -> m.Report:
+        """DuckDB reports over the event log: overview, tasks, tools, durations.
+        Empty rows while the log has no events yet."""
+        if name not in REPORTS:
+            raise HTTPException(404, f"no report {name!r} (known: {', '.join(REPORTS)})")
+        if not events_dir:
+            events_dir.append((await sup.get_settings.remote()).events_dir)
+        await sup.flush.remote()
+        try:
+            table = await asyncio.to_thread(run_report, events_dir[0], name, batch)
+        except analytics.AnalyticsError:
+            table = analytics.Table(name, [], [])
+        rows = [{k: _plain(v) for k, v in row.items()} for row in table.as_dicts()]
+        return m.Report(name=name, title=table.title or name, columns=table.columns, rows=rows)
+
+    app.include_router(v1)
+    install_openapi(app)
+    return app
+
+
+def parse_batch(raw: bytes, max_batch: int) -> tuple[list[tuple[int, Any]], list[m.Rejection]]:
+    """A JSON array, or JSONL: (line, item) pairs plus the lines that are not JSON."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _field_error(("body",), "not UTF-8 text") from None
+    items: list[tuple[int, Any]] = []
+    rejected: list[m.Rejection] = []
+    if text.lstrip().startswith("["):
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise _field_error(("body",), f"invalid JSON: {exc}") from None
+        items = list(enumerate(parsed, start=1))
+    else:
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append((n, json.loads(line)))
+            except ValueError as exc:
+                rejected.append(
+                    m.Rejection(task_id="?", field="", error=f"bad JSON: {exc}", line=n)
+                )
+    if not text.strip():
+        raise _field_error(("body",), "no tasks")
+    if len(items) > max_batch:
+        raise _field_error(("body",), f"more than {max_batch} tasks")
+    return items, rejected
+
+
+DURATIONS_SQL = """
+SELECT task_id, state, round(duration_s, 3) AS duration_s,
+       CAST(finished_at AS VARCHAR) AS finished_at
+FROM tasks WHERE finished_at IS NOT NULL {where}
+ORDER BY finished_at DESC LIMIT 200
+"""
+
+
+def run_report(events_dir: str, name: str, batch: str | None) -> analytics.Table:
+    if name == "durations":
+        con = analytics.connect(events_dir)
+        where = "AND batch = ?" if batch else ""
+        table = analytics.query(con, DURATIONS_SQL.format(where=where), [batch] if batch else [])
+        table.title = "Durations of finished tasks (newest first)"
+        return table
+    overview, tasks, tools = analytics.report(events_dir, batch=batch, task_limit=500)
+    return {"overview": overview, "tasks": tasks, "tools": tools}[name]
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Add TaskSpec (the raw-body batch route refers to it) to the generated schema."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        extra = TypeAdapter(TaskSpec).json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, sub in extra.pop("$defs", {}).items():
+            components.setdefault(name, sub)
+        components.setdefault("TaskSpec", extra)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if not status.startswith("2") and "text/event-stream" in content:
+                        response["content"] = {"application/json": content["text/event-stream"]}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,268 @@
+"""Request and response bodies of the HTTP API (what /openapi.json documents)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet.events import Event
+from fleet.records import TaskRecord
+from fleet.specs import AgentSpec, EnvironmentSpec, ScriptStep, TaskState
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+"""Agent and environment names: they appear in URLs, so no slashes or spaces."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+# -- agents and environments -----------------------------------------------------------
+class AgentCreate(AgentSpec):
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class AgentUpdate(AgentSpec):
+    """The whole new spec; it becomes the next version."""
+
+    name: str | None = Field(None, description="Ignored: the path names the spec.")
+    version: int | None = Field(
+        None, ge=0, description="The version you read: 409 if it is no longer current."
+    )
+
+
+class EnvironmentCreate(EnvironmentSpec):
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class EnvironmentUpdate(EnvironmentSpec):
+    name: str | None = Field(None, description="Ignored: the path names the spec.")
+    version: int | None = Field(
+        None, ge=0, description="The version you read: 409 if it is no longer current."
+    )
+
+
+class AgentView(BaseModel):
+    kind: Literal["agent"] = "agent"
+    name: str
+    version: int
+    archived: bool
+    spec: AgentSpec
+
+
+class EnvironmentView(BaseModel):
+    kind: Literal["environment"] = "environment"
+    name: str
+    version: int
+    archived: bool
+    spec: EnvironmentSpec
+
+
+class AgentList(BaseModel):
+    data: list[AgentView]
+
+
+class EnvironmentList(BaseModel):
+    data: list[EnvironmentView]
+
+
+# -- user events -----------------------------------------------------------------------
+class TextBlock(Strict):
+    type: Literal["text"] = "text"
+    text: str = Field(min_length=1)
+
+
+class UserMessageIn(Strict):
+    """Steer: delivered to the agent before its next turn."""
+
+    type: Literal["user.message"]
+    content: Annotated[str, Field(min_length=1)] | Annotated[list[TextBlock], Field(min_length=1)]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(block.text for block in self.content)
+
+
+class UserInterruptIn(Strict):
+    """Stop the running session at its next safe point (resumable)."""
+
+    type: Literal["user.interrupt"]
+
+
+class ToolConfirmationIn(Strict):
+    """Allow or deny the tool call waiting for approval."""
+
+    type: Literal["user.tool_confirmation"]
+    result: Literal["allow", "deny"]
+    tool_use_id: str | None = Field(
+        None, description="The call id of the approval.requested event; default: the pending one."
+    )
+    deny_message: str = Field("", max_length=10_000)
+
+
+UserEvent = Annotated[
+    UserMessageIn | UserInterruptIn | ToolConfirmationIn, Field(discriminator="type")
+]
+
+
+class EventsIn(Strict):
+    events: list[UserEvent] = Field(min_length=1, max_length=100)
+
+
+# -- sessions ----------------------------------------------------------------------------
+class SessionCreate(Strict):
+    """A session is one task: the fleet runs attempts of it until it succeeds or gives up."""
+
+    id: str | None = Field(None, min_length=1, max_length=200, description="Default: generated.")
+    agent: str | AgentSpec = "default"
+    environment: str | EnvironmentSpec = "default"
+    prompt: str | None = Field(None, min_length=1, description="Or give initial `events`.")
+    events: list[UserMessageIn] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Initial user.message events; their text is the prompt when none is given.",
+    )
+    files: dict[str, str] = Field(default_factory=dict)
+    labels: list[str] = Field(default_factory=list)
+    priority: int = 0
+    gate: str | None = None
+    script: list[ScriptStep] | None = Field(
+        None, description="Tool calls the scripted model replays."
+    )
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    time_limit_s: float | None = Field(None, gt=0)
+    max_turns: int | None = Field(None, ge=1)
+    require_approval: bool = False
+
+
+class SessionView(BaseModel):
+    id: str
+    type: Literal["session"] = "session"
+    status: TaskState
+    agent: str
+    environment: str
+    labels: list[str]
+    batch: str | None
+    prompt: str
+    attempts: int
+    turns: int
+    tool_calls: int
+    worker: str | None
+    attempt_session_id: str | None = Field(description="The current attempt's session id.")
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime | None
+    last_event: str | None
+    last_seq: int
+    summary: str
+    reason: str
+    pending_approval: dict[str, Any] | None
+    duration_s: float | None
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> SessionView:
+        spec = record.spec
+        return cls(
+            id=record.id,
+            status=record.state,
+            agent=record.agent or spec.agent_name,
+            environment=spec.environment_name,
+            labels=spec.labels,
+            batch=record.batch,
+            prompt=spec.prompt,
+            attempts=record.attempts,
+            turns=record.turns,
+            tool_calls=record.tool_calls,
+            worker=record.worker,
+            attempt_session_id=record.session_id,
+            created_at=record.submitted_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            updated_at=record.last_event_at,
+            last_event=record.last_event,
+            last_seq=record.seq,
+            summary=record.summary,
+            reason=record.reason,
+            pending_approval=record.pending_approval,
+            duration_s=record.duration_s,
+        )
+
+
+class SessionList(BaseModel):
+    data: list[SessionView]
+    has_more: bool
+    next_offset: int | None
+
+
+class EventPage(BaseModel):
+    data: list[Event]
+    has_more: bool
+    next_after_seq: int = Field(description="Pass as after_seq to read the next page.")
+
+
+class EventsPosted(BaseModel):
+    accepted: int
+    session: SessionView
+
+
+# -- tasks, status, reports --------------------------------------------------------------
+class ReviewIn(Strict):
+    approve: bool
+    message: str = Field("", max_length=10_000)
+
+
+class Rejection(BaseModel):
+    task_id: str
+    field: str
+    error: str
+    line: int | None = Field(None, description="1-based line (or array index + 1) of the task.")
+
+
+class BatchResult(BaseModel):
+    batch: str
+    accepted: list[str]
+    rejected: list[Rejection]
+
+
+class RunningItem(BaseModel):
+    task_id: str
+    worker: str
+    attempt: int
+    age_s: float | None
+    last_event: str | None
+    last_event_age_s: float | None
+
+
+class RecentItem(BaseModel):
+    task_id: str
+    state: str
+    reason: str | None
+
+
+class FleetStatus(BaseModel):
+    fleet: str
+    workers: int
+    counts: dict[str, int]
+    queued: list[str]
+    running: list[RunningItem]
+    recent: list[RecentItem]
+    uptime_s: float
+
+
+class Report(BaseModel):
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+class Health(BaseModel):
+    ok: bool

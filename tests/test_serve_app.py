@@ -1,0 +1,440 @@
+"""Every route of the HTTP API through FastAPI's TestClient, against a real fleet."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fleet.specs import AgentSpec
+from serve.app import ServeSettings, create_app
+from tests.conftest import script
+
+pytestmark = pytest.mark.ray
+
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+HELLO = script(
+    ("write_file", {"path": "hello.txt", "content": "hi"}),
+    ("shell", {"command": "cat hello.txt"}),
+    ("finish", {"summary": "wrote hello.txt"}),
+)
+SLOW = script(("shell", {"command": "sleep 30"}), ("finish", {"summary": "slept"}))
+
+
+@pytest.fixture(scope="module")
+def fleet(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from fleet import Fleet
+
+    events = tmp_path_factory.mktemp("serve-events")
+    started = Fleet.start(
+        name=f"serve-app-{time.monotonic_ns() % 10**8}",
+        events_dir=str(events),
+        sandbox="local",
+        workers=2,
+        flush_interval_s=0.2,
+        retry_backoff_s=0.1,
+        approval_wait_s=1.0,  # park sessions waiting on a tool confirmation quickly
+        namespace="agent-fleet-tests",
+    )
+    yield started
+    started.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(fleet: Any) -> Iterator[TestClient]:
+    app = create_app(fleet, ServeSettings(token=TOKEN, max_body_bytes=64 * 1024, max_page=500))
+    with TestClient(app, headers=AUTH) as test_client:
+        yield test_client
+
+
+def wait_status(client: TestClient, session_id: str, done: set[str], timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = client.get(f"/v1/sessions/{session_id}").json()
+        if body["status"] in done:
+            return body
+        if time.monotonic() > deadline:
+            status = client.get("/v1/fleet/status").json()
+            raise AssertionError(f"{session_id} still {body['status']}; fleet: {status}")
+        time.sleep(0.1)
+
+
+TERMINAL = {"succeeded", "failed", "needs_human", "cancelled"}
+
+
+def sse_events(lines: Iterator[str]) -> list[dict[str, str]]:
+    """Parse an SSE body into its events (id, event, data)."""
+    out: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if "data" in current:
+                out.append(current)
+            current = {}
+            continue
+        if line.startswith(":"):
+            continue
+        key, _, value = line.partition(":")
+        current[key] = value.removeprefix(" ")
+    return out
+
+
+# -- auth and meta -------------------------------------------------------------------------
+def test_auth_is_required_except_for_health_and_page(client: TestClient) -> None:
+    assert client.get("/healthz", headers={"Authorization": ""}).json() == {"ok": True}
+    page = client.get("/", headers={"Authorization": ""})
+    assert page.status_code == 200 and "agent-fleet" in page.text
+    missing = client.get("/v1/fleet/status", headers={"Authorization": ""})
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    for bad in (b"Bearer nope", b"Basic dXNlcjpwYXNz", "Bearer t\u00e9st".encode("latin-1")):
+        status = client.get("/v1/fleet/status", headers={"Authorization": bad}).status_code
+        assert status == (401 if bad.startswith(b"Basic") else 403), bad
+    ok = client.get("/v1/fleet/status")
+    assert ok.status_code == 200 and ok.json()["workers"] == 2
+    assert (
+        "access-control-allow-origin"
+        not in client.options("/v1/fleet/status", headers={"Origin": "http://evil.example"}).headers
+    )
+
+
+def test_token_file_and_no_token(tmp_path: Any, fleet: Any) -> None:
+    path = tmp_path / "token"
+    path.write_text("from-file\n")
+    app = create_app(fleet, ServeSettings(token_file=str(path)))
+    with TestClient(app) as c:
+        assert c.get("/v1/agents", headers={"Authorization": "Bearer from-file"}).status_code == 200
+    with pytest.raises(ValueError, match="no API token"):
+        create_app(fleet, ServeSettings(token=None, token_file=None))
+
+
+def test_openapi_documents_every_route(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path in (
+        "/v1/agents/{name}/archive",
+        "/v1/sessions/{session_id}/events/stream",
+        "/v1/tasks",
+        "/v1/reports/{name}",
+    ):
+        assert path in paths
+    schemas = spec["components"]["schemas"]
+    assert {"TaskSpec", "SessionView", "EventPage", "FleetStatus", "Event"} <= set(schemas)
+    get_session = paths["/v1/sessions/{session_id}"]["get"]["responses"]
+    assert {"200", "401", "403", "404"} <= set(get_session)
+    assert get_session["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "SessionView"
+    )
+
+
+# -- agents and environments -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("plural", "field", "value"), [("agents", "max_turns", 7), ("environments", "cpus", 2.0)]
+)
+def test_spec_crud_with_versions(client: TestClient, plural: str, field: str, value: Any) -> None:
+    name = f"x-{plural}"
+    created = client.post(f"/v1/{plural}", json={"name": name, field: value})
+    assert created.status_code == 201, created.text
+    assert created.json()["version"] == 1 and created.json()["spec"][field] == value
+    assert client.post(f"/v1/{plural}", json={"name": name}).status_code == 409
+    assert client.get(f"/v1/{plural}/{name}").json()["version"] == 1
+    assert name in [v["name"] for v in client.get(f"/v1/{plural}").json()["data"]]
+
+    updated = client.post(f"/v1/{plural}/{name}", json={"version": 1})
+    assert updated.status_code == 200 and updated.json()["version"] == 2
+    stale = client.post(f"/v1/{plural}/{name}", json={"version": 1})
+    assert stale.status_code == 409 and "version 2" in stale.json()["detail"]
+    bad_type = client.post(f"/v1/{plural}/{name}", json={field: "lots"})
+    assert bad_type.status_code == 422 and bad_type.json()["detail"][0]["loc"] == ["body", field]
+    unknown_field = client.post(f"/v1/{plural}", json={"name": "y", "bogus": 1})
+    assert unknown_field.status_code == 422
+    assert unknown_field.json()["detail"][0]["loc"] == ["body", "bogus"]
+    bad_name = client.post(f"/v1/{plural}", json={"name": "a/b"})
+    assert bad_name.status_code == 422 and bad_name.json()["detail"][0]["loc"] == ["body", "name"]
+    assert client.get(f"/v1/{plural}/nope").status_code == 404
+    assert client.post(f"/v1/{plural}/nope", json={}).status_code == 404
+
+    archived = client.post(f"/v1/{plural}/{name}/archive")
+    assert archived.status_code == 200 and archived.json()["archived"] is True
+    assert name not in [v["name"] for v in client.get(f"/v1/{plural}").json()["data"]]
+    listed = client.get(f"/v1/{plural}", params={"include_archived": True}).json()["data"]
+    assert name in [v["name"] for v in listed]
+    assert client.post(f"/v1/{plural}/{name}", json={}).status_code == 404
+    assert client.post(f"/v1/{plural}/default/archive").status_code == 409
+    assert client.post(f"/v1/{plural}/nope/archive").status_code == 404
+
+
+# -- sessions ----------------------------------------------------------------------------
+def test_session_runs_and_its_events_page_and_stream(client: TestClient) -> None:
+    created = client.post(
+        "/v1/sessions",
+        json={
+            "id": "s-hello",
+            "prompt": "hello",
+            "gate": "test -s hello.txt",
+            "script": HELLO,
+            "labels": ["web"],
+        },
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["id"] == "s-hello" and created.json()["status"] in {"queued", "running"}
+    done = wait_status(client, "s-hello", TERMINAL)
+    assert done["status"] == "succeeded" and done["summary"] == "wrote hello.txt"
+
+    # Full history, paged.
+    seen: list[dict] = []
+    after = -1
+    while True:
+        page = client.get("/v1/sessions/s-hello/events", params={"after_seq": after, "limit": 3})
+        body = page.json()
+        seen += body["data"]
+        after = body["next_after_seq"]
+        if not body["has_more"]:
+            break
+    assert [e["seq"] for e in seen] == list(range(len(seen)))
+    assert seen[0]["type"] == "task.submitted" and seen[-1]["type"] == "task.succeeded"
+    assert client.get("/v1/sessions/s-hello/events", params={"limit": 501}).status_code == 422
+
+    # The stream of an ended session: every event, then the end marker.
+    with client.stream("GET", "/v1/sessions/s-hello/events/stream") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        streamed = sse_events(r.iter_lines())
+    assert [int(e["id"]) for e in streamed[:-1]] == [e["seq"] for e in seen]
+    assert streamed[-1]["event"] == "session.end"
+    assert json.loads(streamed[-1]["data"]) == {"status": "succeeded"}
+    # Resumed with Last-Event-ID: only what follows.
+    with client.stream(
+        "GET", "/v1/sessions/s-hello/events/stream", headers={"Last-Event-ID": "4"}
+    ) as r:
+        rest = sse_events(r.iter_lines())
+    assert [int(e["id"]) for e in rest[:-1]] == [e["seq"] for e in seen if e["seq"] > 4]
+    bad = client.get("/v1/sessions/s-hello/events/stream", headers={"Last-Event-ID": "x"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["header", "last-event-id"]
+
+    listed = client.get("/v1/sessions", params={"label": "web", "status": "succeeded"}).json()
+    assert [s["id"] for s in listed["data"]] == ["s-hello"]
+    assert client.get("/v1/sessions", params={"status": "bogus"}).status_code == 422
+    assert client.post("/v1/sessions", json={"id": "s-hello", "prompt": "again"}).status_code == 409
+    for path in ("", "/events", "/events/stream"):
+        assert client.get(f"/v1/sessions/missing{path}").status_code == 404
+
+
+def test_session_create_validation(client: TestClient) -> None:
+    neither = client.post("/v1/sessions", json={"labels": ["x"]})
+    assert neither.status_code == 422 and neither.json()["detail"][0]["loc"] == ["body", "prompt"]
+    agent = client.post("/v1/sessions", json={"prompt": "x", "agent": "no-such-agent"})
+    assert agent.status_code == 422 and agent.json()["detail"][0]["loc"] == ["body", "agent"]
+    typed = client.post("/v1/sessions", json={"prompt": "x", "max_attempts": "many"})
+    assert typed.status_code == 422 and typed.json()["detail"][0]["loc"] == ["body", "max_attempts"]
+    assert client.post("/v1/sessions", content=b"{not json").status_code == 422
+    assert client.post("/v1/sessions", json=[1, 2]).status_code == 422
+    # Initial user events make the prompt.
+    from_events = client.post(
+        "/v1/sessions",
+        json={
+            "events": [{"type": "user.message", "content": [{"type": "text", "text": "hi"}]}],
+            "script": HELLO,
+        },
+    )
+    assert from_events.status_code == 201 and from_events.json()["prompt"] == "hi"
+    wait_status(client, from_events.json()["id"], TERMINAL)
+
+
+def test_steer_interrupt_and_confirmation(client: TestClient) -> None:
+    sid = client.post("/v1/sessions", json={"prompt": "slow", "script": SLOW}).json()["id"]
+    wait_status(client, sid, {"running"})
+    steer = client.post(
+        f"/v1/sessions/{sid}/events",
+        json={"events": [{"type": "user.message", "content": "also do y"}]},
+    )
+    assert steer.status_code == 200 and steer.json()["accepted"] == 1
+    confirm = client.post(
+        f"/v1/sessions/{sid}/events",
+        json={"events": [{"type": "user.tool_confirmation", "result": "allow"}]},
+    )
+    assert confirm.status_code == 409 and "approval" in confirm.json()["detail"]
+    bad = client.post(f"/v1/sessions/{sid}/events", json={"events": [{"type": "user.dance"}]})
+    assert bad.status_code == 422
+    empty = client.post(f"/v1/sessions/{sid}/events", json={"events": []})
+    assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body", "events"]
+    interrupt = client.post(
+        f"/v1/sessions/{sid}/events", json={"events": [{"type": "user.interrupt"}]}
+    )
+    assert interrupt.status_code == 200
+    types = [e["type"] for e in client.get(f"/v1/sessions/{sid}/events").json()["data"]]
+    assert "user.message" in types and "user.interrupt" in types
+    archived = client.post(f"/v1/sessions/{sid}/archive")
+    assert archived.status_code == 200
+    wait_status(client, sid, TERMINAL | {"paused"})
+    archived = client.post(f"/v1/sessions/{sid}/archive").json()
+    assert archived["status"] in TERMINAL
+    late = client.post(
+        f"/v1/sessions/{sid}/events",
+        json={"events": [{"type": "user.message", "content": "too late"}]},
+    )
+    assert late.status_code == 409
+
+
+@pytest.mark.skipif("approvals" not in AgentSpec.model_fields, reason="no approval policies")
+def test_tool_confirmation_allows_a_waiting_call(client: TestClient) -> None:
+    agent = {"name": "asker", "approvals": {"shell": "always_ask"}}
+    sid = client.post(
+        "/v1/sessions", json={"prompt": "needs ok", "agent": agent, "script": HELLO}
+    ).json()["id"]
+    waiting = wait_status(client, sid, {"awaiting_approval"} | TERMINAL)
+    if waiting["status"] in TERMINAL:
+        types = [e["type"] for e in client.get(f"/v1/sessions/{sid}/events").json()["data"]]
+        assert "approval.requested" not in types
+        pytest.skip("the worker does not ask for approvals yet")
+    call_id = waiting["pending_approval"]["call_id"]
+    listed = client.get("/v1/sessions", params={"status": "awaiting_approval"}).json()["data"]
+    assert sid in [s["id"] for s in listed]
+    wrong = client.post(
+        f"/v1/sessions/{sid}/events",
+        json={
+            "events": [{"type": "user.tool_confirmation", "result": "allow", "tool_use_id": "nope"}]
+        },
+    )
+    assert wrong.status_code == 409
+    ok = client.post(
+        f"/v1/sessions/{sid}/events",
+        json={
+            "events": [
+                {"type": "user.tool_confirmation", "result": "allow", "tool_use_id": call_id}
+            ]
+        },
+    )
+    assert ok.status_code == 200, ok.text
+    assert wait_status(client, sid, TERMINAL)["status"] == "succeeded"
+
+
+# -- tasks -------------------------------------------------------------------------------
+def test_batch_submit_get_and_cancel(client: TestClient) -> None:
+    tasks = [{"id": f"b{i}", "prompt": "hello", "script": HELLO} for i in range(3)]
+    out = client.post("/v1/tasks", params={"batch": "web-1"}, json=tasks)
+    assert out.status_code == 200, out.text
+    assert out.json() == {"batch": "web-1", "accepted": ["b0", "b1", "b2"], "rejected": []}
+
+    jsonl = "\n".join(
+        [
+            json.dumps({"id": "slow1", "prompt": "x", "script": SLOW}),
+            "{bad json",
+            "",
+            json.dumps({"id": "b0", "prompt": "dup"}),
+            json.dumps({"id": "r", "prompt": "x", "repo": "/"}),
+            json.dumps({"prompt": "x", "max_attempts": 0}),
+            json.dumps({"prompt": "x", "agent": "ghost"}),
+            "[]",
+        ]
+    )
+    out = client.post(
+        "/v1/tasks", content=jsonl, headers={"Content-Type": "application/x-ndjson"}
+    ).json()
+    assert out["accepted"] == ["slow1"]
+    rejected = {(r["line"], r["field"]) for r in out["rejected"]}
+    assert {(2, ""), (5, "repo"), (6, "max_attempts"), (8, "")} <= rejected
+    assert {r["field"] for r in out["rejected"] if r["line"] is None} == {"id", "agent"}
+
+    record = client.get("/v1/tasks/b0").json()
+    assert (
+        record["id"] == "b0" and record["batch"] == "web-1" and record["spec"]["prompt"] == "hello"
+    )
+    wait_status(client, "slow1", {"running", "queued"})
+    cancelled = client.post("/v1/tasks/slow1/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert client.post("/v1/tasks/slow1/cancel").status_code == 409
+    assert client.post("/v1/tasks/nope/cancel").status_code == 404
+    assert client.get("/v1/tasks/nope").status_code == 404
+    for body in (b"", b"   ", b"[1,", b"\xff\xfe"):
+        assert client.post("/v1/tasks", content=body).status_code == 422, body
+    huge = json.dumps([{"prompt": "x" * 70_000}])
+    assert client.post("/v1/tasks", content=huge).status_code == 413
+    for i in range(3):
+        wait_status(client, f"b{i}", TERMINAL)
+
+
+def test_status_and_reports(client: TestClient) -> None:
+    sid = client.post("/v1/sessions", json={"prompt": "x", "script": HELLO}).json()["id"]
+    wait_status(client, sid, TERMINAL)
+    status = client.get("/v1/fleet/status").json()
+    assert status["counts"]["succeeded"] >= 1 and sid in [r["task_id"] for r in status["recent"]]
+    overview = client.get("/v1/reports/overview").json()
+    assert overview["rows"][0]["tasks"] >= 1 and "success_pct" in overview["columns"]
+    durations = client.get("/v1/reports/durations").json()["rows"]
+    assert sid in [r["task_id"] for r in durations]
+    assert isinstance(durations[0]["duration_s"], float)
+    tasks = client.get("/v1/reports/tasks").json()["rows"]
+    assert sid in [r["task_id"] for r in tasks]
+    tools = client.get("/v1/reports/tools").json()["rows"]
+    assert "shell" in [r["tool"] for r in tools]
+    batch = client.get("/v1/reports/overview", params={"batch": "no-such"}).json()
+    assert batch["rows"][0]["tasks"] == 0
+    assert client.get("/v1/reports/nope").status_code == 404
+
+
+class _DeadMethod:
+    async def _fail(self, *args: Any) -> Any:
+        import ray
+
+        raise ray.exceptions.ActorUnavailableError("supervisor restarting", None)
+
+    def remote(self, *args: Any) -> Any:
+        return self._fail(*args)
+
+
+class _DeadSupervisor:
+    def __getattr__(self, name: str) -> _DeadMethod:
+        if name == "supervisor":  # a handle, not a Fleet
+            raise AttributeError(name)
+        return _DeadMethod()
+
+
+def test_unreachable_fleet_is_503_and_streamed_bodies_are_limited() -> None:
+    app = create_app(_DeadSupervisor(), ServeSettings(token=TOKEN, max_body_bytes=2048))
+    with TestClient(app, headers=AUTH) as c:
+        down = c.get("/v1/fleet/status")
+        assert down.status_code == 503 and "fleet unavailable" in down.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            for _ in range(10):
+                yield b"x" * 1000
+
+        assert c.post("/v1/tasks", content=chunks()).status_code == 413
+        assert c.post("/v1/tasks", content=b"x" * 3000).status_code == 413
+
+
+def test_review_route_approves_a_result_awaiting_review(fleet_factory):
+    from fastapi.testclient import TestClient
+
+    from serve.app import ServeSettings, create_app
+    from tests.conftest import script
+
+    fleet = fleet_factory(workers=1)
+    client = TestClient(create_app(fleet, ServeSettings(token="t0k")))
+    auth = {"Authorization": "Bearer t0k"}
+    fleet.submit(
+        [
+            {
+                "id": "rv",
+                "prompt": "x",
+                "require_approval": True,
+                "script": script(("finish", {"summary": "done"})),
+            }
+        ]
+    )
+    deadline = time.time() + 30
+    while fleet.get("rv").state != "awaiting_review":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    early = client.post("/v1/tasks/nope/review", json={"approve": True}, headers=auth)
+    assert early.status_code == 404
+    bad = client.post("/v1/tasks/rv/review", json={"approve": "perhaps"}, headers=auth)
+    assert bad.status_code == 422
+    ok = client.post("/v1/tasks/rv/review", json={"approve": True, "message": "ok"}, headers=auth)
+    assert ok.status_code == 200 and ok.json()["state"] == "succeeded"
+    again = client.post("/v1/tasks/rv/review", json={"approve": True}, headers=auth)
+    assert again.status_code == 409
