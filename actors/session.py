@@ -17,7 +17,7 @@ from fleet.agent import AgentLoop, SessionOutcome
 from fleet.diffs import workspace_diff
 from fleet.events import Event, EventType
 from fleet.hooks import Decision, InboxHooks, SessionHooks
-from fleet.models import make_model
+from fleet.models import close_model, make_model
 from fleet.records import Assignment, SessionResult
 from fleet.settings import FleetSettings
 from fleet.skills import install_skills, load_skills
@@ -216,9 +216,7 @@ class SessionRunner:
                 return await loop.resume(a.loop_state)
             return await loop.run(a.prompt or a.task.prompt, history=a.history)
         finally:
-            aclose = getattr(model, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_model(model)
 
     def _checkpointer(self, a: Assignment, sandbox: Sandbox) -> Any:
         """A throttled checkpoint callback for the loop: at most one every interval, one at
@@ -275,9 +273,7 @@ class SessionRunner:
         try:
             outcome = await loop.run(review_prompt(a.prompt or a.task.prompt, diff))
         finally:
-            aclose = getattr(model, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_model(model)
         if verdict.approved is None and outcome.status != "finished":
             verdict.approved, verdict.comments = False, f"review did not finish: {outcome.reason}"
         rec.emit(

@@ -27,7 +27,7 @@ from actors.worker import Worker
 from fleet.agent import AgentLoop
 from fleet.eventlog import EventLog
 from fleet.events import Event, EventType
-from fleet.models import make_model
+from fleet.models import close_model, make_model
 from fleet.records import Assignment, SessionResult, TaskRecord
 from fleet.settings import FleetSettings, PoolSpec
 from fleet.specs import FleetConfig, TaskSpec, TaskState
@@ -72,6 +72,7 @@ class Supervisor:
         self._done: asyncio.Condition | None = None
         self._roll_lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._start_lock = asyncio.Lock()
         self._recent: OrderedDict[str, list[Event]] = OrderedDict()
         """Events of recently active tasks, for streams (the log has them all)."""
         self._arrived: asyncio.Condition | None = None
@@ -90,29 +91,33 @@ class Supervisor:
     # -- life cycle --------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
         """Start the worker pool and the flush loop (idempotent)."""
-        if self._work is None:
-            if self.settings.sandbox == "docker":
-                from sandboxes.docker import reap_orphans
-
-                reaped = await asyncio.to_thread(reap_orphans)
-                if reaped:
-                    log.warning("removed %d containers left by crashed workers", reaped)
-            self._work = asyncio.Condition()
-            self._done = asyncio.Condition()
-            self._arrived = asyncio.Condition()
-            self._roll_lock = asyncio.Lock()
-            for pool in self.settings.pool_specs():
-                for _ in range(pool.workers):
-                    self._spawn_worker(pool)
-            # The pool is up when start returns: wait for every worker process.
-            await asyncio.gather(*(w.pid.remote() for w in self.workers.values()))
-            if self.settings.memory:
-                await asyncio.to_thread(self.memory.refresh, self.settings.events_dir)
-                self._spawn(self._memory_loop())
-            self._spawn(self._flush_loop())
-            self._spawn(self._watch_loop())
-            self._requeue_orphans()
+        async with self._start_lock:
+            if self._work is None:
+                await self._start()
         return {"workers": len(self.workers), "recovered": self.recovered}
+
+    async def _start(self) -> None:
+        if self.settings.sandbox == "docker":
+            from sandboxes.docker import reap_orphans
+
+            reaped = await asyncio.to_thread(reap_orphans)
+            if reaped:
+                log.warning("removed %d containers left by crashed workers", reaped)
+        self._work = asyncio.Condition()
+        self._done = asyncio.Condition()
+        self._arrived = asyncio.Condition()
+        self._roll_lock = asyncio.Lock()
+        for pool in self.settings.pool_specs():
+            for _ in range(pool.workers):
+                self._spawn_worker(pool)
+        # The pool is up when start returns: wait for every worker process.
+        await asyncio.gather(*(w.pid.remote() for w in self.workers.values()))
+        if self.settings.memory:
+            await asyncio.to_thread(self.memory.refresh, self.settings.events_dir)
+            self._spawn(self._memory_loop())
+        self._spawn(self._flush_loop())
+        self._spawn(self._watch_loop())
+        self._requeue_orphans()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -615,9 +620,7 @@ class Supervisor:
                 time_limit_s=120.0,
             )
             outcome = await loop.run(round_.prompt())
-            aclose = getattr(model, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_model(model)
             if outcome.status != "finished" and not round_.assignments:
                 raise RuntimeError(outcome.reason or outcome.status)
         except Exception as exc:

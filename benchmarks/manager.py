@@ -61,6 +61,17 @@ def makespan(events_dir: str, tasks: list[dict], memory: bool, workers: int) -> 
         return time.perf_counter() - started
 
 
+def submit_held(fleet: Fleet, prefix: str, n: int) -> None:
+    """Queue ``n`` tasks that never start (their label's limit is 0), 5000 per call."""
+    for start in range(0, n, 5000):
+        fleet.submit(
+            [
+                {"id": f"{prefix}{i}", "prompt": "x", "labels": ["held"]}
+                for i in range(start, min(n, start + 5000))
+            ]
+        )
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -81,12 +92,7 @@ def queue_memory(n: int) -> tuple[float, float]:
     ) as fleet:
         pid = ray.get(fleet.supervisor.pid.remote())
         before = rss_mib(pid)
-        for start in range(0, n, 5000):
-            batch = [
-                {"id": f"q{i}", "prompt": "x", "labels": ["held"]}
-                for i in range(start, min(n, start + 5000))
-            ]
-            fleet.submit(batch)
+        submit_held(fleet, "q", n)
         fleet.flush()
         after = rss_mib(pid)
         assert fleet.status()["counts"]["queued"] == n
@@ -103,13 +109,7 @@ def recovery(n: int) -> tuple[float, int]:
         label_limits={"held": 0},
         name="recover",
     ) as fleet:
-        for start in range(0, n, 5000):
-            fleet.submit(
-                [
-                    {"id": f"r{i}", "prompt": "x", "labels": ["held"]}
-                    for i in range(start, min(n, start + 5000))
-                ]
-            )
+        submit_held(fleet, "r", n)
         fleet.flush()
         pid = ray.get(fleet.supervisor.pid.remote())
         killed = time.perf_counter()

@@ -14,6 +14,27 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SandboxKind = Literal["local", "docker", "auto"]
 
 
+class PoolSpec(BaseModel):
+    """Workers that share what they can do. Empty lists mean 'anything'."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "default"
+    workers: int = Field(1, ge=1, le=256)
+    labels: list[str] = Field(
+        default_factory=list, description="Skills these workers offer (tasks' `requires`)."
+    )
+    environments: list[str] = Field(default_factory=list, description="Only these environments.")
+    agents: list[str] = Field(default_factory=list, description="Only these agents.")
+
+    def takes(self, requires: list[str], environment: str, agent: str) -> bool:
+        return (
+            set(requires) <= set(self.labels)
+            and (not self.environments or environment in self.environments)
+            and (not self.agents or agent in self.agents)
+        )
+
+
 class FleetSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="forbid")
 
@@ -153,24 +174,3 @@ class FleetSettings(BaseSettings):
 
     def pool_specs(self) -> list[PoolSpec]:
         return self.pools or [PoolSpec(name="default", workers=self.workers)]
-
-
-class PoolSpec(BaseModel):
-    """Workers that share what they can do. Empty lists mean 'anything'."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = "default"
-    workers: int = Field(1, ge=1, le=256)
-    labels: list[str] = Field(
-        default_factory=list, description="Skills these workers offer (tasks' `requires`)."
-    )
-    environments: list[str] = Field(default_factory=list, description="Only these environments.")
-    agents: list[str] = Field(default_factory=list, description="Only these agents.")
-
-    def takes(self, requires: list[str], environment: str, agent: str) -> bool:
-        return (
-            set(requires) <= set(self.labels)
-            and (not self.environments or environment in self.environments)
-            and (not self.agents or agent in self.agents)
-        )

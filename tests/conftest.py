@@ -51,3 +51,16 @@ def fleet_factory(ray_session: None, tmp_path):  # type: ignore[no-untyped-def]
 
 def script(*steps: tuple[str, dict]) -> list[dict]:
     return [{"tool": tool, "args": args} for tool, args in steps]
+
+
+def wait_state(fleet, task_id, state, timeout=30):  # type: ignore[no-untyped-def]
+    """Poll until the task reaches ``state`` (fails the test after ``timeout`` seconds)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        record = fleet.get(task_id)
+        if record is not None and record.state == state:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"{task_id} never reached {state}: {fleet.get(task_id)}")

@@ -11,21 +11,11 @@ import ray
 
 from fleet.events import EventType
 from fleet.specs import FleetConfig, TaskState
-from tests.conftest import script
+from tests.conftest import script, wait_state
 
 pytestmark = pytest.mark.ray
 
 DONE = script(("finish", {"summary": "done"}))
-
-
-def wait_state(fleet, task_id, state, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        record = fleet.get(task_id)
-        if record is not None and record.state == state:
-            return record
-        time.sleep(0.05)
-    raise AssertionError(f"{task_id} never reached {state}: {fleet.get(task_id)}")
 
 
 def types_of(fleet, task_id):

@@ -13,8 +13,16 @@ __all__ = [
     "ScriptedModel",
     "ToolCall",
     "Usage",
+    "close_model",
     "make_model",
 ]
+
+
+async def close_model(model: ModelClient) -> None:
+    """Close a client's connections, for the clients that hold any."""
+    aclose = getattr(model, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def make_model(
