@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
+
 from fleet.analytics import AnalyticsError, connect
 from fleet.settings import FleetSettings
 from fleet.specs import TaskSpec
@@ -78,10 +80,10 @@ class Memory:
         """Re-read history; False when there is none yet."""
         try:
             con = connect(events_dir)
-        except AnalyticsError:
+            self.labels = {r.name: r for r in _stats(con, LABEL_STATS)}
+            self.agents = {r.name: r for r in _stats(con, AGENT_STATS)}
+        except (AnalyticsError, duckdb.Error):  # no history yet, or none readable: no memory
             return False
-        self.labels = {r.name: r for r in _stats(con, LABEL_STATS)}
-        self.agents = {r.name: r for r in _stats(con, AGENT_STATS)}
         return True
 
     def _known(self, stats: Stats | None) -> Stats | None:

@@ -15,14 +15,16 @@ the same state after a crash.
 | running           | task.awaiting_review  | awaiting_review                 |
 | awaiting_review   | task.succeeded        | succeeded (a human approved)    |
 | running           | task.succeeded        | succeeded                       |
-| running           | task.needs_human      | needs_human (attempts ran out)  |
+| running           | task.needs_human      | needs_human (attempts or budget |
+|                   |                       | ran out)                        |
 | running           | task.failed           | failed (exhausted_state=failed) |
 | any live          | task.cancelled        | cancelled                       |
 
 What follows a failed attempt: another attempt after ``retry_backoff_s * 2**(n-1)`` seconds,
 which sees the failure (gate output, review comments) in its prompt; when attempts run out,
 the task goes to a human with a brief of every attempt. A worker that dies does not use up an
-attempt (up to 3 losses).
+attempt (up to 3 losses). Token and cost budgets are per task: ``usage`` events add up in the
+record, each session gets what is left, and a task whose budget is spent is not retried.
 """
 
 from __future__ import annotations
@@ -94,8 +96,10 @@ class TaskQueue:
         return found
 
     def ids(self, limit: int | None = None) -> list[str]:
-        live = (item for item in sorted(self._heap) if self._is_live(item))
-        return [item[3] for item, _ in zip(live, range(limit or len(self._heap)), strict=False)]
+        """Queued task ids in the order they would run (the first ``limit`` of them)."""
+        live = [item for item in self._heap if self._is_live(item)]
+        first = sorted(live) if limit is None else heapq.nsmallest(limit, live)
+        return [item[3] for item in first]
 
 
 class Scheduler:
@@ -166,6 +170,9 @@ class Scheduler:
                 )
             case EventType.worker_lost:
                 record.lost_workers += 1
+            case EventType.usage:
+                record.spent_tokens += (event.tokens_in or 0) + (event.tokens_out or 0)
+                record.spent_cost_usd += event.cost_usd or 0.0
             case EventType.task_retried:
                 record.state = TaskState.queued
                 record.reason = p.get("reason", "")
@@ -308,6 +315,7 @@ class Scheduler:
         last_stage = record.stage >= len(spec.stages)
         attempt = record.attempts + 1
         time_limit = spec.time_limit_s or record.plan.get("time_limit_s")
+        tokens_left, cost_left = self._budget_left(record, agent)
         assignment = Assignment(
             task=spec,
             agent=agent,
@@ -326,6 +334,8 @@ class Scheduler:
             keep_workspace=not last_stage,
             messages=list(record.inbox),
             decision=self._decision(record),
+            max_tokens=tokens_left,
+            max_cost_usd=cost_left,
         )
         event = Event(
             task_id=task_id,
@@ -373,6 +383,9 @@ class Scheduler:
         }
         outcome = result.outcome
         events = self._followups(record, result)
+        if outcome is not None and outcome.status == "budget":  # not retried: it would not fit
+            spent = self._budget_spent(record) or outcome.reason
+            return [*events, *self._give_up(record, f"budget spent: {spent}", common)]
         if outcome is not None and outcome.status in ("parked", "interrupted"):
             state = TaskState.awaiting_approval if outcome.status == "parked" else TaskState.paused
             payload = {"state": state.value, "reason": outcome.reason}
@@ -442,6 +455,10 @@ class Scheduler:
     def _retry_or_give_up(
         self, record: TaskRecord, result: SessionResult, common: dict, now: float
     ) -> list[Event]:
+        spent = self._budget_spent(record)
+        if spent:  # another attempt would stop at once
+            reason = f"budget spent: {spent} (last attempt: {result.reason})"
+            return self._give_up(record, reason, common)
         spec = record.spec
         max_attempts = (
             spec.max_attempts
@@ -463,6 +480,25 @@ class Scheduler:
             }
             return [Event(type=EventType.task_retried, payload=payload, **common)]
         return self._give_up(record, f"{result.reason} (after {result.attempt} attempts)", common)
+
+    @staticmethod
+    def _budget_left(record: TaskRecord, agent: AgentSpec) -> tuple[int | None, float | None]:
+        """What is left of the task's token and cost budgets: the limits of the agent running
+        it (``max_tokens``, ``max_cost_usd``) less what all the task's sessions spent."""
+        tokens, cost = agent.max_tokens, agent.max_cost_usd
+        return (
+            None if tokens is None else max(0, tokens - record.spent_tokens),
+            None if cost is None else max(0.0, cost - record.spent_cost_usd),
+        )
+
+    def _budget_spent(self, record: TaskRecord) -> str:
+        """Why the task's budget is spent, or empty."""
+        agent = self.resolve_agent(record)
+        if agent.max_tokens is not None and record.spent_tokens >= agent.max_tokens:
+            return f"{record.spent_tokens} of {agent.max_tokens} tokens used"
+        if agent.max_cost_usd is not None and record.spent_cost_usd >= agent.max_cost_usd:
+            return f"${record.spent_cost_usd:.4f} of ${agent.max_cost_usd:g} used"
+        return ""
 
     def _give_up(self, record: TaskRecord, reason: str, common: dict) -> list[Event]:
         if self.settings.exhausted_state == "failed":

@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from actors.review import REVIEW_INSTRUCTIONS, Verdict, review_prompt, review_toolbox
-from fleet.agent import AgentLoop, SessionOutcome
+from fleet.agent import AgentLoop, SessionOutcome, StateFn, carry_decision
 from fleet.diffs import workspace_diff
 from fleet.events import Event, EventType
 from fleet.hooks import Decision, InboxHooks, SessionHooks
 from fleet.models import close_model, make_model
 from fleet.records import Assignment, SessionResult
 from fleet.settings import FleetSettings
-from fleet.skills import install_skills, load_skills
+from fleet.skills import Skill, install_skills, load_skills
 from fleet.specs import EnvironmentSpec
 from fleet.tools import ToolContext, truncate
-from sandboxes.base import Sandbox, tar_directory, tar_files
+from sandboxes.base import Sandbox, SandboxLost, tar_directory, tar_files
 
 log = logging.getLogger("fleet.session")
 
@@ -33,6 +33,75 @@ SandboxFactory = Callable[[EnvironmentSpec, str], Awaitable[Sandbox]]
 EventSink = Callable[[Event], None]
 CheckpointSink = Callable[[str, str, dict[str, Any], bytes], Awaitable[Any]]
 """``(task_id, session_id, loop_state, workspace_archive)``: keeps a resume point."""
+
+
+class Checkpointer:
+    """The agent loop's checkpoint hook: at most one resume point per ``interval_s``.
+
+    When one is due, the loop's state is built and the workspace snapshotted while the loop
+    waits (nothing runs in between, so the two match: a resume never repeats a command);
+    sending them goes on in the background, one send at a time (a failed checkpoint only
+    loses a resume point). A turn with no checkpoint due costs a clock read."""
+
+    def __init__(
+        self,
+        sink: CheckpointSink,
+        task_id: str,
+        session_id: str,
+        sandbox: Sandbox,
+        interval_s: float,
+    ) -> None:
+        self.sink = sink
+        self.task_id = task_id
+        self.session_id = session_id
+        self.sandbox = sandbox
+        self.interval_s = interval_s
+        self.last = time.monotonic()
+        self.taken = 0
+        self.sending: asyncio.Task[None] | None = None
+
+    def due(self) -> bool:
+        if time.monotonic() - self.last < self.interval_s:
+            return False
+        return self.sending is None or self.sending.done()
+
+    def __call__(self, state: StateFn) -> Awaitable[None] | None:
+        if not self.due():
+            return None
+        self.last = time.monotonic()
+        return self._take(state())
+
+    async def _take(self, state: dict[str, Any]) -> None:
+        try:
+            workspace = await self.sandbox.snapshot()
+        except SandboxLost:
+            raise  # the session cannot go on: let the loop end it
+        except Exception as exc:
+            log.warning("checkpoint snapshot of %s failed: %s", self.task_id, exc)
+            return
+        self.taken += 1
+        self.sending = asyncio.create_task(self._send(state, workspace))
+
+    async def _send(self, state: dict[str, Any], workspace: bytes) -> None:
+        try:
+            await self.sink(self.task_id, self.session_id, state, workspace)
+        except Exception as exc:
+            log.warning("checkpoint of %s failed: %s", self.task_id, exc)
+
+
+def carry_late_decision(result: SessionResult, hooks: SessionHooks) -> bool:
+    """When the session parked on an approval and its decision has reached ``hooks`` since
+    (too late for the loop), move the decision into the parked state so it is not lost:
+    the resumed session uses it. True when one was carried."""
+    outcome = result.outcome
+    if outcome is None or outcome.status != "parked" or not outcome.state:
+        return False
+    pending = outcome.state.get("pending_approval") or {}
+    call_id = pending.get("call_id")
+    if not call_id or pending.get("decision"):
+        return False
+    decision = hooks.take_decision(call_id)
+    return decision is not None and carry_decision(outcome.state, call_id, decision)
 
 
 class SessionRecorder:
@@ -118,18 +187,22 @@ class SessionRunner:
                 **self.where,
             },
         )
+        hooks = hooks or SessionHooks()
         try:
             sandbox = await self.sandboxes(a.environment, f"{a.task.id}-{a.attempt}")
         except Exception as exc:
             return rec.result("failed", f"sandbox failed to start: {exc}")
         try:
-            return await self._in_sandbox(a, sandbox, rec, hooks or SessionHooks())
-        except (
-            Exception
-        ) as exc:  # a broken sandbox mid-session: the attempt fails, the worker lives
-            return rec.result("failed", f"session error: {type(exc).__name__}: {exc}")
+            result = await self._in_sandbox(a, sandbox, rec, hooks)
+        except SandboxLost as exc:
+            result = rec.result("failed", f"sandbox lost: {exc}")
+        except Exception as exc:
+            # a broken sandbox mid-session: the attempt fails, the worker lives
+            result = rec.result("failed", f"session error: {type(exc).__name__}: {exc}")
         finally:
             await sandbox.close()
+        carry_late_decision(result, hooks)  # after the last await here
+        return result
 
     async def _in_sandbox(
         self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, hooks: SessionHooks
@@ -138,16 +211,24 @@ class SessionRunner:
             await sandbox.restore(a.workspace)
         else:
             await self._seed(sandbox, a)
+        try:
+            skills = load_skills(a.agent.skills, self.settings.skill_dirs)
+        except Exception as exc:
+            return rec.result("failed", f"agent {a.agent.name!r} cannot start: {exc}")
+        # Every session installs its agent's skills (a handoff's target too), before the
+        # baseline, so that .skills/ is not part of the session's diff.
+        await install_skills(sandbox, skills)
         baseline = await sandbox.snapshot() if self.settings.capture_diff or a.reviewer else None
         if isinstance(hooks, InboxHooks):
             for message in a.messages:
                 hooks.push_message(message)
             if a.decision:
                 hooks.push_decision(
-                    a.decision["call_id"], Decision(a.decision["allow"], a.decision["message"])
+                    a.decision["call_id"],
+                    Decision(a.decision["allow"], a.decision["message"], recorded=True),
                 )
         try:
-            outcome = await self._agent(a, sandbox, rec, hooks)
+            outcome = await self._agent(a, sandbox, rec, hooks, skills)
         except AgentStartError as exc:
             return rec.result("failed", str(exc))
 
@@ -155,7 +236,12 @@ class SessionRunner:
             extra: dict[str, Any] = {"feedback": feedback}
             keep = a.keep_workspace or outcome.status in ("handoff", "parked", "interrupted")
             if keep or baseline is not None:
-                after = await sandbox.snapshot()
+                try:
+                    after = await sandbox.snapshot()
+                except SandboxLost as exc:  # nothing to keep or resume from: the attempt fails
+                    lost = reason if reason.startswith("sandbox lost") else f"sandbox lost: {exc}"
+                    ended = outcome.model_copy(update={"status": "error", "state": None})
+                    return rec.result("failed", lost, ended)
                 if keep:
                     extra["workspace"] = after
                 if baseline is not None and self.settings.capture_diff:
@@ -190,10 +276,14 @@ class SessionRunner:
         return await finish("succeeded", "")
 
     async def _agent(
-        self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, hooks: SessionHooks
+        self,
+        a: Assignment,
+        sandbox: Sandbox,
+        rec: SessionRecorder,
+        hooks: SessionHooks,
+        skills: list[Skill],
     ) -> SessionOutcome:
         try:
-            skills = load_skills(a.agent.skills, self.settings.skill_dirs or None)
             model = make_model(a.agent, script=a.script, attempt=a.attempt)
             loop = AgentLoop.from_spec(
                 a.agent,
@@ -206,11 +296,11 @@ class SessionRunner:
                 hooks=hooks,
                 approval_wait_s=self.settings.approval_wait_s,
                 checkpoint=self._checkpointer(a, sandbox),
+                max_tokens=a.agent.max_tokens if a.max_tokens is None else a.max_tokens,
+                max_cost_usd=a.agent.max_cost_usd if a.max_cost_usd is None else a.max_cost_usd,
             )
         except Exception as exc:
             raise AgentStartError(f"agent {a.agent.name!r} cannot start: {exc}") from exc
-        if skills and a.workspace is None:
-            await install_skills(sandbox, skills)
         try:
             if a.loop_state is not None:
                 return await loop.resume(a.loop_state)
@@ -218,33 +308,11 @@ class SessionRunner:
         finally:
             await close_model(model)
 
-    def _checkpointer(self, a: Assignment, sandbox: Sandbox) -> Any:
-        """A throttled checkpoint callback for the loop: at most one every interval, one at
-        a time, sent in the background (a failed checkpoint only loses a resume point)."""
+    def _checkpointer(self, a: Assignment, sandbox: Sandbox) -> Checkpointer | None:
         interval = self.settings.checkpoint_interval_s
-        sink = self.checkpoints
-        if sink is None or interval <= 0:
+        if self.checkpoints is None or interval <= 0:
             return None
-        last = time.monotonic()
-        running: set[asyncio.Task[None]] = set()
-
-        async def save(state: dict[str, Any]) -> None:
-            try:
-                await sink(a.task.id, a.session_id, state, await sandbox.snapshot())
-            except Exception as exc:
-                log.warning("checkpoint of %s failed: %s", a.task.id, exc)
-
-        def checkpoint(state: dict[str, Any]) -> None:
-            nonlocal last
-            now = time.monotonic()
-            if now - last < interval or running:
-                return
-            last = now
-            task = asyncio.create_task(save(state))
-            running.add(task)
-            task.add_done_callback(running.discard)
-
-        return checkpoint
+        return Checkpointer(self.checkpoints, a.task.id, a.session_id, sandbox, interval)
 
     async def _review(
         self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, baseline: bytes | None

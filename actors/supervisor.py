@@ -12,7 +12,8 @@ import contextlib
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from itertools import islice
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -44,6 +45,16 @@ TERMINAL_EVENTS = {
 }
 
 
+def _asks_now(record: TaskRecord) -> bool:
+    """A running session waits on a person for a tool call (before it parks)."""
+    pending = record.pending_approval
+    return record.state == TaskState.running and bool(pending) and not pending.get("decision")
+
+
+IDLE_RECHECK_S = 5.0
+"""An idle worker re-checks the queue this often even if no wake-up reached it."""
+
+
 def supervisor_name(fleet_name: str) -> str:
     return f"fleet-supervisor-{fleet_name}"
 
@@ -56,7 +67,9 @@ class Supervisor:
         self.sched = Scheduler(config, settings)
         self.registry = Registry(config)
         self.memory = Memory(settings)
-        self.log = EventLog(settings.events_dir, settings.wal_dir, settings.compact_min_files)
+        self.log = EventLog(
+            settings.events_dir, settings.wal_dir, settings.compact_min_files, writer=settings.name
+        )
         self.artifacts = ArtifactStore(
             settings.artifacts_dir or f"{settings.events_dir.rstrip('/')}/_artifacts"
         )
@@ -87,6 +100,10 @@ class Supervisor:
         self.recovered = 0
         if restarted or settings.resume:
             self.recovered = self._recover()
+        self._stream: deque[Event] = deque(maxlen=settings.stream_events)
+        """The latest events of every task, for the fleet-wide stream (``stream_since``)."""
+        self._stream_next = self.recovered
+        """Global index of the next event: the log's events (replayed) came before it."""
 
     # -- life cycle --------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
@@ -97,12 +114,16 @@ class Supervisor:
         return {"workers": len(self.workers), "recovered": self.recovered}
 
     async def _start(self) -> None:
-        if self.settings.sandbox == "docker":
+        if self.settings.sandbox == "docker":  # each worker reaps its own node too
             from sandboxes.docker import reap_orphans
 
-            reaped = await asyncio.to_thread(reap_orphans)
-            if reaped:
-                log.warning("removed %d containers left by crashed workers", reaped)
+            try:
+                reaped = await asyncio.to_thread(reap_orphans)
+            except Exception as exc:  # no engine on the head: Docker only on worker nodes
+                log.info("no orphan containers reaped on the head: %s", exc)
+            else:
+                if reaped:
+                    log.warning("removed %d containers left by crashed workers", reaped)
         self._work = asyncio.Condition()
         self._done = asyncio.Condition()
         self._arrived = asyncio.Condition()
@@ -117,7 +138,12 @@ class Supervisor:
             self._spawn(self._memory_loop())
         self._spawn(self._flush_loop())
         self._spawn(self._watch_loop())
-        self._requeue_orphans()
+        await self._requeue_orphans()
+        wake = self.sched.next_wakeup(time.time())  # backoffs replayed from the log
+        if wake is not None:
+            self._wake_at(wake)
+        async with self._work:
+            self._work.notify_all()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -227,6 +253,10 @@ class Supervisor:
         ids = self.sched.finished[cursor:]
         return [self.sched.tasks[i] for i in ids], cursor + len(ids)
 
+    def finished_count(self) -> int:
+        """How many tasks have ended: a cursor for ``finished_since`` that starts now."""
+        return len(self.sched.finished)
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -279,13 +309,13 @@ class Supervisor:
                 "reason": r.reason,
             }
             for r in self.sched.tasks.values()
-            if r.state in waiting
+            if r.state in waiting or _asks_now(r)
         ][:50]
         return {
             "fleet": self.settings.name,
             "workers": len(self.workers),
             "counts": self.sched.counts(),
-            "queued": self.sched.queue.ids()[:50],
+            "queued": self.sched.queue.ids(limit=50),
             "running": running,
             "blocked": blocked,
             "recent": [
@@ -347,6 +377,28 @@ class Supervisor:
         if not cached or cached[0].seq > after_seq + 1:
             return None
         return [e for e in cached if e.seq > after_seq]
+
+    async def stream_since(
+        self, cursor: int, timeout_s: float = 0.0, limit: int = 500
+    ) -> tuple[list[Event], int]:
+        """Every task's events from global index ``cursor`` on, oldest first, and the index
+        to ask for next; the first event's index is ``next - len(events)``, above ``cursor``
+        when older ones already left the ring. A negative ``cursor`` means from now. When
+        there are none yet, waits up to ``timeout_s`` for one (long poll, for live streams)."""
+        await self.start()
+        if cursor < 0 or cursor > self._stream_next:  # from now (or from another life)
+            cursor = self._stream_next
+        if cursor == self._stream_next and timeout_s > 0 and limit > 0:
+            assert self._arrived is not None
+            async with self._arrived:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._arrived.wait_for(lambda: self._stream_next > cursor), timeout_s
+                    )
+        oldest = self._stream_next - len(self._stream)
+        start = max(cursor, oldest)
+        events = list(islice(self._stream, start - oldest, start - oldest + max(0, limit)))
+        return events, start + len(events)
 
     def list_tasks(
         self,
@@ -476,6 +528,11 @@ class Supervisor:
             if refs.get("diff_ref"):
                 decided.insert(0, self._artifact_event(result, refs))
             await self._record(decided)
+            if any(e.type == EventType.task_parked for e in decided):
+                # A decision that reached the worker as the session parked: resume now.
+                record = self.sched.tasks[result.task_id]
+                if (record.pending_approval or {}).get("decision"):
+                    await self._record(self.sched.resume(result.task_id))
         pool = self.pools.get(worker_id)
         async with self._work:
             while True:
@@ -493,7 +550,9 @@ class Supervisor:
                     got = self.sched.assign(worker_id, pool, running)
                 if got is not None:
                     break
-                await self._work.wait()
+                # Woken by whatever queues work; the timeout is a safety net, not the clock.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), IDLE_RECHECK_S)
         assignment, event = got
         self.running[worker_id] = assignment.task.id
         record = self.sched.tasks[assignment.task.id]
@@ -636,9 +695,13 @@ class Supervisor:
             self._pins[worker] = task_id
             payload = {"action": "assign", "worker": worker}
             events.append(Event(task_id=task_id, type=EventType.manager_decision, payload=payload))
+        stop: list[tuple[str, str]] = []
         for task_id, status, note in round_.updates:
             if self.sched.tasks[task_id].state.terminal:
                 continue
+            worker = self._worker_of(task_id)
+            if worker is not None:
+                stop.append((worker, task_id))
             kind = EventType.task_cancelled if status == "cancelled" else EventType.task_needs_human
             reason = f"manager: {note}"
             events.append(
@@ -650,6 +713,9 @@ class Supervisor:
             )
             events.append(Event(task_id=task_id, type=kind, payload={"reason": reason}))
         await self._record(events)
+        for worker, task_id in stop:  # its session must not go on once the task is ended
+            session_id = self.sched.tasks[task_id].session_id
+            self.workers[worker].stop_session.remote(session_id, "ended by the manager agent")
         if round_.created:
             await self.submit(round_.created, batch="manager")
         if self._work is not None:
@@ -793,6 +859,8 @@ class Supervisor:
         self._spawn(wake())
 
     def _remember(self, events: list[Event]) -> None:
+        self._stream.extend(events)
+        self._stream_next += len(events)
         for event in events:
             cached = self._recent.get(event.task_id)
             if cached is None:
@@ -821,17 +889,22 @@ class Supervisor:
             count += 1
         return count
 
-    def _requeue_orphans(self) -> None:
-        """Tasks the log shows running had their worker die with the old supervisor."""
+    async def _requeue_orphans(self) -> None:
+        """Tasks the log shows running had their worker die with the old supervisor: they
+        go back to the queue (the attempt is not counted), resuming from their latest
+        checkpoint when one was saved."""
         orphans = [r for r in self.sched.tasks.values() if r.state == TaskState.running]
-        for record in orphans:
-            event = Event(
+        events = [
+            Event(
                 task_id=record.id,
                 type=EventType.task_retried,
                 session_id=record.session_id,
-                payload={"reason": "supervisor restarted", "next_attempt": record.attempts},
+                payload={
+                    "reason": "supervisor restarted",
+                    "next_attempt": record.attempts,
+                    "resume": bool(record.workspace_ref),
+                },
             )
-            record.seq += 1
-            event.seq = record.seq
-            self.sched.apply(event)
-            self.log.append([event])
+            for record in orphans
+        ]
+        await self._record(events)

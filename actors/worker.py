@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
+import threading
 from typing import Any
 
 import ray
 
-from actors.session import SessionRunner
+from actors.session import SessionRunner, carry_late_decision
 from fleet.events import Event
 from fleet.hooks import Decision, InboxHooks
 from fleet.records import Assignment, SessionResult
@@ -23,6 +25,19 @@ from fleet.specs import EnvironmentSpec
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
 from sandboxes.pool import WarmPool
+
+log = logging.getLogger(__name__)
+
+
+def reap_node_orphans() -> int:
+    """Remove this node's sandbox containers whose worker process is dead; 0 without Docker."""
+    try:
+        from sandboxes.docker import reap_orphans
+
+        return reap_orphans()
+    except Exception as exc:  # no engine here, or it failed: never the worker's problem
+        log.debug("reaping orphan containers skipped: %s", exc)
+        return 0
 
 
 class EventBatcher:
@@ -84,6 +99,10 @@ class Worker:
         self._hooks: InboxHooks | None = None
         self._stop_reason: str | None = None
         self._beat: asyncio.Task[None] | None = None
+        self._closing = False
+        if settings.sandbox in ("docker", "auto"):
+            # Containers of crashed workers of this node (a worker reaps only its own node).
+            threading.Thread(target=reap_node_orphans, name="reap-orphans", daemon=True).start()
 
     def _new_sandbox(self, environment: EnvironmentSpec) -> Sandbox:
         self._made += 1
@@ -92,6 +111,7 @@ class Worker:
             environment,
             name=f"{self.worker_id}-{self._made}",
             output_limit=self.settings.sandbox_output_limit,
+            fleet=self.settings.name,
         )
 
     async def _sandbox(self, environment: EnvironmentSpec, name: str) -> Sandbox:
@@ -104,8 +124,13 @@ class Worker:
         await self.supervisor.checkpoint.remote(task_id, session_id, state, workspace)
 
     async def close(self) -> None:
-        """Close idle warm sandboxes (the supervisor calls this before stopping the worker)."""
+        """Remove this worker's containers, idle and in use (the supervisor calls this before
+        it kills the worker). A session running now loses its sandbox; its result is not
+        reported, so the task stays running in the log (recovery requeues it)."""
+        self._closing = True
         await self.pool.close()
+        if self.settings.sandbox in ("docker", "auto"):
+            await asyncio.to_thread(_reap_own_containers)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -115,8 +140,8 @@ class Worker:
 
     async def run(self) -> None:
         """Pull, run, report, until the supervisor says stop (returns None)."""
-        for environment in self._prewarm:
-            self.pool.fill(environment)
+        if self._prewarm:  # the pool keeps ``warm_pool`` idle in all: warm the first one
+            self.pool.fill(self._prewarm[0])
         self._beat = asyncio.create_task(self._heartbeat())
         result: SessionResult | None = None
         while True:
@@ -126,14 +151,18 @@ class Worker:
             if assignment is None:
                 return
             result = await self._run_one(assignment)
+            if self._closing:
+                return
 
     async def _run_one(self, assignment: Assignment) -> SessionResult:
         batcher = EventBatcher(self.supervisor, self.settings.worker_event_batch_s)
         self._session_id = assignment.session_id
         self._hooks = InboxHooks()
         self._session = asyncio.create_task(self.runner.run(assignment, batcher.add, self._hooks))
+        hooks = self._hooks
         try:
             result = await self._session
+            carry_late_decision(result, hooks)  # one that arrived as the session ended
         except asyncio.CancelledError:
             result = SessionResult(
                 task_id=assignment.task.id,
@@ -161,7 +190,8 @@ class Worker:
         elif kind == "interrupt":
             hooks.push_interrupt()
         elif kind == "decision":
-            hooks.push_decision(data["call_id"], Decision(bool(data["allow"]), data["message"]))
+            decision = Decision(bool(data["allow"]), data["message"], recorded=True)
+            hooks.push_decision(data["call_id"], decision)
         return True
 
     async def stop_session(self, session_id: str, reason: str = "") -> bool:
@@ -176,3 +206,13 @@ class Worker:
         import os
 
         return os.getpid()
+
+
+def _reap_own_containers() -> None:
+    """Remove every container this process started (in use, idle or half started)."""
+    try:
+        from sandboxes.docker import OWNER, reap_containers
+
+        reap_containers(owner=OWNER)
+    except Exception as exc:
+        log.debug("removing this worker's containers skipped: %s", exc)

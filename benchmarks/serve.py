@@ -7,6 +7,8 @@
   the figure is the API plus the supervisor's submit, not agent work.
 - ``--streams`` concurrent SSE streams on one running session (scripted model, short shell
   steps): each must receive every event, in order, once; delivery lag is now - event.ts.
+- ``--streams`` concurrent fleet-wide streams (``/v1/events/stream``, what dashboards read)
+  while another such session runs: each must receive all of its events, with gapless ids.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 import statistics
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,6 +94,35 @@ async def stream_one(client: httpx.AsyncClient, sid: str) -> tuple[list[int], li
     return seqs, lags
 
 
+async def fleet_stream_one(
+    client: httpx.AsyncClient, sid: str, opened: asyncio.Queue[None]
+) -> tuple[list[int], list[int], list[float]]:
+    """Read the fleet-wide stream until ``sid`` ends: (global ids, sid's seqs, lags ms)."""
+    ids: list[int] = []
+    seqs: list[int] = []
+    lags: list[float] = []
+    async with client.stream("GET", "/v1/events/stream") as response:
+        fields: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line:
+                key, _, value = line.partition(": ")
+                fields[key] = value
+                continue
+            if fields.get("event") == "stream.open":
+                opened.put_nowait(None)
+            elif "data" in fields and "event" not in fields:
+                ids.append(int(fields["id"]))
+                data = json.loads(fields["data"])
+                if data["task_id"] == sid:
+                    seqs.append(data["seq"])
+                    ts = datetime.fromisoformat(data["ts"])
+                    lags.append((datetime.now(UTC) - ts).total_seconds() * 1000)
+                    if data["type"] in ("task.succeeded", "task.failed", "task.needs_human"):
+                        break
+            fields = {}
+    return ids, seqs, lags
+
+
 async def bench(base: str, args: argparse.Namespace) -> None:
     limits = httpx.Limits(max_connections=max(args.clients, args.streams) + 8)
     async with httpx.AsyncClient(base_url=base, headers=AUTH, limits=limits, timeout=120) as client:
@@ -120,6 +152,31 @@ async def bench(base: str, args: argparse.Namespace) -> None:
         lags = [lag for _, stream_lags in results for lag in stream_lags]
         print(
             f"{args.streams} SSE streams, 1 session  {len(expected)} events each   "
+            f"complete {complete}/{args.streams}   wall {wall:.1f} s   "
+            f"lag p50 {statistics.median(lags):.1f} ms   p99 {pct(lags, 0.99):.1f} ms"
+        )
+
+        # The fleet-wide stream: open every stream first, then run a session.
+        sid = f"fleet-stream-{uuid.uuid4().hex[:8]}"
+        opened: asyncio.Queue[None] = asyncio.Queue()
+        readers = [
+            asyncio.create_task(fleet_stream_one(client, sid, opened)) for _ in range(args.streams)
+        ]
+        for _ in range(args.streams):
+            await asyncio.wait_for(opened.get(), 120)
+        started = time.perf_counter()
+        await client.post("/v1/sessions", json={**body, "id": sid})
+        fleet_results = await asyncio.wait_for(asyncio.gather(*readers), 300)
+        wall = time.perf_counter() - started
+        history = (await client.get(f"/v1/sessions/{sid}/events", params={"limit": 1000})).json()
+        expected = [e["seq"] for e in history["data"]]
+        complete = sum(
+            seqs == expected and ids == list(range(ids[0], ids[0] + len(ids)))
+            for ids, seqs, _ in fleet_results
+        )
+        lags = [lag for _, _, stream_lags in fleet_results for lag in stream_lags]
+        print(
+            f"{args.streams} fleet-wide streams     {len(expected)} events each   "
             f"complete {complete}/{args.streams}   wall {wall:.1f} s   "
             f"lag p50 {statistics.median(lags):.1f} ms   p99 {pct(lags, 0.99):.1f} ms"
         )

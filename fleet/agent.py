@@ -16,13 +16,24 @@ How a session ends:
 | budget      | the token or cost budget was spent (checked per turn)  | yes       |
 | max_turns   | ``max_turns`` model turns done                         | yes       |
 | timeout     | ``time_limit_s`` of active time used (across resumes)  | yes       |
-| error       | the model failed after its retries                     | yes       |
+| error       | the model failed after its retries, or the sandbox was | yes       |
+|             | lost (reason ``sandbox lost: ...``)                    |           |
 
 Safe points are before each model turn and before each tool call. Tool calls of one turn run
 one at a time, in the order the model gave them. A call that needs approval emits
 ``approval.requested`` and waits up to ``approval_wait_s`` on ``hooks.approval``; with no
 decision the session parks, and ``resume`` asks again for that same call (without a second
-``approval.requested``) before running the rest of the turn.
+``approval.requested``) before running the rest of the turn. A decision that reached the
+session just after it parked is put in the parked state (:func:`carry_decision`): ``resume``
+then uses it without asking the hooks.
+
+Budgets (``max_tokens``, ``max_cost_usd``) count what this loop spends from its ``run`` or
+``resume``: the caller passes what is left of the task's budget.
+
+The checkpoint hook is called at each safe point before a model turn with a zero-argument
+callable that builds :meth:`AgentLoop.state`; the hook calls it only when it takes a
+checkpoint (so a turn without one costs no state), and the loop awaits the hook when it
+returns an awaitable (so a workspace snapshot taken there matches the state).
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -46,6 +57,7 @@ from fleet.events import EventType
 from fleet.hooks import Decision, SessionHooks
 from fleet.models.base import ModelClient, ModelError, ToolCall
 from fleet.tools import ToolBox, ToolContext, ToolOutput, approval_needed, truncate
+from sandboxes.base import SandboxLost
 
 if TYPE_CHECKING:
     from fleet.skills import Skill
@@ -53,8 +65,11 @@ if TYPE_CHECKING:
 
 Emit = Callable[..., None]
 """``emit(event_type, payload, **typed_columns)``"""
-Checkpoint = Callable[[dict[str, Any]], None]
-"""Called with :meth:`AgentLoop.state` at each safe point before a model turn."""
+StateFn = Callable[[], dict[str, Any]]
+Checkpoint = Callable[[StateFn], Awaitable[None] | None]
+"""Called at each safe point before a model turn with a callable that builds
+:meth:`AgentLoop.state` (call it only when a checkpoint is taken); awaited if it returns an
+awaitable."""
 
 NUDGE = "No tool was called. Use a tool to make progress, or call finish when the task is done."
 STATE_VERSION = 1
@@ -166,6 +181,8 @@ class AgentLoop:
         self._counted = 0
         """Messages whose characters are in ``_chars``."""
         self._chars = 0
+        self._budget_base = (0, 0.0)
+        """Tokens and cost spent when this run or resume started (budgets count from here)."""
 
     @classmethod
     def from_spec(
@@ -182,11 +199,20 @@ class AgentLoop:
     ) -> AgentLoop:
         """A loop configured from an agent's spec: its tools, approvals, budgets, window,
         handoff targets, and instructions with the skills section appended. ``kwargs`` go to
-        the constructor (hooks, approval_wait_s, checkpoint)."""
+        the constructor (hooks, approval_wait_s, checkpoint) and override the spec's (e.g.
+        ``max_tokens``: what is left of the task's budget)."""
         from fleet.skills import with_skills
 
         if agent.handoffs:
             ctx.handoff_targets = list(agent.handoffs)
+        options: dict[str, Any] = {
+            "approvals": agent.approvals,
+            "max_tokens": agent.max_tokens,
+            "max_cost_usd": agent.max_cost_usd,
+            "context_window": agent.context_window,
+            "compact_at": agent.compact_at,
+            "agent_name": agent.name,
+        }
         return cls(
             with_skills(agent.instructions, skills or []),
             model,
@@ -195,13 +221,7 @@ class AgentLoop:
             emit,
             max_turns,
             time_limit_s,
-            approvals=agent.approvals,
-            max_tokens=agent.max_tokens,
-            max_cost_usd=agent.max_cost_usd,
-            context_window=agent.context_window,
-            compact_at=agent.compact_at,
-            agent_name=agent.name,
-            **kwargs,
+            **(options | kwargs),
         )
 
     # --- entry points -------------------------------------------------------------------
@@ -216,11 +236,13 @@ class AgentLoop:
         ]
         self._prefix_len = len(self.messages)
         self._counted, self._chars = 0, 0
+        self._budget_base = (self.tokens_in + self.tokens_out, self.cost_usd)
         return await self._segment()
 
     async def resume(self, state: dict[str, Any]) -> SessionOutcome:
         """Continue a session from :meth:`state` exactly where it stopped."""
         self.load_state(state)
+        self._budget_base = (self.tokens_in + self.tokens_out, self.cost_usd)
         return await self._segment()
 
     def state(self) -> dict[str, Any]:
@@ -302,6 +324,8 @@ class AgentLoop:
             return self._outcome("timeout", limit)
         except ModelError as exc:
             return self._outcome("error", f"model error: {exc}")
+        except SandboxLost as exc:  # no tool can work any more: end now, not per call
+            return self._outcome("error", f"sandbox lost: {exc}")
         finally:
             self._elapsed_before = self._elapsed()
             self._segment_started = None
@@ -314,7 +338,9 @@ class AgentLoop:
                 if stop is not None:
                     return stop
             if self.checkpoint is not None:
-                self.checkpoint(self.state())
+                pending = self.checkpoint(self.state)
+                if pending is not None:
+                    await pending
             if self.turns >= self.max_turns:
                 return self._outcome("max_turns", f"stopped after {self.max_turns} turns")
             if self.hooks.interrupted():
@@ -356,6 +382,7 @@ class AgentLoop:
         """Run the first pending call; an outcome when the session stops there."""
         call = self._pending[0]
         resumed_approval = self._approval is not None
+        carried = self._approval.get("decision") if self._approval is not None else None
         if not resumed_approval:
             if self.hooks.interrupted():
                 return self._outcome("interrupted", f"interrupted before tool call {call.id}")
@@ -377,9 +404,16 @@ class AgentLoop:
                     plain_args = json.loads(json.dumps(args))
                     self._approval = {"call_id": call.id, "tool": call.name, "args": plain_args}
                     self.emit(EventType.approval_requested, dict(self._approval), tool=call.name)
-                decision = await self.hooks.approval(
-                    call.id, call.name, args, wait_s=self.approval_wait_s
-                )
+                if carried:  # it reached the session just after it parked
+                    decision = Decision(
+                        bool(carried["allow"]),
+                        str(carried.get("message", "")),
+                        recorded=bool(carried.get("recorded")),
+                    )
+                else:
+                    decision = await self.hooks.approval(
+                        call.id, call.name, args, wait_s=self.approval_wait_s
+                    )
                 if decision is None:
                     if self.hooks.interrupted():
                         return self._outcome(
@@ -387,16 +421,17 @@ class AgentLoop:
                         )
                     return self._outcome("parked", f"{call.name} call {call.id} awaits approval")
                 self._approval = None
-                self.emit(
-                    EventType.approval_decided,
-                    {
-                        "call_id": call.id,
-                        "allow": decision.allow,
-                        "message": decision.message,
-                        "by": getattr(decision, "by", "") or "",
-                    },
-                    tool=call.name,
-                )
+                if not decision.recorded:
+                    self.emit(
+                        EventType.approval_decided,
+                        {
+                            "call_id": call.id,
+                            "allow": decision.allow,
+                            "message": decision.message,
+                            "by": "",
+                        },
+                        tool=call.name,
+                    )
                 started = time.perf_counter()
             if decision is not None and not decision.allow:
                 why = f": {decision.message}" if decision.message else ""
@@ -439,12 +474,14 @@ class AgentLoop:
         return self._outcome("finished", summary=str(out.data.get("summary", "")))
 
     def _budget_spent(self) -> str:
-        """Why the budget is spent, or empty."""
-        used = self.tokens_in + self.tokens_out
+        """Why the budget is spent, or empty (counted from this run or resume)."""
+        tokens, cost = self._budget_base
+        used = self.tokens_in + self.tokens_out - tokens
+        spent = self.cost_usd - cost
         if self.max_tokens is not None and used >= self.max_tokens:
             return f"token budget of {self.max_tokens} reached ({used} used)"
-        if self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd:
-            return f"cost budget of ${self.max_cost_usd:g} reached (${self.cost_usd:.4f} used)"
+        if self.max_cost_usd is not None and spent >= self.max_cost_usd - 1e-12:
+            return f"cost budget of ${self.max_cost_usd:g} reached (${spent:.4f} used)"
         return ""
 
     def context_tokens(self) -> int:
@@ -504,6 +541,19 @@ class AgentLoop:
             cost_usd=self.cost_usd,
             state=self.state() if status in RESUMABLE else None,
         )
+
+
+def carry_decision(state: dict[str, Any], call_id: str, decision: Decision) -> bool:
+    """Put ``decision`` into a parked ``state`` when it answers the call the state waits on
+    (``pending_approval.decision``); :meth:`AgentLoop.resume` then uses it without asking
+    the hooks. False (state unchanged) when the state waits on no such call."""
+    pending = state.get("pending_approval")
+    if not pending or pending.get("call_id") != call_id:
+        return False
+    pending["decision"] = {"allow": decision.allow, "message": decision.message}
+    if decision.recorded:
+        pending["decision"]["recorded"] = True
+    return True
 
 
 def handoff_history(

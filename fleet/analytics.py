@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from fleet.events import ARROW_SCHEMA
 
 TERMINAL = "('task.succeeded', 'task.failed', 'task.needs_human', 'task.cancelled')"
 
@@ -58,21 +63,54 @@ class Table:
 
 
 def connect(events_dir: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the views ``events`` and ``tasks`` over the log's files."""
-    root = os.path.abspath(events_dir) if "://" not in events_dir else events_dir
-    if "://" not in root:
+    """An in-memory DuckDB with the views ``events`` and ``tasks`` over the log's files.
+
+    A local path is read by DuckDB itself; a URI (``s3://``, ``gs://``, ``file://``, ...)
+    through pyarrow's filesystems, so no DuckDB extension is needed to reach it.
+    """
+    con = duckdb.connect()
+    if "://" in events_dir:
+        con.register("events_arrow", _uri_dataset(events_dir))
+        con.execute("CREATE VIEW events AS SELECT * FROM events_arrow")
+    else:
+        root = os.path.abspath(events_dir)
         if not os.path.isdir(root):
             raise AnalyticsError(f"no event log at {root} (run a batch first, or pass --events)")
-        if not glob.glob(os.path.join(root, "**", "*.parquet"), recursive=True):
+        if not glob.glob(os.path.join(root, "date=*", "*.parquet")):
             raise AnalyticsError(f"no events under {root} yet (run a batch first)")
-    con = duckdb.connect()
-    pattern = f"{root}/**/*.parquet".replace("'", "''")
-    con.execute(
-        "CREATE VIEW events AS SELECT * FROM "
-        f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
-    )
+        pattern = f"{root}/date=*/*.parquet".replace("'", "''")
+        con.execute(
+            "CREATE VIEW events AS SELECT * FROM "
+            f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
+        )
     con.execute(TASKS_VIEW)
     return con
+
+
+def _uri_dataset(uri: str) -> ds.Dataset:
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise AnalyticsError(f"cannot read the event log at {uri}: {exc}") from None
+    files = sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and i.path.endswith(".parquet")
+        and i.path.rsplit("/", 2)[-2].startswith("date=")
+    )
+    if not files:
+        raise AnalyticsError(f"no events under {uri} yet (run a batch first)")
+    partitioning = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
+    return ds.dataset(
+        files,
+        filesystem=fs,
+        format="parquet",
+        schema=ARROW_SCHEMA.append(pa.field("date", pa.date32())),
+        partitioning=partitioning,
+        partition_base_dir=root,
+    )
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Table:

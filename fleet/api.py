@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -86,8 +87,8 @@ class Fleet:
         try:
             handle = Supervisor.options(**options).remote(settings, config)
             ray.get(handle.start.remote())
-        except ray.exceptions.RayActorError as exc:
-            raise FleetError(f"the supervisor failed to start: {_first_line(exc)}") from exc
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+            raise FleetError(f"the supervisor failed to start: {_root_cause(exc)}") from exc
         return cls(handle, settings, owns_ray)
 
     @classmethod
@@ -108,6 +109,11 @@ class Fleet:
         """Returns True when this process started its own local Ray."""
         if ray.is_initialized():
             return False
+        # Ray says at every local start that token authentication is on (the safe default
+        # the fleet keeps): not worth a line on every command's output.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
         try:
             ray.init(
                 address=address,
@@ -119,7 +125,10 @@ class Fleet:
         except Exception as exc:
             where = address or "a local Ray"
             raise FleetError(f"cannot start or reach {where}: {_first_line(exc)}") from exc
-        return address is None
+        # ray.init() with no address joins a cluster started by `ray start` when one runs:
+        # that Ray (and its fleet) is not ours to stop.
+        node = getattr(ray._private.worker, "_global_node", None)
+        return address is None and bool(getattr(node, "head", False))
 
     # -- work --------------------------------------------------------------------------
     def submit(
@@ -140,12 +149,13 @@ class Fleet:
         """Yield each task's record as it ends, in the order they end."""
         pending = set(task_ids)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        # Tasks that ended before we started listening.
+        # Listen from now on (not from the fleet's first task), after collecting the tasks
+        # that ended before: one that ends in between is in both, and yielded once.
+        cursor = self._read(self.supervisor.finished_count)
         for record in self._read(self.supervisor.get, list(pending)):
             if record is not None and record.state.terminal:
                 pending.discard(record.id)
                 yield record
-        cursor = 0
         while pending:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{len(pending)} tasks still unfinished")
@@ -233,3 +243,15 @@ class Fleet:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_RAISED = re.compile(r"^(?:[\w]+\.)*(\w+(?:Error|Exception)): (.+)$")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The error an actor raised, from the traceback text Ray wraps it in."""
+    for line in reversed(str(exc).splitlines()):
+        found = _RAISED.match(line.strip())
+        if found and not found.group(1).startswith("Ray"):
+            return found.group(2)
+    return _first_line(exc)

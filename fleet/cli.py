@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -22,8 +23,17 @@ from fleet.specs import TaskSpec
 from fleet.taskfile import InputError, LineError, load_config, load_tasks
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run many coding agents on Ray.")
-out = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that does not fold tables to 80 columns when output goes to a file or pipe."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=160 if wide else None)
+
+
+out = _console()
+err = _console(stderr=True)
 
 EXIT_TASKS_FAILED = 1
 EXIT_USAGE = 2
@@ -40,7 +50,7 @@ class CliError(Exception):
 def _fail(message: str, debug: bool, exc: BaseException | None = None) -> None:
     if debug and exc is not None:
         err.print_exception()
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -102,9 +112,13 @@ def _run_batch(
     finally:
         fleet.shutdown()
     failed = [r for r in records if r.state != "succeeded"]
+    unfinished = len(submitted.accepted) - len(records)
     rejected = len(line_errors) + len(submitted.rejected)
-    if failed or rejected:
-        err.print(f"[red]{len(failed)} task(s) did not succeed, {rejected} rejected[/red]")
+    if failed or rejected or unfinished:
+        err.print(
+            f"[red]{len(failed)} task(s) did not succeed, {unfinished} unfinished, "
+            f"{rejected} rejected[/red]"
+        )
         return EXIT_TASKS_FAILED
     out.print(f"[green]all {len(records)} tasks succeeded[/green]")
     return 0
@@ -287,7 +301,7 @@ def status(
     from fleet.api import Fleet, FleetError
 
     try:
-        fleet = Fleet.connect(address, name=name)
+        fleet = Fleet.connect(address, name=name, namespace=FleetSettings().namespace)
         info = fleet.status()
     except FleetError as exc:
         _fail(str(exc), debug, exc)
@@ -321,7 +335,7 @@ def _connect(address: str, name: str, debug: bool) -> Any:
     from fleet.api import Fleet, FleetError
 
     try:
-        return Fleet.connect(address, name=name)
+        return Fleet.connect(address, name=name, namespace=FleetSettings().namespace)
     except FleetError as exc:
         _fail(str(exc), debug, exc)
 
@@ -414,10 +428,17 @@ def serve_cmd(
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Serve the HTTP API and dashboard (Ray Serve) over a fleet, started or reused."""
+    """Serve the HTTP API and dashboard (Ray Serve) over a fleet, started or reused.
+    Ctrl-C or SIGTERM stops it: the API, then the fleet and Ray if this command started them."""
+    import contextlib
+    import signal
+
+    from ray import serve
+
     from fleet.api import Fleet, FleetError
     from serve.app import ServeSettings
     from serve.deployment import run as run_api
+    from serve.deployment import stop as stop_api
 
     try:
         settings = _settings(workers, sandbox, events, name)
@@ -431,20 +452,33 @@ def serve_cmd(
         fleet = Fleet.start(settings, fleet_config)
     except FleetError as exc:
         _fail(str(exc), debug, exc)
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C (Ray's handler exits)
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
-        run_api(settings.name, settings.namespace, api_settings, host, port, replicas)
+        try:
+            run_api(settings.name, settings.namespace, api_settings, host, port, replicas)
+        except Exception as exc:  # e.g. the port is taken
+            _fail(f"cannot serve on {host}:{port}: {str(exc).strip().splitlines()[0]}", debug, exc)
         url = f"http://{host}:{port}/"
         out.print(f"fleet {settings.name}: API and dashboard on {url} (Ctrl-C stops)")
+        sys.stdout.flush()  # a pipe or file must see it now, not at exit
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         out.print("stopping")
     finally:
-        from ray import serve
-
-        serve.shutdown()
-        if fleet._owns_ray:  # a cluster's fleet outlives this command
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second one must not cut this short
+            signal.signal(signum, signal.SIG_IGN)
+        if fleet._owns_ray:  # Ray goes with this command: all of Serve too
+            with contextlib.suppress(Exception):
+                serve.shutdown()
             fleet.shutdown()
+        else:  # a cluster's fleet (and other Serve apps) outlive this command
+            with contextlib.suppress(Exception):
+                stop_api()
 
 
 def main() -> None:

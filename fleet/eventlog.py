@@ -7,17 +7,27 @@ one Parquet file per date, named after the segment, then drops the segment. On o
 segment left by a crash is rolled again; a partition that already has that segment's file
 is skipped, so replay is exact. ``compact`` merges a partition's small files into one.
 
+Several fleets may share one events directory (shared history for reports and memory): each
+writes under its own *writer* name (the fleet's name), holds an exclusive lock on its WAL
+folder while it lives, and replays only its own files. A second live writer of the same name
+is refused with a clear error rather than allowed to interleave with the first.
+
 Layout::
 
-    <root>/date=2026-11-23/seg-00000007.parquet
-    <root>/date=2026-11-23/compact-<id>.parquet
-    <wal>/seg-00000008.jsonl
+    <root>/date=2026-11-23/seg-<writer>-00000007.parquet
+    <root>/date=2026-11-23/compact-<writer>-<id>.parquet
+    <wal>/<writer>/seg-00000008.jsonl
+    <wal>/<writer>/.lock
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import re
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -36,18 +46,35 @@ class EventLogError(RuntimeError):
     pass
 
 
+def writer_name(name: str) -> str:
+    """A fleet name made safe for file names (letters, digits, '_', '.'; no '-')."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", name)[:64] or "_"
+
+
+def default_wal_dir(uri: str) -> str:
+    """Where the write-ahead log of a remote event log lives: a local disk of this node."""
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return str(Path.home() / "fleet-wal" / digest)
+
+
 class EventLog:
-    def __init__(self, root: str, wal_dir: str | None = None, compact_min_files: int = 16) -> None:
+    def __init__(
+        self,
+        root: str,
+        wal_dir: str | None = None,
+        compact_min_files: int = 16,
+        writer: str = "default",
+        lock_wait_s: float = 5.0,
+    ) -> None:
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(root)
         except (pa.ArrowInvalid, ValueError):
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         if wal_dir is None:
-            if not self.is_local:
-                raise EventLogError(f"events at {root} need a local wal_dir")
-            wal_dir = os.path.join(self.root, "_wal")
-        self.wal_dir = Path(wal_dir)
+            wal_dir = os.path.join(self.root, "_wal") if self.is_local else default_wal_dir(root)
+        self.writer = writer_name(writer)
+        self.wal_dir = Path(wal_dir) / self.writer
         self.compact_min_files = compact_min_files
         try:
             self.fs.create_dir(self.root, recursive=True)
@@ -57,6 +84,7 @@ class EventLog:
             probe.unlink()
         except OSError as exc:
             raise EventLogError(f"cannot write the event log at {root}: {exc}") from exc
+        self._lock = self._take_lock(root, lock_wait_s)
         self._buffer: list[dict[str, Any]] = []
         self._recover()
         self._segment = self._next_segment()
@@ -106,6 +134,32 @@ class EventLog:
         self.roll()
         self._wal.close()
         self._wal_path(self._segment).unlink(missing_ok=True)
+        self._lock.close()
+
+    def _take_lock(self, root: str, wait_s: float) -> Any:
+        """Hold the writer's WAL folder for this process's life (the kernel lets go when
+        it dies). A restarted supervisor may briefly overlap its dying predecessor."""
+        handle = open(self.wal_dir / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "?"
+                    handle.close()
+                    raise EventLogError(
+                        f"another fleet named {self.writer!r} (pid {holder}) is writing the "
+                        f"event log at {root}: give this one another name or events directory"
+                    ) from None
+                time.sleep(0.1)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
 
     def compact(self) -> int:
         """Merge each partition holding many files into one; returns files removed."""
@@ -115,7 +169,8 @@ class EventLog:
                 continue
             table = pa.concat_tables(pq.read_table(f, filesystem=self.fs) for f in files)
             table = table.sort_by([("ts", "ascending")])
-            self._write_table(f"{partition}/compact-{uuid.uuid4().hex[:12]}.parquet", table)
+            name = f"compact-{self.writer}-{uuid.uuid4().hex[:12]}.parquet"
+            self._write_table(f"{partition}/{name}", table)
             for f in files:
                 self.fs.delete_file(f)
             removed += len(files)
@@ -123,6 +178,7 @@ class EventLog:
 
     # -- reading -----------------------------------------------------------------------
     def files(self) -> list[str]:
+        """This writer's Parquet files (other fleets sharing the folder have theirs)."""
         return sorted(f for fs in self._partitions().values() for f in fs)
 
     def read_table(self) -> pa.Table:
@@ -134,15 +190,26 @@ class EventLog:
         return pa.concat_tables(tables)
 
     def replay(self) -> Iterator[Event]:
-        """Every event in the log, rolled and buffered, in (ts, seq) order per file set."""
+        """Every event of this writer, rolled and buffered: tasks interleaved by time, each
+        task's own events in ``seq`` order (clocks of different nodes may disagree)."""
         rows = self.read_table().to_pylist() + list(self._buffer)
         rows.sort(key=lambda r: (str(r["ts"]), r["seq"]))
         seen: set[tuple[str, int]] = set()
+        unique = []
         for row in rows:
             key = (row["task_id"], row["seq"])
-            if key in seen:  # a duplicate left by a crash during compaction
-                continue
-            seen.add(key)
+            if key not in seen:  # a duplicate is left by a crash during compaction
+                seen.add(key)
+                unique.append(row)
+        slots: dict[str, list[int]] = defaultdict(list)
+        for index, row in enumerate(unique):
+            slots[row["task_id"]].append(index)
+        ordered: list[dict[str, Any]] = [{}] * len(unique)
+        for indexes in slots.values():
+            by_seq = sorted((unique[i] for i in indexes), key=lambda r: r["seq"])
+            for index, row in zip(indexes, by_seq, strict=True):
+                ordered[index] = row
+        for row in ordered:
             yield Event.from_row(row)
 
     # -- internals ---------------------------------------------------------------------
@@ -154,21 +221,24 @@ class EventLog:
 
     def _next_segment(self) -> int:
         seen = self._wal_segments()
+        prefix = f"seg-{self.writer}-"
         for files in self._partitions().values():
             for f in files:
                 name = f.rsplit("/", 1)[-1]
-                if name.startswith("seg-"):
-                    seen.append(int(name[4:12]))
+                if name.startswith(prefix):
+                    seen.append(int(name[len(prefix) :].split(".")[0]))
         return max(seen, default=-1) + 1
 
     def _partitions(self) -> dict[str, list[str]]:
+        """This writer's Parquet files by date partition."""
         selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
         found: dict[str, list[str]] = defaultdict(list)
+        mine = (f"seg-{self.writer}-", f"compact-{self.writer}-")
         for info in self.fs.get_file_info(selector):
             path = info.path
             if info.type == pafs.FileType.File and path.endswith(".parquet"):
-                parent = path.rsplit("/", 1)[0]
-                if parent.rsplit("/", 1)[-1].startswith("date="):
+                parent, name = path.rsplit("/", 1)
+                if parent.rsplit("/", 1)[-1].startswith("date=") and name.startswith(mine):
                     found[parent].append(path)
         return found
 
@@ -194,7 +264,7 @@ class EventLog:
             ts = row["ts"]
             by_date[ts.date().isoformat()].append(row)
         for day, day_rows in by_date.items():
-            path = f"{self.root}/date={day}/seg-{segment:08d}.parquet"
+            path = f"{self.root}/date={day}/seg-{self.writer}-{segment:08d}.parquet"
             if self.fs.get_file_info(path).type == pafs.FileType.File:
                 continue
             self._write_table(path, rows_to_table(day_rows))

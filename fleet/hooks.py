@@ -18,6 +18,9 @@ from typing import Any
 class Decision:
     allow: bool
     message: str = ""
+    recorded: bool = False
+    """True when the decision is in the event log already (the supervisor recorded it when a
+    person decided): the session then does not log it again."""
 
 
 class SessionHooks:
@@ -35,6 +38,13 @@ class SessionHooks:
         self, call_id: str, tool: str, args: dict[str, Any], wait_s: float
     ) -> Decision | None:
         """Wait up to ``wait_s`` for a decision on ``call_id``; None means park the session."""
+        return None
+
+    def take_decision(self, call_id: str) -> Decision | None:
+        """A decision on ``call_id`` delivered but not consumed yet (taken), without waiting.
+
+        The session runner asks this after a session parked, so that a decision arriving
+        just as it parked travels with the parked state instead of being dropped."""
         return None
 
 
@@ -78,4 +88,7 @@ class InboxHooks(SessionHooks):
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
+        return self.decisions.pop(call_id, None)
+
+    def take_decision(self, call_id: str) -> Decision | None:
         return self.decisions.pop(call_id, None)

@@ -61,13 +61,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--events",
         default=None,
         help=f"Event log path or pyarrow URI, if starting a fleet (default: FLEET_EVENTS_DIR, "
-        f"else {DEFAULT_EVENTS}).",
+        f"else {DEFAULT_EVENTS}); with object storage the write-ahead log goes to "
+        "FLEET_WAL_DIR, else ~/fleet-wal/ on the head.",
     )
     p.add_argument(
         "--worker-resources",
         default=None,
         metavar="JSON",
         help="Ray resources per worker, if starting a fleet, e.g. '{\"docker\": 1}'.",
+    )
+    p.add_argument(
+        "--pools",
+        default=None,
+        metavar="JSON",
+        help="Worker pools, if starting a fleet, e.g. "
+        '\'[{"name": "gpu", "workers": 1, "labels": ["gpu"]}]\'.',
+    )
+    p.add_argument(
+        "--pool-resources",
+        default=None,
+        metavar="JSON",
+        help='Ray resources per pool name, if starting a fleet, e.g. \'{"gpu": {"gpu_box": 1}}\'.',
     )
     p.add_argument("--config", default=None, help="YAML file of agents and environments.")
     p.add_argument("--timeout", type=float, default=None, help="Give up waiting after seconds.")
@@ -88,11 +102,12 @@ def build_settings(args: argparse.Namespace) -> FleetSettings:
     for key in ("name", "workers", "sandbox"):
         if getattr(args, key) is not None:
             updates[key] = getattr(args, key)
-    if args.worker_resources is not None:
-        try:
-            updates["worker_resources"] = json.loads(args.worker_resources)
-        except json.JSONDecodeError as exc:
-            raise JobError(f"--worker-resources: not JSON: {exc}") from None
+    for key in ("worker_resources", "pools", "pool_resources"):
+        if getattr(args, key) is not None:
+            try:
+                updates[key] = json.loads(getattr(args, key))
+            except json.JSONDecodeError as exc:
+                raise JobError(f"--{key.replace('_', '-')}: not JSON: {exc}") from None
     try:
         settings = FleetSettings(**updates)
     except ValidationError as exc:
@@ -102,6 +117,10 @@ def build_settings(args: argparse.Namespace) -> FleetSettings:
     if "://" not in settings.events_dir:
         settings = settings.model_copy(
             update={"events_dir": os.path.abspath(os.path.expanduser(settings.events_dir))}
+        )
+    if settings.wal_dir is not None:
+        settings = settings.model_copy(
+            update={"wal_dir": os.path.abspath(os.path.expanduser(settings.wal_dir))}
         )
     return settings
 
@@ -140,9 +159,10 @@ def run(args: argparse.Namespace) -> int:
     except FleetError as exc:
         raise JobError(str(exc)) from exc
     info = fleet.status()
+    wal = f" (write-ahead log {fleet.settings.wal_dir})" if fleet.settings.wal_dir else ""
     log(
         f"fleet {info['fleet']!r}: {info['workers']} workers, "
-        f"{fleet.settings.sandbox} sandbox, events at {fleet.settings.events_dir}"
+        f"{fleet.settings.sandbox} sandbox, events at {fleet.settings.events_dir}{wal}"
     )
 
     batch = f"b-{uuid.uuid4().hex[:8]}"

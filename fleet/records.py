@@ -40,6 +40,10 @@ class Assignment(BaseModel):
     """The decision a parked session waited for: call_id, allow, message."""
     history: list[dict[str, Any]] | None = None
     """Messages a handed-over session starts with (what the previous agent did)."""
+    max_tokens: int | None = None
+    """What is left of the task's token budget (None: the agent's ``max_tokens``)."""
+    max_cost_usd: float | None = None
+    """What is left of the task's cost budget (None: the agent's ``max_cost_usd``)."""
 
 
 class SessionResult(BaseModel):
@@ -103,6 +107,10 @@ class TaskRecord(BaseModel):
     history_ref: str | None = None
     inbox: list[str] = Field(default_factory=list)
     children: list[str] = Field(default_factory=list)
+    spent_tokens: int = 0
+    """Input + output tokens of every session of the task (its ``usage`` events)."""
+    spent_cost_usd: float = 0.0
+    """The cost of those tokens: the task's budgets count against these."""
 
     @property
     def duration_s(self) -> float | None:

@@ -63,7 +63,9 @@ class FleetSettings(BaseSettings):
     # Event log.
     events_dir: str = Field("fleet-events", description="Event log root: a path or a pyarrow URI.")
     wal_dir: str | None = Field(
-        None, description="Write-ahead log directory; default: <events_dir>/_wal (local only)."
+        None,
+        description="Write-ahead log directory (a local disk); default: <events_dir>/_wal, "
+        "or ~/fleet-wal/<hash of the URI> when events_dir is a URI.",
     )
     flush_interval_s: float = Field(
         1.0, gt=0, description="How often buffered events are rolled into a Parquet file."
@@ -97,6 +99,9 @@ class FleetSettings(BaseSettings):
         False, description="On start, rebuild unfinished tasks from the event log and run them."
     )
 
+    stream_events: int = Field(
+        5000, ge=10, description="Latest events kept for the fleet-wide live stream."
+    )
     recent_tasks: int = Field(
         2000, ge=10, description="Tasks whose events the supervisor keeps in memory for streams."
     )

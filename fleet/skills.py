@@ -13,8 +13,9 @@ description. At session start the skill's files are copied into the workspace un
 ``.skills/<name>/`` and a short section naming each skill is appended to the instructions;
 the agent reads ``SKILL.md`` when it needs the details (so unused skills cost few tokens).
 
-Skills are looked up by folder name in ``search_dirs`` (first match wins); the package ships
-some in ``fleet/skill_library``.
+Skills are looked up by folder name in ``search_dirs`` (``FleetSettings.skill_dirs``), then
+in the package's own library ``fleet/skill_library``: the first match wins, so a folder of
+yours can replace a built-in skill of the same name.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,12 +116,10 @@ def load_skill(folder: Path) -> Skill:
     return skill
 
 
-def load_skills(names: list[str], search_dirs: list[str | Path] | None = None) -> list[Skill]:
-    """The skills called ``names``, found by folder name in ``search_dirs`` (default: the
-    package's skill library). Raises SkillError naming any skill not found."""
-    dirs = [
-        Path(d).expanduser() for d in (search_dirs if search_dirs is not None else [LIBRARY_DIR])
-    ]
+def load_skills(names: list[str], search_dirs: Sequence[str | Path] | None = None) -> list[Skill]:
+    """The skills called ``names``, found by folder name in ``search_dirs`` and then in the
+    package's skill library. Raises SkillError naming any skill not found."""
+    dirs = [Path(d).expanduser() for d in search_dirs or ()] + [LIBRARY_DIR]
     skills, missing = [], []
     for name in names:
         if not name or "/" in name or name in {".", ".."}:

@@ -55,9 +55,14 @@ class AgentSpec(Strict):
         "{'ask_if': {argument: regex}}: ask when the argument matches. Unlisted: allowed.",
     )
     max_tokens: int | None = Field(
-        None, ge=1, description="Session budget: input + output tokens; None: unlimited."
+        None,
+        ge=1,
+        description="Task budget: input + output tokens over all its attempts and stages; "
+        "spent, the task goes to a person. None: unlimited.",
     )
-    max_cost_usd: float | None = Field(None, gt=0, description="Session budget in USD.")
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="Task budget in USD, over all its attempts and stages."
+    )
 
     @field_validator("approvals")
     @classmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import re
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
@@ -15,7 +16,9 @@ from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from sandboxes.base import Sandbox, SandboxError, workspace_relative
+from sandboxes.base import Sandbox, SandboxError, SandboxLost, workspace_relative
+
+log = logging.getLogger("fleet.tools")
 
 
 @dataclass
@@ -132,7 +135,16 @@ async def edit_file(ctx: ToolContext, path: str, old_str: str, new_str: str) -> 
         return ToolOutput(
             text="error: old_str is empty; use write_file to create a file", is_error=True
         )
-    text = (await ctx.sandbox.read_file(path)).decode(errors="replace")
+    raw = await ctx.sandbox.read_file(path)
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        return ToolOutput(
+            text=f"error: {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start}); edit_file only edits UTF-8 files and left it unchanged. Use shell "
+            "to change binary or otherwise encoded files.",
+            is_error=True,
+        )
     count = text.count(old_str)
     if count == 0:
         hint = ""
@@ -357,14 +369,18 @@ class ToolBox:
         return tool_, args.model_dump()
 
     async def run(self, ctx: ToolContext, tool_: Tool, args: dict[str, Any]) -> ToolOutput:
-        """Run a validated call; a sandbox or OS failure is an error result, not a crash."""
+        """Run a validated call. Any exception the tool raises is an error result the model
+        can act on, not a crash; except SandboxLost (the session cannot go on) and
+        cancellation (a BaseException), which propagate."""
         try:
             return await tool_.fn(ctx, **args)
+        except SandboxLost:
+            raise
         except SandboxError as exc:
             return ToolOutput(text=f"error: {exc}", is_error=True)
-        except OSError as exc:
-            return ToolOutput(text=f"error: {type(exc).__name__}: {exc}", is_error=True)
-        except UnicodeError as exc:
+        except Exception as exc:
+            if not isinstance(exc, OSError | UnicodeError):
+                log.warning("tool %s raised", tool_.name, exc_info=True)
             return ToolOutput(text=f"error: {type(exc).__name__}: {exc}", is_error=True)
 
     async def call(self, ctx: ToolContext, name: str, arguments: str) -> ToolOutput:

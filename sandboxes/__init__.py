@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sandboxes.base import CappedOutput, ExecResult, Sandbox, SandboxError
+from sandboxes.base import CappedOutput, ExecResult, Sandbox, SandboxError, SandboxLost
 from sandboxes.local import LocalSandbox
 from sandboxes.pool import WarmPool
 
@@ -17,6 +17,7 @@ __all__ = [
     "LocalSandbox",
     "Sandbox",
     "SandboxError",
+    "SandboxLost",
     "WarmPool",
     "create_sandbox",
     "docker_available",
@@ -47,12 +48,16 @@ def resolve_kind(kind: str) -> str:
 
 
 def create_sandbox(
-    kind: str, environment: EnvironmentSpec, name: str, output_limit: int = 1_000_000
+    kind: str,
+    environment: EnvironmentSpec,
+    name: str,
+    output_limit: int = 1_000_000,
+    fleet: str = "",
 ) -> Sandbox:
-    """Build (not start) a sandbox of ``kind`` for ``environment``."""
+    """Build (not start) a sandbox of ``kind`` for ``environment``; ``fleet`` labels it."""
     kind = resolve_kind(kind)
     if kind == "docker":
         from sandboxes.docker import DockerSandbox
 
-        return DockerSandbox(environment, name=name, output_limit=output_limit)
+        return DockerSandbox(environment, name=name, output_limit=output_limit, fleet=fleet)
     return LocalSandbox(env=environment.env, output_limit=output_limit, name=name)

@@ -14,6 +14,10 @@ class SandboxError(RuntimeError):
     """A sandbox could not do what was asked (start, a path outside the workspace, ...)."""
 
 
+class SandboxLost(SandboxError):
+    """The sandbox is gone (container or agent died); the session cannot go on."""
+
+
 @dataclass
 class ExecResult:
     exit_code: int

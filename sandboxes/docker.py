@@ -10,7 +10,12 @@ directory on size-limited tmpfs mounts (filling the "disk" fills only those; the
 is raised by their sizes so a full tmpfs cannot starve the processes), all capabilities
 dropped, no-new-privileges, cpu/memory/pids limits from the environment, no host mounts and
 no host environment. Network per ``environment.network`` (see ``sandboxes.network``).
-Containers are labelled ``agent-fleet=1`` and removed by ``close`` or ``reap_containers``.
+Containers are labelled ``agent-fleet=1`` (plus their fleet, task, environment and owner
+process) and removed by ``close``, ``reap_containers`` or ``reap_orphans``.
+
+The agent runs as the same uid as the commands, so it seals itself (see ``exec_agent``) and
+the host trusts no frame bigger than the largest legitimate reply: an oversize frame or a
+dead agent raises ``SandboxLost`` and the sandbox is not used again.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from sandboxes import images, network
-from sandboxes.base import CappedOutput, ExecResult, SandboxError, tar_files, workspace_relative
+from sandboxes.base import (
+    CappedOutput,
+    ExecResult,
+    SandboxError,
+    SandboxLost,
+    tar_files,
+    workspace_relative,
+)
 from sandboxes.local import SAFE_PATH
 
 if TYPE_CHECKING:
@@ -44,6 +56,8 @@ PREFIX_SIZE = 12
 READY_TIMEOUT_S = 30.0
 GRACE_S = 15.0
 """How long past a command's own timeout the host waits for the agent before giving up."""
+MAX_HEADER = 1 << 20
+"""The largest frame header the host accepts (real ones are a few hundred bytes)."""
 
 
 def _container_name(name: str) -> str:
@@ -54,14 +68,18 @@ def _container_name(name: str) -> str:
 class _AgentChannel:
     """The host end of the attach stream: Docker's stdout/stderr multiplexing, then frames."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_body: int
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self._buf = bytearray()
         self.agent_stderr = bytearray()
+        self.max_body = max_body
+        """Frames claiming a bigger body are refused before any of it is buffered."""
 
     @classmethod
-    async def attach(cls, api: docker.APIClient, container_id: str) -> _AgentChannel:
+    async def attach(cls, api: docker.APIClient, container_id: str, max_body: int) -> _AgentChannel:
         base = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         url = urlparse(base)
         if url.scheme == "unix":
@@ -87,7 +105,7 @@ class _AgentChannel:
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(reader, writer)
+        return cls(reader, writer, max_body)
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
         head = json.dumps(header).encode()
@@ -105,8 +123,10 @@ class _AgentChannel:
                 prefix = await self._reader.readexactly(8)
                 payload = await self._reader.readexactly(int.from_bytes(prefix[4:8], "big"))
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                said = self.agent_stderr.decode(errors="replace")[-2000:]
-                raise SandboxError(f"exec agent is gone (container exited?) {said}") from exc
+                said = self.agent_stderr.decode(errors="replace")[-2000:].strip()
+                raise SandboxLost(
+                    f"exec agent is gone (container exited or was removed) {said}".strip()
+                ) from exc
             if prefix[0] == 2:
                 self.agent_stderr += payload
                 del self.agent_stderr[:-8192]
@@ -117,8 +137,18 @@ class _AgentChannel:
         await self._need(PREFIX_SIZE)
         hlen = int.from_bytes(self._buf[0:4], "big")
         blen = int.from_bytes(self._buf[4:12], "big")
+        if hlen > MAX_HEADER or blen > self.max_body:
+            raise SandboxLost(
+                f"exec agent sent a frame of {hlen} + {blen} bytes, over the limit of "
+                f"{MAX_HEADER} + {self.max_body}: the channel is not trusted any more"
+            )
         await self._need(PREFIX_SIZE + hlen + blen)
-        header = json.loads(bytes(self._buf[PREFIX_SIZE : PREFIX_SIZE + hlen]))
+        try:
+            header = json.loads(bytes(self._buf[PREFIX_SIZE : PREFIX_SIZE + hlen]))
+        except ValueError:
+            header = None
+        if not isinstance(header, dict):
+            raise SandboxLost("exec agent sent a malformed frame: the channel is out of step")
         body = bytes(self._buf[PREFIX_SIZE + hlen : PREFIX_SIZE + hlen + blen])
         del self._buf[: PREFIX_SIZE + hlen + blen]
         return header, body
@@ -142,15 +172,20 @@ class DockerSandbox:
         *,
         disk_mb: int | None = None,
         tmp_mb: int = 256,
+        fleet: str = "",
     ) -> None:
         self.environment = environment
         self.name = name
         self.container_name = _container_name(name)
         self.container_id: str | None = None
         self.image: str | None = None
+        self.fleet = fleet
         self._output_limit = output_limit
         self._disk_mb = disk_mb or int(getattr(environment, "disk_mb", None) or 1024)
         self._tmp_mb = tmp_mb
+        # The largest legitimate reply: a command's output tails, or a file or snapshot of
+        # the workspace (tar headers can outgrow the tmpfs for many tiny files: twice it).
+        self.max_frame = max(output_limit, 2 * self._disk_mb << 20) + (1 << 20)
         self._client: docker.DockerClient | None = None
         self._channel: _AgentChannel | None = None
         self._lock = asyncio.Lock()
@@ -170,18 +205,23 @@ class DockerSandbox:
                 images.ensure_environment_image, self.environment, self._client
             )
             try:
-                self.container_id = await asyncio.to_thread(self._create)
+                await self._create_recorded()
             except _image_not_found():  # removed behind our back: find or build it again
                 images.forget()
                 self.image = await asyncio.to_thread(
                     images.ensure_environment_image, self.environment, self._client
                 )
-                self.container_id = await asyncio.to_thread(self._create)
-            self._channel = await _AgentChannel.attach(self._client.api, self.container_id)
+                await self._create_recorded()
+            self._channel = await _AgentChannel.attach(
+                self._client.api, self.container_id, self.max_frame
+            )
             await asyncio.to_thread(self._client.api.start, self.container_id)
             header, _ = await asyncio.wait_for(self._channel.recv(), READY_TIMEOUT_S)
             if header.get("t") != "ready":
                 raise SandboxError(f"exec agent said {header!r} instead of ready")
+            if header.get("pid") != 1 or header.get("sealed") is not True:
+                # Commands could then reach the agent (signals, /proc/1/fd): refuse.
+                raise SandboxError(f"exec agent is not sealed as PID 1 ({header!r})")
             if isinstance(self.environment.network, list):
                 await asyncio.to_thread(self._firewall)
             seed = {
@@ -191,6 +231,17 @@ class DockerSandbox:
                 await self.restore(tar_files(seed))
         except BaseException:
             await self.close()
+            raise
+
+    async def _create_recorded(self) -> None:
+        """Create the container in a thread. Its id is recorded even when we are cancelled
+        meanwhile (the thread goes on regardless), so that ``close`` removes it."""
+        job = asyncio.ensure_future(asyncio.to_thread(self._create))
+        try:
+            self.container_id = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self.container_id = await job
             raise
 
     def _create(self) -> str:
@@ -231,6 +282,7 @@ class DockerSandbox:
             memswap_limit=memory,
             pids_limit=env.pids,
             log_config={"Type": "none", "Config": {}},
+            init=False,  # the exec agent must be PID 1 (see exec_agent: signals)
             **host,
         )
         created = api.create_container(
@@ -246,6 +298,7 @@ class DockerSandbox:
             environment={"FLEET_WORKDIR": self.workdir},
             labels={
                 LABEL: "1",
+                f"{LABEL}.fleet": self.fleet[:200],
                 f"{LABEL}.task": self.name[:200],
                 f"{LABEL}.environment": env.name,
                 f"{LABEL}.owner": OWNER,
@@ -310,7 +363,7 @@ class DockerSandbox:
     ) -> tuple[dict[str, Any], bytes]:
         """Send one request and wait for its ``done`` frame (frames of older ids are dropped)."""
         if self._broken:
-            raise SandboxError(f"sandbox {self.name} is not usable: {self._broken}")
+            raise SandboxLost(f"sandbox {self.name} is not usable: {self._broken}")
         if self._channel is None:
             raise SandboxError("sandbox not started")
         async with self._lock:
@@ -335,9 +388,11 @@ class DockerSandbox:
                 raise
             except TimeoutError:
                 self._broken = "the exec agent stopped answering"
-                raise SandboxError(f"sandbox {self.name}: {self._broken}") from None
-            except SandboxError as exc:
+                channel.close()
+                raise SandboxLost(f"sandbox {self.name}: {self._broken}") from None
+            except SandboxLost as exc:
                 self._broken = str(exc)
+                channel.close()
                 raise
 
     async def exec(

@@ -13,11 +13,19 @@ on the ``done`` frame. So a command printing gigabytes costs memory of ``limit``
 After every command (finished, timed out or cancelled) every other process in the
 container is killed with ``kill(-1, SIGKILL)`` and reaped: nothing escapes by ``setsid``
 or double fork, and a fork bomb ends. Standard library only; runs on any python3 >= 3.8.
+
+Commands run as the agent's own uid, so the agent guards itself from them: it makes itself
+non-dumpable (``PR_SET_DUMPABLE`` 0), so a command can neither open ``/proc/1/fd/*`` (to
+forge frames to the host or read its requests) nor ptrace it; and it catches the signals a
+process in the container can send to PID 1 (SIGINT, SIGTERM) with a handler that does
+nothing (a command gets default handlers back when it is exec'd). The ``ready`` frame says
+whether the agent is non-dumpable; the host refuses the container when it is not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import io
 import json
@@ -26,7 +34,6 @@ import select
 import signal
 import struct
 import subprocess
-import sys
 import tarfile
 import time
 from collections import deque
@@ -35,6 +42,7 @@ WORKDIR = os.environ.get("FLEET_WORKDIR", "/workspace")
 PREFIX = struct.Struct(">IQ")
 CHUNK = 1 << 20
 F_SETPIPE_SZ = 1031
+PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 
 
 class Channel:
@@ -324,7 +332,19 @@ def handle(channel: Channel, header: dict, body: bytes, wake_fd: int) -> None:
         channel.send({"id": rid, "t": "done", "error": f"{type(exc).__name__}: {exc}"})
 
 
+def seal() -> bool:
+    """Make this process non-dumpable: /proc/<pid>/* then belongs to root, so a process of
+    the same uid cannot open its fds or memory, nor ptrace it. True when that holds."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def main() -> None:
+    sealed = seal()
     os.umask(0o022)
     with contextlib.suppress(OSError):
         os.chdir(WORKDIR)
@@ -333,10 +353,12 @@ def main() -> None:
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    # Signals a command may send to PID 1 do nothing (the host ends us by closing stdin, or
+    # with SIGKILL from outside). Handlers, unlike SIG_IGN, are reset to default by exec.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(0))
+        signal.signal(sig, lambda *_: None)
     channel = Channel()
-    channel.send({"t": "ready", "pid": os.getpid(), "uid": os.getuid()})
+    channel.send({"t": "ready", "pid": os.getpid(), "uid": os.getuid(), "sealed": sealed})
     while (frame := channel.next()) is not None:
         handle(channel, frame[0], frame[1], wake_r)
         reap(None)

@@ -18,7 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from sandboxes.base import CappedOutput, ExecResult, SandboxError, tar_directory, workspace_relative
+from sandboxes.base import (
+    CappedOutput,
+    ExecResult,
+    SandboxError,
+    SandboxLost,
+    tar_directory,
+    workspace_relative,
+)
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -60,11 +67,17 @@ class LocalSandbox:
         env.update(extra or {})
         return env
 
+    def _check_alive(self) -> None:
+        """Raise SandboxLost when the workspace folder is gone (nothing can run or land)."""
+        if not self.workdir:
+            raise SandboxError("sandbox not started")
+        if not os.path.isdir(self.workdir):
+            raise SandboxLost(f"workspace {self.workdir} is gone")
+
     async def exec(
         self, command: str, timeout_s: float = 60.0, env: dict[str, str] | None = None
     ) -> ExecResult:
-        if not self.workdir:
-            raise SandboxError("sandbox not started")
+        self._check_alive()
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
             "/bin/bash",
@@ -111,6 +124,7 @@ class LocalSandbox:
         )
 
     def _host_path(self, path: str) -> Path:
+        self._check_alive()
         rel = workspace_relative(path, self.workdir)
         host = Path(self.workdir, rel)
         real = os.path.realpath(host)
@@ -139,9 +153,12 @@ class LocalSandbox:
         await asyncio.to_thread(write)
 
     async def snapshot(self) -> bytes:
+        self._check_alive()
         return await asyncio.to_thread(tar_directory, Path(self.workdir))
 
     async def restore(self, archive: bytes) -> None:
+        self._check_alive()
+
         def unpack() -> None:
             with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
                 tar.extractall(self.workdir, filter=_workspace_filter)

@@ -2,9 +2,11 @@
 
 Keyed by a hash of the environment spec: ``acquire`` hands out an idle, already started
 sandbox for that environment (or starts one when none is ready), then tops the pool back up
-to ``size`` in the background. A sandbox that was handed out is never taken back: the caller
-closes it. Background starts that fail are logged and dropped; the next ``acquire`` then
-starts one itself, so the error reaches a caller.
+to ``size`` in the background. ``size`` bounds the whole pool, not each environment: topping
+up for one environment closes (or stops starting) sandboxes of the others beyond it, so idle
+containers do not pile up over many environments. A sandbox that was handed out is never
+taken back: the caller closes it. Background starts that fail are logged and dropped; the
+next ``acquire`` then starts one itself, so the error reaches a caller.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class WarmPool:
         self.size = size
         self._idle: dict[str, deque[Sandbox]] = {}
         self._starting: dict[str, set[asyncio.Task[None]]] = {}
+        self._evicting: set[asyncio.Task[None]] = set()
         self._closed = False
         self.hits = 0
         self.misses = 0
@@ -44,6 +47,10 @@ class WarmPool:
     def idle(self, environment: EnvironmentSpec) -> int:
         """How many started sandboxes wait for ``environment``."""
         return len(self._idle.get(environment_key(environment), ()))
+
+    def held(self) -> int:
+        """Sandboxes idle or starting, over all environments (at most ``size`` after a fill)."""
+        return sum(map(len, self._idle.values())) + sum(map(len, self._starting.values()))
 
     async def acquire(self, environment: EnvironmentSpec) -> Sandbox:
         """A started sandbox for ``environment``, now yours to use and close."""
@@ -73,10 +80,30 @@ class WarmPool:
         key = environment_key(environment)
         idle = self._idle.setdefault(key, deque())
         starting = self._starting.setdefault(key, set())
-        for _ in range(self.size - len(idle) - len(starting)):
+        wanted = self.size - len(idle) - len(starting)
+        if wanted > 0:
+            self._make_room(key, wanted)
+        for _ in range(wanted):
             task = asyncio.create_task(self._start_idle(key, environment))
             starting.add(task)
             task.add_done_callback(starting.discard)
+
+    def _make_room(self, keep: str, wanted: int) -> None:
+        """Close idle sandboxes, then cancel starts, of environments other than ``keep``
+        until ``wanted`` more fit in ``size``."""
+        excess = self.held() + wanted - self.size
+        for key, queue in self._idle.items():
+            while excess > 0 and key != keep and queue:
+                task = asyncio.create_task(_close_quietly(queue.popleft()))
+                self._evicting.add(task)
+                task.add_done_callback(self._evicting.discard)
+                excess -= 1
+        for key, tasks in self._starting.items():
+            for task in list(tasks):
+                if excess > 0 and key != keep and not task.done():
+                    task.cancel()  # _start closes what it had started
+                    tasks.discard(task)
+                    excess -= 1
 
     async def _start(self, environment: EnvironmentSpec) -> Sandbox:
         sandbox = self._factory(environment)
@@ -112,7 +139,11 @@ class WarmPool:
         await asyncio.gather(*tasks, return_exceptions=True)
         idle = [sb for queue in self._idle.values() for sb in queue]
         self._idle.clear()
-        results = await asyncio.gather(*(sb.close() for sb in idle), return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception):
-                log.warning("warm pool: closing a sandbox failed: %s", result)
+        await asyncio.gather(*(_close_quietly(sb) for sb in idle), *self._evicting)
+
+
+async def _close_quietly(sandbox: Sandbox) -> None:
+    try:
+        await sandbox.close()
+    except Exception as exc:
+        log.warning("warm pool: closing a sandbox failed: %s", exc)

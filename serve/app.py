@@ -13,19 +13,23 @@ import datetime as dt
 import decimal
 import hmac
 import json
+import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
+import pydantic_core
 import ray
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field, SecretStr, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -71,8 +75,11 @@ class ServeSettings(BaseSettings):
 
 
 # -- plumbing ----------------------------------------------------------------------------
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(StarletteHTTPException):
+    """413; an HTTPException so that FastAPI's own body parsing passes it on."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"body over {max_bytes} bytes")
 
 
 class BodyLimit:
@@ -104,7 +111,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         await self.app(scope, limited, send)
@@ -119,6 +126,78 @@ async def _send_json(send: Send, status: int, detail: str) -> None:
 
 class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
+
+
+JSON_MAX_DEPTH = 200
+"""Deepest nesting a JSON body may have (the limit of pydantic-core's parser)."""
+
+
+JSON_ERRORS = {
+    "recursion limit exceeded": f"nested more than {JSON_MAX_DEPTH} levels deep",
+    "unexpected end of hex escape": "unpaired surrogate in a \\u escape",
+    "lone leading surrogate in hex escape": "unpaired surrogate in a \\u escape",
+}
+
+
+def loads_strict(raw: bytes | str) -> Any:
+    """Parse JSON as RFC 8259 has it, or raise ValueError with a clear message: no NaN or
+    Infinity (nor 1e400), no unpaired surrogates or invalid UTF-8, at most
+    ``JSON_MAX_DEPTH`` levels of nesting, integers of at most 4300 digits. Never
+    RecursionError, whatever the input."""
+    try:
+        value = pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        message = str(exc)
+        for theirs, ours in JSON_ERRORS.items():
+            message = message.replace(theirs, ours)
+        raise ValueError(message) from None
+    stack = [value]
+    while stack:  # 1e400 parses as inf: refuse it like Infinity
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("a number is too large: not a finite number")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+class StrictJSONRequest(Request):
+    """A request whose ``json()`` is :func:`loads_strict` (FastAPI parses bodies with it)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = loads_strict(await self.body())
+            except ValueError as exc:  # FastAPI answers 422 with the message in ctx.error
+                raise json.JSONDecodeError(str(exc), "", 0) from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Routes whose JSON bodies are parsed strictly (see :class:`StrictJSONRequest`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict
+
+
+def _json_safe(value: Any) -> Any:
+    """Client input echoed in an error, made encodable (no NaN, no lone surrogates)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _field_error(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
@@ -179,6 +258,34 @@ VALIDATION = {
         "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
     },
 }
+FLEET_SSE_SCHEMA = {
+    "type": "object",
+    "description": "One server-sent event of the fleet-wide stream.",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "description": "The event's global index (resume after it)."},
+        "event": {
+            "type": "string",
+            "description": "Absent for fleet events; stream.open or stream.gap otherwise.",
+        },
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/Event"},
+                    {
+                        "type": "object",
+                        "description": "stream.open: where the stream starts; stream.gap: "
+                        "how many events this client missed.",
+                        "properties": {"next": {"type": "integer"}, "missed": {"type": "integer"}},
+                    },
+                ]
+            },
+        },
+        "retry": {"type": "integer"},
+    },
+}
 NOT_FOUND = {404: {"model": m.ErrorBody, "description": "Unknown id"}}
 CONFLICT = {409: {"model": m.ErrorBody, "description": "Conflict with the current state"}}
 REPORTS = ("overview", "tasks", "tools", "durations")
@@ -188,7 +295,7 @@ REPORTS = ("overview", "tasks", "tools", "durations")
 def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
     """The API over a fleet: a :class:`fleet.api.Fleet` or a Supervisor actor handle."""
     settings = settings or ServeSettings()
-    token = settings.resolve_token().encode()
+    expected = settings.resolve_token().encode()
     sup = getattr(fleet, "supervisor", fleet)
     events_dir: list[str] = []  # filled on first use (one remote call)
 
@@ -218,9 +325,10 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
         return await http_exception_handler(request, exc)
 
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
-        return JSONResponse({"detail": f"body over {settings.max_body_bytes} bytes"}, 413)
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # As FastAPI's own handler, but the echoed input cannot make it fail (a 500).
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
 
     @app.exception_handler(ray.exceptions.RayActorError)
     @app.exception_handler(ray.exceptions.ActorUnavailableError)
@@ -230,25 +338,49 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
 
     bearer = HTTPBearer(auto_error=False, description="The fleet's API token.")
 
+    def check(given: str | None) -> None:
+        if given is None:
+            raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
+            raise HTTPException(403, "wrong token")
+
     async def authorized(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
-        if creds is None:
-            raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-        given = creds.credentials.encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, token):
-            raise HTTPException(403, "wrong token")
+        check(creds.credentials if creds else None)
 
+    query_token = APIKeyQuery(
+        name="token",
+        auto_error=False,
+        description="The API token in the query, for clients that cannot send headers "
+        "(EventSource); streams only. Prefer the header: URLs get logged.",
+    )
+
+    async def stream_authorized(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        token: Annotated[str | None, Depends(query_token)],
+    ) -> None:
+        check(creds.credentials if creds else token)
+
+    errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": m.ErrorBody, "description": "The body cannot be parsed"},
+        401: {"model": m.ErrorBody, "description": "No bearer token"},
+        403: {"model": m.ErrorBody, "description": "Wrong token"},
+        413: {"model": m.ErrorBody, "description": "Body too large"},
+        503: {"model": m.ErrorBody, "description": "The fleet does not answer"},
+    }
     v1 = APIRouter(
         prefix="/v1",
         dependencies=[Depends(authorized)],
-        responses={
-            400: {"model": m.ErrorBody, "description": "The body cannot be parsed"},
-            401: {"model": m.ErrorBody, "description": "No bearer token"},
-            403: {"model": m.ErrorBody, "description": "Wrong token"},
-            413: {"model": m.ErrorBody, "description": "Body too large"},
-            503: {"model": m.ErrorBody, "description": "The fleet does not answer"},
-        },
+        responses=errors,
+        route_class=StrictJSONRoute,
+    )
+    # Streams also take the token as a query parameter: EventSource cannot set headers.
+    streams = APIRouter(
+        prefix="/v1",
+        dependencies=[Depends(stream_authorized)],
+        responses=errors,
+        route_class=StrictJSONRoute,
     )
     Limit = Annotated[int, Query(ge=1, le=settings.max_page)]
 
@@ -425,7 +557,7 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
             accepted=len(body.events), session=m.SessionView.of(await record_of(session_id))
         )
 
-    @v1.get(
+    @streams.get(
         "/sessions/{session_id}/events/stream",
         response_class=EventStreamResponse,
         responses={
@@ -553,20 +685,94 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
     # -- fleet ---------------------------------------------------------------------------
     @v1.get("/fleet/status", tags=["fleet"])
     async def fleet_status() -> m.FleetStatus:
-        """Counts by state, the queue head, running sessions, recent outcomes."""
+        """Counts by state, the queue head, running sessions, tasks waiting on a person
+        (`blocked`: a tool call to allow, a result to review, paused), recent outcomes."""
         return await sup.status.remote()
+
+    @streams.get(
+        "/events/stream",
+        response_class=EventStreamResponse,
+        responses={
+            200: {
+                "description": "Server-Sent Events of every task: `id` is the event's global "
+                "index (resume after it with `Last-Event-ID`), `data` the event as JSON (its "
+                "`task_id`, `seq` and `type` inside); no `event` field, so EventSource's "
+                "`onmessage` gets them all. Control events: `stream.open` first (its id is "
+                "the position the stream starts after) and `stream.gap` when events were "
+                "dropped before this client read them (`missed`: how many). Never ends.",
+                "content": {"text/event-stream": {"schema": FLEET_SSE_SCHEMA}},
+            },
+        },
+        tags=["fleet"],
+    )
+    async def stream_fleet(
+        last_event_id: Annotated[
+            str | None, Header(description="Resume after this index (sent by EventSource).")
+        ] = None,
+        after: Annotated[
+            int | None,
+            Query(
+                ge=-1,
+                le=2**62,
+                description="Resume after this event index (-1: from the oldest event the "
+                "fleet still holds). Default: only events from now on.",
+            ),
+        ] = None,
+    ) -> EventStreamResponse:
+        """The fleet's live event stream: every event of every task as it is recorded (for
+        dashboards). Resumable: a client that reconnects with `Last-Event-ID` misses
+        nothing the fleet still holds (its last few thousand events) and sees nothing twice."""
+        if last_event_id is not None and last_event_id.strip():
+            try:
+                after = max(-1, int(last_event_id.strip()))
+            except ValueError:
+                raise _field_error(("header", "last-event-id"), "must be an integer") from None
+        return EventStreamResponse(
+            follow_fleet(-1 if after is None else after + 1),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def follow_fleet(cursor: int) -> AsyncIterator[bytes]:
+        """``cursor``: the index of the first event wanted (negative: from now)."""
+        _, start = await sup.stream_since.remote(cursor, 0.0, 0)
+        missed = max(0, start - cursor) if cursor >= 0 else 0
+        opened = json.dumps({"next": start, "missed": missed})
+        yield f"retry: 2000\nid: {start - 1}\nevent: stream.open\ndata: {opened}\n\n".encode()
+        cursor = start
+        while True:
+            events, after = await sup.stream_since.remote(cursor, settings.stream_poll_s, 500)
+            first = after - len(events)
+            if first > cursor:  # they left the fleet's ring before we read them
+                gap = json.dumps({"missed": first - cursor})
+                yield f"event: stream.gap\ndata: {gap}\n\n".encode()
+            chunks = [
+                f"id: {first + n}\ndata: {event.model_dump_json()}\n\n"
+                for n, event in enumerate(events)
+            ]
+            yield "".join(chunks).encode() if chunks else b": keep-alive\n\n"
+            cursor = after
 
     @v1.get("/reports/{name}", responses=NOT_FOUND, tags=["fleet"])
     async def get_report(
-        name: str, batch: Annotated[str | None, Query(max_length=200)] = None
+        name: str,
+        batch: Annotated[str | None, Query(max_length=200)] = None,
+        fresh: Annotated[
+            bool,
+            Query(
+                description="Roll buffered events into Parquet first, so the report includes "
+                "the last second too (writes a file: do not poll with it)."
+            ),
+        ] = False,
     ) -> m.Report:
-        """DuckDB reports over the event log: overview, tasks, tools, durations.
+        """DuckDB reports over the event log: overview, tasks, tools, durations. The log is
+        rolled into Parquet every `flush_interval_s` (1 s by default); `fresh` forces it.
         Empty rows while the log has no events yet."""
         if name not in REPORTS:
             raise HTTPException(404, f"no report {name!r} (known: {', '.join(REPORTS)})")
         if not events_dir:
             events_dir.append((await sup.get_settings.remote()).events_dir)
-        await sup.flush.remote()
+        if fresh:
+            await sup.flush.remote()
         try:
             table = await asyncio.to_thread(run_report, events_dir[0], name, batch)
         except analytics.AnalyticsError:
@@ -575,6 +781,7 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
         return m.Report(name=name, title=table.title or name, columns=table.columns, rows=rows)
 
     app.include_router(v1)
+    app.include_router(streams)
     install_openapi(app)
     return app
 
@@ -589,7 +796,7 @@ def parse_batch(raw: bytes, max_batch: int) -> tuple[list[tuple[int, Any]], list
     rejected: list[m.Rejection] = []
     if text.lstrip().startswith("["):
         try:
-            parsed = json.loads(text)
+            parsed = loads_strict(text)
         except ValueError as exc:
             raise _field_error(("body",), f"invalid JSON: {exc}") from None
         items = list(enumerate(parsed, start=1))
@@ -598,7 +805,7 @@ def parse_batch(raw: bytes, max_batch: int) -> tuple[list[tuple[int, Any]], list
             if not line.strip():
                 continue
             try:
-                items.append((n, json.loads(line)))
+                items.append((n, loads_strict(line)))
             except ValueError as exc:
                 rejected.append(
                     m.Rejection(task_id="?", field="", error=f"bad JSON: {exc}", line=n)

@@ -1,8 +1,14 @@
 """The dashboard page: plain HTML and a little JavaScript, no build step.
 
 The token: open ``/?token=...`` once (it is kept in the browser's localStorage and removed
-from the address bar), or paste it in the login field. The page polls ``/v1/fleet/status``
-every second, the blocked sessions every 2 s and the reports every 5 s.
+from the address bar), or paste it in the login field.
+
+Live: an EventSource on ``/v1/events/stream`` (the fleet's event stream; the token goes in
+the query, EventSource cannot send headers). Each event marks what it changes (status, the
+blocked list, the reports when a task ends) and those parts are fetched again, at most a few
+times a second. Polling is the fallback: every 3 s while the stream is down, else every 30 s
+(ages and idle times). Reports never force a flush of the event log: they read what the
+supervisor rolled into Parquet (every second by default), fetched a moment after a task ends.
 """
 
 PAGE = """<!doctype html>
@@ -39,6 +45,7 @@ PAGE = """<!doctype html>
   .big { font-size:34px; font-weight:600; }
   button { border:0; border-radius:5px; padding:3px 9px; cursor:pointer; color:#fff; }
   .allow { background:var(--ok); } .deny { background:var(--bad); }
+  #live { font-size:12px; color:#aab3c0; } #live[data-state="open"] { color:#8fd19e; }
   .empty { color:var(--mute); font-style:italic; }
   #error { color:#ffb4b4; font-size:12px; }
   code { font-size:12px; }
@@ -48,6 +55,7 @@ PAGE = """<!doctype html>
 <header>
   <h1>agent-fleet</h1>
   <span class="meta" id="meta">connecting...</span>
+  <span id="live" data-state="connecting" data-events="0">stream: connecting</span>
   <span id="error"></span>
   <form id="login">
     <input id="token" type="password" placeholder="API token" size="24">
@@ -62,6 +70,7 @@ PAGE = """<!doctype html>
   <section><h2>Queue</h2><table id="queue"></table></section>
   <section><h2>Awaiting approval and blocked</h2><table id="blocked"></table></section>
   <section><h2>Recent outcomes</h2><table id="recent"></table></section>
+  <section><h2>Live events</h2><table id="events"></table></section>
   <section style="grid-column:1/-1"><h2>Durations of finished tasks (s)</h2>
     <svg id="chart" width="100%" height="160" role="img" aria-label="durations"></svg></section>
 </main>
@@ -75,11 +84,12 @@ if (params.get("token")) {
 document.getElementById("login").onsubmit = (e) => {
   e.preventDefault();
   localStorage.setItem(KEY, document.getElementById("token").value.trim());
-  refresh(); refreshSlow(); refreshReports();
+  refreshAll(); connect(); setInterval(tick, 1000);
 };
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g,
   (c) => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
 const secs = (v) => v == null ? "" : (v < 90 ? v.toFixed(1) + " s" : (v / 60).toFixed(1) + " min");
+const code = (id) => '<code class="task-id">' + esc(id) + "</code>";
 const errBox = document.getElementById("error");
 
 async function api(path, init = {}) {
@@ -97,48 +107,64 @@ function rows(id, head, list, row) {
   el.innerHTML = "<tr>" + head.map((h) => "<th>" + h + "</th>").join("") + "</tr>" +
     list.map((x) => "<tr>" + row(x).map((c) => "<td>" + c + "</td>").join("") + "</tr>").join("");
 }
+let shown = null, shownAt = 0;
+function tick() {  // ages go on between fetches: no request needed for that
+  if (!shown) return;
+  const s = shown, dt = (Date.now() - shownAt) / 1000, plus = (v) => v == null ? v : v + dt;
+  document.getElementById("meta").textContent = "fleet " + s.fleet + " \\u00b7 " + s.workers +
+    " workers \\u00b7 up " + secs(s.uptime_s + dt);
+  rows("running", ["task", "worker", "attempt", "age", "last event", "idle"], s.running,
+    (r) => [code(r.task_id), esc(r.worker), esc(r.attempt), secs(plus(r.age_s)),
+            esc(r.last_event), secs(plus(r.last_event_age_s))]);
+}
 async function refresh() {
   try {
     const s = await api("/v1/fleet/status");
-    document.getElementById("meta").textContent =
-      "fleet " + s.fleet + " \\u00b7 " + s.workers + " workers \\u00b7 up " + secs(s.uptime_s);
+    shown = s; shownAt = Date.now(); tick();
     document.getElementById("counts").innerHTML = Object.entries(s.counts).map(([k, v]) =>
       '<div class="count"><b class="' + esc(k) + '">' + esc(v) + "</b>" + esc(k) + "</div>")
       .join("");
-    rows("running", ["task", "worker", "attempt", "age", "last event", "idle"], s.running,
-      (r) => ['<code class="task-id">' + esc(r.task_id) + "</code>", esc(r.worker), esc(r.attempt),
-              secs(r.age_s), esc(r.last_event), secs(r.last_event_age_s)]);
-    rows("queue", ["#", "task"], s.queued, (id) => [s.queued.indexOf(id) + 1,
-      '<code class="task-id">' + esc(id) + "</code>"]);
+    rows("queue", ["#", "task"], s.queued, (id) => [s.queued.indexOf(id) + 1, code(id)]);
     rows("recent", ["task", "outcome", "reason"], s.recent.slice().reverse(),
-      (r) => ['<code class="task-id">' + esc(r.task_id) + "</code>",
-              '<span class="' + esc(r.state) + '">' + esc(r.state) + "</span>", esc(r.reason)]);
+      (r) => [code(r.task_id), '<span class="' + esc(r.state) + '">' + esc(r.state) + "</span>",
+              esc(r.reason)]);
   } catch (e) { errBox.textContent = e.message; }
 }
-async function refreshSlow() {
+const BUTTONS = {
+  awaiting_approval: [["allow", "allow", "Allow"], ["deny", "deny", "Deny"]],
+  awaiting_review: [["approve", "allow", "Approve"], ["reject", "deny", "Reject"]],
+};
+async function refreshBlocked() {
   try {
-    const lists = await Promise.all(["awaiting_approval", "needs_human", "paused"].map(
-      (st) => api("/v1/sessions?limit=20&status=" + st)));
+    const lists = await Promise.all(
+      ["awaiting_approval", "awaiting_review", "needs_human", "paused"].map(
+        (st) => api("/v1/sessions?limit=20&status=" + st)));
     const items = lists.flatMap((l) => l.data);
-    rows("blocked", ["session", "status", "waiting on", ""], items, (x) => [
-      '<code class="task-id">' + esc(x.id) + "</code>",
-      '<span class="' + esc(x.status) + '">' + esc(x.status) + "</span>",
+    rows("blocked", ["session", "status", "", "waiting on"], items, (x) => [
+      code(x.id), '<span class="' + esc(x.status) + '">' + esc(x.status) + "</span>",
+      (BUTTONS[x.status] || []).map(([act, cls, label]) => '<button class="' + cls +
+        '" data-id="' + esc(x.id) + '" data-act="' + act + '">' + label + "</button>").join(" "),
       x.pending_approval ? esc(x.pending_approval.tool) + " " +
-        esc(JSON.stringify(x.pending_approval.args || {})).slice(0, 80) : esc(x.reason),
-      x.status === "awaiting_approval" ?
-        '<button class="allow" data-id="' + esc(x.id) + '" data-r="allow">approve</button> ' +
-        '<button class="deny" data-id="' + esc(x.id) + '" data-r="deny">deny</button>' : ""]);
+        esc(JSON.stringify(x.pending_approval.args || {}).slice(0, 80)) :
+        esc(x.status === "awaiting_review" ? x.summary || "the result" : x.reason)]);
   } catch (e) { errBox.textContent = e.message; }
 }
 document.getElementById("blocked").onclick = async (e) => {
   const b = e.target.closest("button"); if (!b) return;
-  const ev = {type: "user.tool_confirmation", result: b.dataset.r};
-  if (b.dataset.r === "deny") ev.deny_message = prompt("Why deny?") || "denied from dashboard";
+  const id = encodeURIComponent(b.dataset.id), act = b.dataset.act;
+  const json = (body) => ({method: "POST", headers: {"Content-Type": "application/json"},
+                           body: JSON.stringify(body)});
   try {
-    await api("/v1/sessions/" + encodeURIComponent(b.dataset.id) + "/events", {method: "POST",
-      headers: {"Content-Type": "application/json"}, body: JSON.stringify({events: [ev]})});
+    if (act === "allow" || act === "deny") {
+      const ev = {type: "user.tool_confirmation", result: act};
+      if (act === "deny") ev.deny_message = prompt("Why deny?") || "denied from dashboard";
+      await api("/v1/sessions/" + id + "/events", json({events: [ev]}));
+    } else {
+      const message = act === "reject" ? (prompt("Why reject?") || "rejected from dashboard") : "";
+      await api("/v1/tasks/" + id + "/review", json({approve: act === "approve", message}));
+    }
   } catch (err) { errBox.textContent = err.message; }
-  refreshSlow();
+  refreshBlocked();
 };
 function chart(points) {
   const svg = document.getElementById("chart");
@@ -172,8 +198,51 @@ async function refreshReports() {
     chart(d.rows.slice(0, 60).reverse());
   } catch (e) { errBox.textContent = e.message; }
 }
-refresh(); refreshSlow(); refreshReports();
-setInterval(refresh, 1000); setInterval(refreshSlow, 2000); setInterval(refreshReports, 5000);
+function refreshAll() { refresh(); refreshBlocked(); refreshReports(); }
+
+// -- live: the fleet's event stream; each event refreshes what it changes (throttled) ----
+const live = {state: "connecting", events: 0, log: []};
+window.fleetLive = live;
+const pending = {};
+function soon(name, fn, ms) {
+  if (!pending[name]) pending[name] = setTimeout(() => { pending[name] = null; fn(); }, ms);
+}
+const ENDED = new Set(["task.succeeded", "task.failed", "task.needs_human", "task.cancelled"]);
+function showLive(state) {
+  live.state = state;
+  const el = document.getElementById("live");
+  el.dataset.state = state; el.dataset.events = live.events;
+  el.textContent = "stream: " + state + " \\u00b7 " + live.events + " events";
+}
+function onEvent(e) {
+  live.events += 1;
+  live.log.unshift(e); live.log.length = Math.min(live.log.length, 15);
+  showLive(live.state);
+  rows("events", ["time", "task", "event"], live.log, (x) => [esc((x.ts || "").slice(11, 19)),
+    code(x.task_id), esc(x.type) + (x.tool ? " " + esc(x.tool) : "")]);
+  soon("status", refresh, 150);
+  if (/^(task|approval|review|user)\\./.test(e.type)) soon("blocked", refreshBlocked, 250);
+  if (ENDED.has(e.type)) soon("reports", refreshReports, 2500);  // once rolled into Parquet
+}
+let source = null;
+function connect() {
+  if (source) source.close();
+  const token = localStorage.getItem(KEY) || "";
+  source = new EventSource("/v1/events/stream?token=" + encodeURIComponent(token));
+  source.addEventListener("stream.open", () => { showLive("open"); refreshAll(); });
+  source.addEventListener("stream.gap", refreshAll);
+  source.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (err) {} };
+  source.onerror = () => {  // EventSource retries by itself unless it gave up (CLOSED)
+    showLive(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
+    if (source.readyState === EventSource.CLOSED) setTimeout(connect, 5000);
+  };
+}
+refreshAll(); connect(); setInterval(tick, 1000);
+live.polls = [  // the fallback
+  setInterval(() => { if (live.state !== "open") { refresh(); refreshBlocked(); } }, 3000),
+  setInterval(() => { if (live.state === "open") { refresh(); refreshBlocked(); } }, 30000),
+  setInterval(refreshReports, 60000),
+];
 </script>
 </body>
 </html>

@@ -247,12 +247,26 @@ class RecentItem(BaseModel):
     reason: str | None
 
 
+class BlockedItem(BaseModel):
+    """A task waiting on a person: a tool call to allow, a result to review, or paused."""
+
+    task_id: str
+    state: TaskState
+    call_id: str | None = Field(None, description="The tool call waiting for approval.")
+    tool: str | None = Field(None, description="Its tool.")
+    reason: str | None = None
+
+
 class FleetStatus(BaseModel):
     fleet: str
     workers: int
     counts: dict[str, int]
     queued: list[str]
     running: list[RunningItem]
+    blocked: list[BlockedItem] = Field(
+        default_factory=list,
+        description="Tasks awaiting approval or review, or paused (at most 50).",
+    )
     recent: list[RecentItem]
     uptime_s: float
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -84,6 +85,12 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     proc = fleet("run", "x.jsonl", "--workers", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "workers" in proc.stderr
+    (tmp_path / "t.jsonl").write_text('{"prompt": "x"}\n')
+    (tmp_path / "a-file").write_text("")
+    proc = fleet("run", "t.jsonl", "--sandbox", "local", "--events", "a-file/ev", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write the event log" in lines[0], proc.stderr
 
 
 def test_two_environment_variables_run_tasks_on_a_real_model_server(tmp_path):
@@ -117,3 +124,90 @@ def test_two_environment_variables_run_tasks_on_a_real_model_server(tmp_path):
         assert "all 1 tasks succeeded" in proc.stdout
     finally:
         server.stop()
+
+
+def test_demo_runs_every_task_and_its_events_answer_sql(tmp_path):
+    """The README's first command, and the foundation issue's 'done when' query."""
+    proc = fleet("demo", "--sandbox", "local", "--events", "ev", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all 12 tasks succeeded" in proc.stdout
+    assert "Batch summary" in proc.stdout and "Overview" in proc.stdout
+    query = "select type, count(*) as n from events group by 1"
+    proc = fleet("sql", query, "--events", "ev", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    counts = {row["type"]: row["n"] for row in json.loads(proc.stdout)}
+    assert counts["task.submitted"] == 12 and counts["task.succeeded"] == 12
+    assert counts["agent.tool_result"] == counts["agent.tool_use"] > 12
+
+
+def test_run_that_times_out_is_not_a_success(tmp_path):
+    slow = {"id": "slow", "prompt": "x", "script": script(("shell", {"command": "sleep 60"}))}
+    (tmp_path / "tasks.jsonl").write_text(json.dumps(slow) + "\n")
+    proc = fleet(
+        "run", "tasks.jsonl", "--workers", "1", "--sandbox", "local", "--events", "ev",
+        "--timeout", "3", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 unfinished" in proc.stderr
+    assert "tasks succeeded" not in proc.stdout
+
+
+def test_a_person_works_a_running_fleet_from_the_command_line(fleet_factory, tmp_path):
+    """status, approve, review and memory, each from its own process, on a live fleet."""
+    import ray
+
+    from fleet.specs import FleetConfig, TaskState
+    from tests.conftest import wait_state
+
+    config = FleetConfig.model_validate(
+        {"agents": {"careful": {"approvals": {"shell": "always_ask"}}}}
+    )
+    fleet_ = fleet_factory(workers=2, config=config, events_dir=str(tmp_path / "ev"))
+    asks = {
+        "id": "asks",
+        "prompt": "x",
+        "agent": "careful",
+        "labels": ["ops"],
+        "script": script(("shell", {"command": "echo go > out.txt"}), ("finish", {})),
+        "gate": "test -s out.txt",
+    }
+    reviewed = {
+        "id": "reviewed",
+        "prompt": "x",
+        "labels": ["docs"],
+        "require_approval": True,
+        "script": script(("write_file", {"path": "a.md", "content": "#"}), ("finish", {})),
+    }
+    fleet_.submit([asks, reviewed])
+    wait_state(fleet_, "reviewed", TaskState.awaiting_review)
+    deadline = time.time() + 30
+    while not (fleet_.get("asks").pending_approval or {}).get("call_id"):
+        assert time.time() < deadline, "no approval was requested"
+        time.sleep(0.1)
+    call_id = fleet_.get("asks").pending_approval["call_id"]
+    where = [
+        "--address", ray.get_runtime_context().gcs_address, "--name", fleet_.settings.name,
+    ]  # fmt: skip
+    env = {"FLEET_NAMESPACE": fleet_.settings.namespace}
+
+    proc = fleet("status", *where, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Waiting on people" in proc.stdout
+    assert "asks" in proc.stdout and "reviewed" in proc.stdout and call_id in proc.stdout
+
+    proc = fleet("approve", "asks", "nope", *where, cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "no tool call nope" in proc.stderr
+    proc = fleet("approve", "asks", call_id, *where, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = fleet("review", "reviewed", *where, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    records = {r.id: r for r in fleet_.wait(["asks", "reviewed"], timeout_s=60)}
+    assert records["asks"].state == TaskState.succeeded, records["asks"].reason
+    assert records["reviewed"].state == TaskState.succeeded, records["reviewed"].reason
+
+    fleet_.flush()
+    proc = fleet("memory", "--events", "ev", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    labels = {row["name"]: row for row in json.loads(proc.stdout)["labels"]}
+    assert labels["ops"]["runs"] == 1 and labels["ops"]["success_rate"] == 1.0
+    assert set(labels) == {"ops", "docs"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import os
 import shutil
 import statistics
@@ -12,13 +11,13 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from fleet.specs import EnvironmentSpec
-from sandboxes import LocalSandbox, Sandbox, SandboxError, docker_available
+from sandboxes import LocalSandbox, Sandbox, SandboxError, SandboxLost, docker_available
 
 pytestmark = [
     pytest.mark.docker,
@@ -265,28 +264,6 @@ def test_disk_fill_is_contained() -> None:
 # ---------------------------------------------------------------------------- network
 
 
-class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"hello from host"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def host_server() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), _Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
 FETCH = (
     'python3 -c "import urllib.request,sys; '
     "print(urllib.request.urlopen('http://{ip}:{port}/', timeout=3).read().decode())\""
@@ -462,17 +439,224 @@ def test_reaper_removes_labelled_leftovers() -> None:
         cli.close()
 
 
-def test_dead_container_raises_instead_of_hanging() -> None:
+def test_reap_orphans_removes_only_containers_of_dead_owners(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from actors.worker import reap_node_orphans
+    from sandboxes import images
+    from sandboxes.docker import reap_orphans
+
+    host = socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is dead
+    owners = {
+        "dead": f"{host}-{gone.pid}",
+        "live": f"{host}-{os.getpid()}",
+        "elsewhere": f"another-node-{gone.pid}",  # not this node's to judge
+    }
+    cli = images.client()
+    base = images.ensure_base_image(cli)
+    ids: dict[str, str] = {}
+
+    def create(key: str, owner: str) -> None:
+        labels = {"agent-fleet": "1", "agent-fleet.owner": owner}
+        c = cli.containers.create(base, ["sleep", "600"], network_mode="none", labels=labels)
+        ids[key] = c.id
+
+    try:
+        for key, owner in owners.items():
+            create(key, owner)
+        reap_orphans(cli=cli)  # (another process's reaper may take some first: count free)
+        left = {c.id for c in cli.containers.list(all=True, filters={"label": "agent-fleet=1"})}
+        assert ids["dead"] not in left
+        assert {ids["live"], ids["elsewhere"]} <= left
+        # What a worker runs at start: the same reaper, never an error.
+        create("dead2", owners["dead"])
+        reap_node_orphans()
+        left = {c.id for c in cli.containers.list(all=True, filters={"label": "agent-fleet=1"})}
+        assert ids["dead2"] not in left and ids["live"] in left
+        monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        assert reap_node_orphans() == 0  # no engine on this node: nothing, no exception
+    finally:
+        for cid in ids.values():
+            with contextlib.suppress(Exception):
+                cli.api.remove_container(cid, force=True)
+        cli.close()
+
+
+def test_a_start_cancelled_while_creating_leaves_no_container() -> None:
+    from sandboxes import images
+    from sandboxes.docker import DockerSandbox
+
+    async def go() -> str:
+        sb = DockerSandbox(EnvironmentSpec(), name="cancelled")
+        real_create, entered = sb._create, threading.Event()
+
+        def slow_create() -> str:  # made, but the answer comes after the cancel
+            made = real_create()
+            entered.set()
+            time.sleep(0.5)
+            return made
+
+        sb._create = slow_create  # type: ignore[method-assign]
+        start = asyncio.create_task(sb.start())
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        return sb.container_name
+
+    name = run(go())
+    cli = images.client()
+    try:
+        assert cli.api.containers(all=True, filters={"name": name}) == []
+    finally:
+        cli.close()
+
+
+def test_containers_carry_fleet_task_and_owner_labels() -> None:
+    from sandboxes import create_sandbox, images
+    from sandboxes.docker import OWNER
+
+    async def go() -> None:
+        sb = create_sandbox("docker", EnvironmentSpec(name="py"), name="t1-1", fleet="blue")
+        await sb.start()
+        try:
+            cli = images.client()
+            labels = cli.api.inspect_container(sb.container_id)["Config"]["Labels"]
+            cli.close()
+            assert labels["agent-fleet"] == "1" and labels["agent-fleet.fleet"] == "blue"
+            assert labels["agent-fleet.task"] == "t1-1"
+            assert labels["agent-fleet.environment"] == "py"
+            assert labels["agent-fleet.owner"] == OWNER
+        finally:
+            await sb.close()
+
+    run(go())
+
+
+def test_dead_container_is_a_lost_sandbox_at_once() -> None:
     async def go() -> None:
         from sandboxes import images
 
         async with running() as sb:
+            busy = asyncio.create_task(sb.exec("sleep 60", timeout_s=120))
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
             cli = images.client()
             cli.api.kill(sb.container_id)
             cli.close()
-            with pytest.raises(SandboxError):
-                await asyncio.wait_for(sb.exec("true"), 10)
-            with pytest.raises(SandboxError):
+            with pytest.raises(SandboxLost, match="exec agent is gone"):
+                await asyncio.wait_for(busy, 10)
+            assert time.monotonic() - started < 5  # not the command's timeout
+            with pytest.raises(SandboxLost, match="not usable"):
+                await sb.exec("true")
+            with pytest.raises(SandboxLost):
+                await sb.read_file("x")
+
+    run(go())
+
+
+# ---------------------------------------------------------------------------- the agent
+
+
+# Tries to reach the exec agent (PID 1, same uid) and forge "done" frames for the next
+# request ids: with them, a command (or workspace code a gate runs) could fake any result.
+FORGE = r"""
+import json, os, struct
+for path in ("/proc/1/fd/1", "/proc/1/fd/0", "/proc/1/mem", "/proc/1/root/proc/1/fd/1"):
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        print("denied", path, type(exc).__name__)
+        continue
+    print("opened", path)
+    for rid in range(1, 64):
+        head = json.dumps({"id": rid, "t": "done", "code": 0, "timed_out": False,
+                           "out_total": 6, "err_total": 0, "out_tail": 6}).encode()
+        with_body = struct.pack(">IQ", len(head), 6) + head + b"FORGED"
+        try:
+            os.write(fd, with_body)
+        except OSError:
+            pass
+"""
+
+
+def test_a_command_cannot_forge_frames_to_the_host() -> None:
+    async def go() -> None:
+        async with running() as sb:
+            await sb.write_file("forge.py", FORGE.encode())
+            res = await sb.exec("python3 forge.py; ls /proc/1/fd; exit 3")
+            assert res.exit_code == 3 and "FORGED" not in res.stdout, res
+            assert res.stdout.count("denied") == 4 and "opened" not in res.stdout, res.stdout
+            assert "Permission denied" in res.stderr  # ls /proc/1/fd
+            for _ in range(3):  # nothing forged is waiting for the next requests either
+                res = await sb.exec("echo real")
+                assert (res.exit_code, res.stdout) == (0, "real\n")
+            res = await sb.exec("grep -E '^(TracerPid|Uid)' /proc/1/status; id -u")
+            assert res.stdout.split()[-1] == "1000"
+
+    run(go())
+
+
+def test_signals_cannot_kill_the_agent_and_commands_keep_default_handlers() -> None:
+    async def go() -> None:
+        async with running() as sb:
+            for sig in ("INT", "TERM", "HUP", "QUIT", "USR1", "USR2", "PIPE", "KILL", "STOP"):
+                res = await sb.exec(f"kill -{sig} 1; echo sent $?")
+                assert res.stdout == "sent 0\n", (sig, res)
+                res = await asyncio.wait_for(sb.exec("echo alive"), 10)
+                assert res.stdout == "alive\n", sig
+            # Commands get the default dispositions back (nothing ignored, TERM kills).
+            res = await sb.exec(
+                "grep SigIgn /proc/self/status; sleep 30 & kill -TERM $!; wait $!; echo $?; "
+                "python3 -c 'import signal as s; print(s.getsignal(s.SIGTERM) == s.SIG_DFL)'"
+            )
+            lines = res.stdout.split("\n")
+            assert lines[0].split() == ["SigIgn:", "0000000000000000"], res.stdout
+            assert lines[1:3] == ["143", "True"], res.stdout
+
+    run(go())
+
+
+def _docker_frame(data: bytes, stream: int = 1) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+
+def test_an_oversize_frame_is_refused_before_it_is_buffered() -> None:
+    from sandboxes.docker import PREFIX_SIZE, _AgentChannel
+
+    async def go() -> None:
+        reader = asyncio.StreamReader()
+        channel = _AgentChannel(reader, None, max_body=1 << 20)  # type: ignore[arg-type]
+        head = b'{"id": 1, "t": "done"}'
+        claim = len(head).to_bytes(4, "big") + (1 << 40).to_bytes(8, "big") + head
+        reader.feed_data(_docker_frame(claim + b"x" * 1000))  # and the rest never comes
+        with pytest.raises(SandboxLost, match="over the limit"):
+            await asyncio.wait_for(channel.recv(), 2)
+        assert len(channel._buf) < PREFIX_SIZE + len(head) + 1000 + 1
+
+        reader = asyncio.StreamReader()  # a header that is not JSON: out of step
+        channel = _AgentChannel(reader, None, max_body=1 << 20)  # type: ignore[arg-type]
+        reader.feed_data(_docker_frame((3).to_bytes(4, "big") + bytes(8) + b"{x}"))
+        with pytest.raises(SandboxLost, match="malformed"):
+            await asyncio.wait_for(channel.recv(), 2)
+
+    run(go())
+
+
+def test_a_reply_over_the_frame_limit_loses_the_sandbox() -> None:
+    async def go() -> None:
+        async with running() as sb:
+            assert sb.max_frame >= 2 * (1024 << 20)  # a whole workspace fits by default
+            await sb.exec("head -c 2000000 /dev/urandom > big")
+            sb._channel.max_body = 1 << 20  # as if the agent sent more than it could
+            with pytest.raises(SandboxLost, match="over the limit"):
+                await asyncio.wait_for(sb.read_file("big"), 10)
+            with pytest.raises(SandboxLost, match="not usable"):
                 await sb.exec("true")
 
     run(go())

@@ -9,9 +9,14 @@ from fleet.events import Event, EventType
 
 
 def ev(task: str, seq: int, ts: datetime | None = None, **kw) -> Event:
-    return Event(
-        task_id=task, seq=seq, type=EventType.agent_message, ts=ts or datetime.now(UTC), **kw
-    )
+    kw.setdefault("type", EventType.agent_message)
+    return Event(task_id=task, seq=seq, ts=ts or datetime.now(UTC), **kw)
+
+
+def crash(log: EventLog) -> None:
+    """What the process's death does: files closed, the writer's lock let go."""
+    log._wal.close()
+    log._lock.close()
 
 
 def test_roll_writes_hive_partitioned_parquet_that_duckdb_reads(tmp_path):
@@ -31,16 +36,17 @@ def test_roll_writes_hive_partitioned_parquet_that_duckdb_reads(tmp_path):
 def test_appended_events_survive_a_crash_before_roll_exactly_once(tmp_path):
     log = EventLog(str(tmp_path))
     log.append([ev("a", 0), ev("a", 1)])
-    log._wal.close()  # the process dies here: nothing rolled
+    crash(log)  # the process dies here: nothing rolled
     reopened = EventLog(str(tmp_path))
     assert [(e.task_id, e.seq) for e in reopened.replay()] == [("a", 0), ("a", 1)]
     assert len(reopened.files()) == 1
+    crash(reopened)
     # A crash after the Parquet file was written but before the WAL was dropped:
     again = EventLog(str(tmp_path))
     again.append([ev("b", 0)])
     segment, rows = again.start_roll()
     again._write_segment(segment, rows)  # the WAL segment is still there
-    again._wal.close()
+    crash(again)
     third = EventLog(str(tmp_path))
     assert sorted((e.task_id, e.seq) for e in third.replay()) == [("a", 0), ("a", 1), ("b", 0)]
 
@@ -49,7 +55,7 @@ def test_torn_last_wal_line_is_skipped(tmp_path):
     log = EventLog(str(tmp_path))
     log.append([ev("a", 0)])
     log._wal.write('{"ts": "2026-01-01')  # a write cut off by the crash, never acknowledged
-    log._wal.close()
+    crash(log)
     assert [e.seq for e in EventLog(str(tmp_path)).replay()] == [0]
 
 
@@ -69,3 +75,59 @@ def test_unwritable_event_dir_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(EventLogError, match="cannot write the event log"):
         EventLog(str(blocker / "events"))
+
+
+def test_fleets_sharing_a_folder_keep_their_own_events(tmp_path):
+    first = EventLog(str(tmp_path), writer="alpha")
+    first.append([ev("a", 0)])
+    second = EventLog(str(tmp_path), writer="beta")  # opens while alpha's WAL is live
+    first.append([ev("a", 1)])
+    second.append([ev("b", 0)])
+    first.roll()
+    second.roll()
+    crash(first)
+    reopened = EventLog(str(tmp_path), writer="alpha")
+    assert [(e.task_id, e.seq) for e in reopened.replay()] == [("a", 0), ("a", 1)]
+    assert [(e.task_id, e.seq) for e in second.replay()] == [("b", 0)]
+    every = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/**/*.parquet')")
+    assert every.fetchall() == [(3,)]  # shared history: reports see both fleets
+
+
+def test_a_second_live_writer_of_the_same_name_is_refused(tmp_path):
+    live = EventLog(str(tmp_path), writer="alpha")
+    with pytest.raises(EventLogError, match="another fleet named 'alpha'"):
+        EventLog(str(tmp_path), writer="alpha", lock_wait_s=0.2)
+    live.close()
+    EventLog(str(tmp_path), writer="alpha")  # once it is gone, the name is free again
+
+
+def test_replay_keeps_each_tasks_seq_order_when_clocks_disagree(tmp_path):
+    log = EventLog(str(tmp_path))
+    now = datetime.now(UTC)
+    skewed = now - timedelta(seconds=5)  # a node whose clock runs behind
+    log.append([ev("a", 0, now), ev("b", 0, now), ev("a", 1, skewed), ev("a", 2, now)])
+    log.roll()
+    order = [(e.task_id, e.seq) for e in log.replay()]
+    assert [s for t, s in order if t == "a"] == [0, 1, 2]
+
+
+def test_a_uri_event_log_needs_no_wal_option_and_reads_back_through_duckdb(tmp_path, monkeypatch):
+    from actors.memory import Memory
+    from fleet.analytics import AnalyticsError, report, sql
+    from fleet.settings import FleetSettings
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    uri = f"file://{tmp_path}/remote"
+    assert Memory(FleetSettings()).refresh(uri) is False  # no history yet: no memory, no crash
+    with pytest.raises(AnalyticsError, match="no events under"):
+        sql(uri, "select 1")
+    log = EventLog(uri)
+    remote = EventLog("mock://bucket/events")  # not a local disk: the WAL stays on one
+    assert str(remote.wal_dir).startswith(str(tmp_path / "home" / "fleet-wal"))
+    submitted = {"batch": "b1", "task": {"labels": ["docs"]}}
+    log.append([ev("a", 0, type=EventType.task_submitted, payload=submitted)])
+    log.append([ev("a", 1, type=EventType.task_succeeded)])
+    log.roll()
+    assert sql(uri, "select task_id, state from tasks").rows == [("a", "succeeded")]
+    overview = report(uri, batch="b1")[0].as_dicts()[0]
+    assert overview["tasks"] == 1 and overview["succeeded"] == 1

@@ -92,8 +92,8 @@ def test_submit_rejects_bad_tasks_and_keeps_the_rest(fleet_factory):
 def test_submitted_tasks_are_in_the_log_before_submit_returns(fleet_factory):
     fleet = fleet_factory(workers=1, flush_interval_s=60)
     fleet.submit([{"id": "durable", "prompt": "x", "script": HELLO}])
-    wal = Path(fleet.settings.events_dir, "_wal")
-    text = "".join(f.read_text() for f in wal.iterdir())
+    wal = Path(fleet.settings.events_dir, "_wal", fleet.settings.name)
+    text = "".join(f.read_text() for f in wal.glob("seg-*.jsonl"))
     assert '"task_id": "durable"' in text and '"type": "task.submitted"' in text
 
 

@@ -20,7 +20,7 @@ from fleet.skills import SkillError, install_skills, load_skills, parse_skill_md
 from fleet.specs import AgentSpec
 from fleet.tools import ToolContext
 from sandboxes.local import LocalSandbox
-from tests.test_harness_support import Events, Recording, make_loop, scripted, steps
+from tests.test_harness_support import Events, Priced, Recording, make_loop, scripted, steps
 
 
 async def new_sandbox() -> LocalSandbox:
@@ -256,7 +256,7 @@ def test_interrupt_before_a_model_turn_and_resume() -> None:
                 box,
                 Events(),
                 hooks=hooks,
-                checkpoint=lambda s: hooks.push_interrupt() if s["turns"] == 2 else None,
+                checkpoint=lambda state: hooks.push_interrupt() if state()["turns"] == 2 else None,
             )
             outcome = await loop.run("x")
             assert outcome.status == "interrupted" and outcome.reason == "interrupted before turn 3"
@@ -544,28 +544,6 @@ def test_compaction_uses_the_models_reported_input_tokens() -> None:
 # --- budgets, crashes, state ---------------------------------------------------------------
 
 
-class Priced:
-    """A model that reports tokens and cost each turn and never finishes."""
-
-    name = "priced"
-
-    def __init__(self, tokens: int = 100, cost: float = 0.01) -> None:
-        self.tokens, self.cost, self.turn = tokens, cost, 0
-
-    async def complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
-    ) -> ModelTurn:
-        self.turn += 1
-        usage = Usage(
-            input_tokens=self.tokens, cached_input_tokens=40, output_tokens=10, cost_usd=self.cost
-        )
-        return ModelTurn(
-            text=None,
-            tool_calls=[ToolCall(f"c{self.turn}", "shell", '{"command": "true"}')],
-            usage=usage,
-        )
-
-
 @pytest.mark.parametrize(
     ("kwargs", "turns", "reason"),
     [
@@ -608,7 +586,10 @@ def test_model_failure_midway_resumes_from_the_outcome_state() -> None:
         try:
             states: list[dict[str, Any]] = []
             outcome = await make_loop(
-                Flaky(steps(*script)), box, Events(), checkpoint=states.append
+                Flaky(steps(*script)),
+                box,
+                Events(),
+                checkpoint=lambda state: states.append(state()),
             ).run("x")
             assert outcome.status == "error" and "upstream down" in outcome.reason
             assert [s["turns"] for s in states] == [0, 1]

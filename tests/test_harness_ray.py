@@ -54,7 +54,9 @@ def test_approval_parks_the_session_and_it_resumes_on_another_worker(fleet_facto
     events = fleet.events("a")
     types = [e.type for e in events]
     assert types.count(EventType.approval_requested) == 1
-    assert EventType.task_parked in types and EventType.approval_decided in types
+    assert EventType.task_parked in types
+    decided = [e.payload for e in events if e.type == EventType.approval_decided]
+    assert [d["by"] for d in decided] == ["user"]  # logged once, where the person decided
     started = [e for e in events if e.type == EventType.session_started]
     assert started[-1].payload["resumed"] is True and started[-1].worker != first_worker
     rm = [e for e in events if e.type == EventType.agent_tool_result and e.tool == "shell"]
@@ -77,6 +79,7 @@ def test_denied_call_is_reported_to_the_agent(fleet_factory):
     result = next(e for e in fleet.events("d") if e.type == EventType.agent_tool_result)
     assert result.payload["is_error"] and "never delete things" in result.payload["output"]
     assert not fleet.approve("d", call_id)  # nothing waits any more
+    assert [e.type for e in fleet.events("d")].count(EventType.approval_decided) == 1
 
 
 def test_handoff_between_two_agents(fleet_factory):

@@ -1,4 +1,5 @@
-"""The coding tools (edit_file, list_files, search), approval rules and compaction passes."""
+"""The coding tools (edit_file, list_files, search), tool errors, a lost sandbox, approval
+rules and compaction passes."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from typing import Any
 import pytest
 
 from fleet.compaction import CompactionPolicy, compact, estimate_tokens
-from fleet.tools import ToolBox, ToolContext, ToolOutput, approval_needed
+from fleet.events import EventType
+from fleet.tools import BUILTINS, ToolBox, ToolContext, ToolOutput, approval_needed, tool
+from sandboxes.base import SandboxLost
 from sandboxes.local import LocalSandbox
+from tests.test_harness_support import Events, make_loop, scripted
 
 
 def call_tools(files: dict[str, str], calls: list[tuple[str, dict[str, Any]]]) -> list[ToolOutput]:
@@ -208,3 +212,103 @@ def test_compaction_elides_before_it_drops() -> None:
     elided = [m for m in messages if m["role"] == "tool" and m["content"].startswith("[elided")]
     assert elided and "4002 characters" in elided[0]["content"]
     assert estimate_tokens(messages) <= policy.target_tokens
+
+
+# --- tool errors -----------------------------------------------------------------------
+
+
+def test_any_exception_in_a_tool_is_an_error_result_and_the_session_goes_on() -> None:
+    @tool
+    async def flaky(ctx: ToolContext, key: str) -> ToolOutput:
+        """Look a key up (raises on a miss)."""
+        return ToolOutput(text={"a": "found a"}[key])
+
+    registry = {**BUILTINS, "flaky": flaky}
+
+    async def go() -> None:
+        box = LocalSandbox()
+        await box.start()
+        try:
+            events = Events()
+            model = scripted(("flaky", {"key": "zz"}), ("flaky", {"key": "a"}), ("finish", {}))
+            loop = make_loop(model, box, events)
+            loop.toolbox = ToolBox(["flaky", "finish"], registry)
+            outcome = await loop.run("x")
+            assert outcome.status == "finished" and outcome.turns == 3
+            miss, hit = events.of(EventType.agent_tool_result)[:2]
+            assert miss["is_error"] is True and miss["output"] == "error: KeyError: 'zz'"
+            assert hit["output"] == "found a"
+        finally:
+            await box.close()
+
+    asyncio.run(go())
+
+
+def test_cancellation_and_a_lost_sandbox_are_not_turned_into_results() -> None:
+    @tool
+    async def cancelled(ctx: ToolContext) -> ToolOutput:
+        """Cancelled midway."""
+        raise asyncio.CancelledError
+
+    @tool
+    async def lost(ctx: ToolContext) -> ToolOutput:
+        """The sandbox died."""
+        raise SandboxLost("container exited")
+
+    toolbox = ToolBox(["cancelled", "lost"], {**BUILTINS, "cancelled": cancelled, "lost": lost})
+    ctx = ToolContext(sandbox=LocalSandbox())
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(toolbox.call(ctx, "cancelled", "{}"))
+    with pytest.raises(SandboxLost):
+        asyncio.run(toolbox.call(ctx, "lost", "{}"))
+
+
+def test_edit_file_refuses_a_file_that_is_not_utf8_and_leaves_it_alone() -> None:
+    latin1 = "caf\u00e9 = 1\n".encode("latin-1")
+
+    async def go() -> None:
+        box = LocalSandbox()
+        await box.start()
+        try:
+            await box.write_file("legacy.py", latin1)
+            out = await ToolBox(["edit_file"]).call(
+                ToolContext(sandbox=box),
+                "edit_file",
+                json.dumps({"path": "legacy.py", "old_str": "= 1", "new_str": "= 2"}),
+            )
+            assert out.is_error
+            assert out.text.startswith("error: legacy.py is not UTF-8 text (byte 0xe9 at offset 3)")
+            assert (await box.read_file("legacy.py")) == latin1
+        finally:
+            await box.close()
+
+    asyncio.run(go())
+
+
+# --- a lost sandbox ---------------------------------------------------------------------
+
+
+def test_a_lost_sandbox_ends_the_session_at_once_with_its_reason() -> None:
+    async def go() -> None:
+        box = LocalSandbox()
+        await box.start()
+        try:
+            events = Events()
+            model = scripted(
+                ("shell", {"command": f"rm -rf {box.workdir}"}),
+                ("shell", {"command": "echo 1"}),
+                ("write_file", {"path": "a", "content": "b"}),
+                ("shell", {"command": "echo 2"}),
+                ("finish", {}),
+            )
+            outcome = await make_loop(model, box, events).run("x")
+            assert outcome.status == "error"
+            assert outcome.reason.startswith("sandbox lost: workspace ")
+            assert outcome.turns == 2  # the first call that met the lost sandbox ended it
+            assert len(events.of(EventType.agent_tool_result)) == 1
+            with pytest.raises(SandboxLost):
+                await box.write_file("a", b"b")  # and a write does not bring it back
+        finally:
+            await box.close()
+
+    asyncio.run(go())

@@ -1,6 +1,7 @@
 """The supervisor as a manager, on a real local Ray: routing, watching, retries, gates,
 reviews, stages, memory, and surviving a supervisor crash."""
 
+import contextlib
 import os
 import signal
 import time
@@ -16,6 +17,14 @@ from tests.conftest import script, wait_state
 pytestmark = pytest.mark.ray
 
 DONE = script(("finish", {"summary": "done"}))
+CHECKPOINTED = script(
+    ("shell", {"command": "echo one >> log.txt"}),
+    ("shell", {"command": "sleep 0.5"}),  # a checkpoint is taken here...
+    ("shell", {"command": "sleep 2"}),  # ...and the session killed here
+    ("shell", {"command": "echo two >> log.txt"}),
+    ("finish", {"summary": "done"}),
+)
+ONE_THEN_TWO = 'test "$(cat log.txt)" = "$(printf \'one\\ntwo\')"'  # not started over
 
 
 def types_of(fleet, task_id):
@@ -240,17 +249,34 @@ def test_supervisor_killed_with_tasks_queued_and_running(fleet_factory):
     assert submitted == 8
 
 
+def test_supervisor_killed_mid_session_resumes_it_from_its_checkpoint(fleet_factory):
+    """Only a running task, nothing queued: the restarted supervisor must wake its new
+    workers for the orphan, and the orphan continues from its checkpoint."""
+    fleet = fleet_factory(workers=1, checkpoint_interval_s=0.3, flush_interval_s=0.1)
+    fleet.submit([{"id": "orph", "prompt": "x", "script": CHECKPOINTED, "gate": ONE_THEN_TWO}])
+    deadline = time.time() + 30
+    while not any(e.type == EventType.session_checkpointed for e in fleet.events("orph")):
+        assert time.time() < deadline, "no checkpoint was made"
+        time.sleep(0.1)
+    os.kill(ray.get(fleet.supervisor.pid.remote()), signal.SIGKILL)
+    record = fleet.wait(["orph"], timeout_s=60)[0]
+    assert record.state == TaskState.succeeded, record.reason
+    events = fleet.events("orph")
+    retried = [e for e in events if e.type == EventType.task_retried]
+    assert [e.payload["reason"] for e in retried] == ["supervisor restarted"]
+    assert retried[0].payload["resume"] is True
+    started = [e for e in events if e.type == EventType.session_started]
+    assert started[-1].payload["resumed"] is True
+    ones = [
+        e for e in events if e.type == EventType.agent_tool_use and "echo one" in e.payload["args"]
+    ]
+    assert len(ones) == 1
+
+
 def test_killed_worker_resumes_the_session_from_its_checkpoint(fleet_factory):
     fleet = fleet_factory(workers=2, checkpoint_interval_s=0.3)
-    steps = script(
-        ("shell", {"command": "echo one >> log.txt"}),
-        ("shell", {"command": "sleep 0.5"}),
-        ("shell", {"command": "sleep 2"}),
-        ("shell", {"command": "echo two >> log.txt"}),
-        ("finish", {"summary": "done"}),
-    )
-    gate = 'test "$(cat log.txt)" = "$(printf \'one\\ntwo\')"'  # "one" once: not started over
-    fleet.submit([{"id": "ck", "prompt": "x", "script": steps, "gate": gate, "max_attempts": 1}])
+    task = {"id": "ck", "prompt": "x", "script": CHECKPOINTED, "gate": ONE_THEN_TWO}
+    fleet.submit([{**task, "max_attempts": 1}])
     deadline = time.time() + 30
     while not any(e.type == EventType.session_checkpointed for e in fleet.events("ck")):
         assert time.time() < deadline, "no checkpoint was made"
@@ -326,3 +352,25 @@ def test_manager_agent_makes_the_assignment_calls(fleet_factory):
         assert '"task_id": "high"' in listed and '"task_id": "low"' in listed
     finally:
         server.stop()
+
+
+def test_a_frozen_worker_is_replaced_and_its_task_runs_elsewhere(fleet_factory):
+    """A worker that stops heartbeating (SIGSTOP: alive but silent) is written off."""
+    fleet = fleet_factory(workers=2, heartbeat_s=0.2, heartbeat_timeout_s=2.0, watch_interval_s=0.2)
+    slow = script(("shell", {"command": "sleep 1"}), ("finish", {"summary": "ok"}))
+    fleet.submit([{"id": "frozen", "prompt": "x", "script": slow, "max_attempts": 1}])
+    record = wait_state(fleet, "frozen", TaskState.running)
+    pid = ray.get(fleet.supervisor.worker_pid.remote(record.worker))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        done = fleet.wait(["frozen"], timeout_s=60)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert done.state == TaskState.succeeded, done.reason  # max_attempts 1: the loss is free
+    events = fleet.events("frozen")
+    lost = [e for e in events if e.type == EventType.worker_lost]
+    assert [e.worker for e in lost] == [record.worker]
+    workers = [e.worker for e in events if e.type == EventType.task_assigned]
+    assert workers[0] == record.worker and workers[-1] != record.worker
+    assert fleet.status()["workers"] == 2  # replaced

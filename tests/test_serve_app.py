@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -10,7 +11,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from fleet.specs import AgentSpec
 from serve.app import ServeSettings, create_app
 from tests.conftest import script
 
@@ -118,12 +118,20 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
     for path in (
         "/v1/agents/{name}/archive",
         "/v1/sessions/{session_id}/events/stream",
+        "/v1/events/stream",
         "/v1/tasks",
         "/v1/reports/{name}",
     ):
         assert path in paths
     schemas = spec["components"]["schemas"]
     assert {"TaskSpec", "SessionView", "EventPage", "FleetStatus", "Event"} <= set(schemas)
+    assert schemas["FleetStatus"]["properties"]["blocked"]["items"]["$ref"].endswith("BlockedItem")
+    # Streams take the token in the query too (EventSource cannot send headers); nothing else.
+    assert paths["/v1/events/stream"]["get"]["security"] == [
+        {"HTTPBearer": []},
+        {"APIKeyQuery": []},
+    ]
+    assert paths["/v1/fleet/status"]["get"]["security"] == [{"HTTPBearer": []}]
     get_session = paths["/v1/sessions/{session_id}"]["get"]["responses"]
     assert {"200", "401", "403", "404"} <= set(get_session)
     assert get_session["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
@@ -279,20 +287,27 @@ def test_steer_interrupt_and_confirmation(client: TestClient) -> None:
     assert late.status_code == 409
 
 
-@pytest.mark.skipif("approvals" not in AgentSpec.model_fields, reason="no approval policies")
 def test_tool_confirmation_allows_a_waiting_call(client: TestClient) -> None:
     agent = {"name": "asker", "approvals": {"shell": "always_ask"}}
     sid = client.post(
         "/v1/sessions", json={"prompt": "needs ok", "agent": agent, "script": HELLO}
     ).json()["id"]
     waiting = wait_status(client, sid, {"awaiting_approval"} | TERMINAL)
-    if waiting["status"] in TERMINAL:
-        types = [e["type"] for e in client.get(f"/v1/sessions/{sid}/events").json()["data"]]
-        assert "approval.requested" not in types
-        pytest.skip("the worker does not ask for approvals yet")
-    call_id = waiting["pending_approval"]["call_id"]
+    types = [e["type"] for e in client.get(f"/v1/sessions/{sid}/events").json()["data"]]
+    assert waiting["status"] == "awaiting_approval", types  # shell must wait for a person
+    assert "approval.requested" in types and "task.parked" in types
+    pending = waiting["pending_approval"]
+    assert pending["tool"] == "shell" and pending["args"]["command"] == "cat hello.txt"
+    call_id = pending["call_id"]
     listed = client.get("/v1/sessions", params={"status": "awaiting_approval"}).json()["data"]
     assert sid in [s["id"] for s in listed]
+    blocked = client.get("/v1/fleet/status").json()["blocked"]
+    assert {
+        "task_id": sid,
+        "state": "awaiting_approval",
+        "call_id": call_id,
+        "tool": "shell",
+    }.items() <= next(b for b in blocked if b["task_id"] == sid).items()
     wrong = client.post(
         f"/v1/sessions/{sid}/events",
         json={
@@ -310,6 +325,13 @@ def test_tool_confirmation_allows_a_waiting_call(client: TestClient) -> None:
     )
     assert ok.status_code == 200, ok.text
     assert wait_status(client, sid, TERMINAL)["status"] == "succeeded"
+    events = client.get(f"/v1/sessions/{sid}/events").json()["data"]
+    decided = [e["payload"] for e in events if e["type"] == "approval.decided"]
+    assert decided[0] == {"call_id": call_id, "allow": True, "message": "", "by": "user"}
+    assert all(d["call_id"] == call_id and d["allow"] for d in decided)
+    ran = [e for e in events if e["type"] == "agent.tool_result" and e["tool"] == "shell"]
+    assert ran and ran[-1]["exit_code"] == 0  # the allowed call ran after the decision
+    assert sid not in [b["task_id"] for b in client.get("/v1/fleet/status").json()["blocked"]]
 
 
 # -- tasks -------------------------------------------------------------------------------
@@ -362,7 +384,8 @@ def test_status_and_reports(client: TestClient) -> None:
     wait_status(client, sid, TERMINAL)
     status = client.get("/v1/fleet/status").json()
     assert status["counts"]["succeeded"] >= 1 and sid in [r["task_id"] for r in status["recent"]]
-    overview = client.get("/v1/reports/overview").json()
+    # Reports read the Parquet files; fresh=true rolls what is buffered into them first.
+    overview = client.get("/v1/reports/overview", params={"fresh": "true"}).json()
     assert overview["rows"][0]["tasks"] >= 1 and "success_pct" in overview["columns"]
     durations = client.get("/v1/reports/durations").json()["rows"]
     assert sid in [r["task_id"] for r in durations]
@@ -404,6 +427,8 @@ def test_unreachable_fleet_is_503_and_streamed_bodies_are_limited() -> None:
                 yield b"x" * 1000
 
         assert c.post("/v1/tasks", content=chunks()).status_code == 413
+        json_body = {"Content-Type": "application/json"}  # parsed by FastAPI, not by the route
+        assert c.post("/v1/sessions", content=chunks(), headers=json_body).status_code == 413
         assert c.post("/v1/tasks", content=b"x" * 3000).status_code == 413
 
 
@@ -430,6 +455,9 @@ def test_review_route_approves_a_result_awaiting_review(fleet_factory):
     while fleet.get("rv").state != "awaiting_review":
         assert time.time() < deadline
         time.sleep(0.05)
+    blocked = client.get("/v1/fleet/status", headers=auth).json()["blocked"]
+    [item] = [b for b in blocked if b["task_id"] == "rv"]
+    assert (item["state"], item["call_id"], item["tool"]) == ("awaiting_review", None, None)
     early = client.post("/v1/tasks/nope/review", json={"approve": True}, headers=auth)
     assert early.status_code == 404
     bad = client.post("/v1/tasks/rv/review", json={"approve": "perhaps"}, headers=auth)
@@ -438,3 +466,273 @@ def test_review_route_approves_a_result_awaiting_review(fleet_factory):
     assert ok.status_code == 200 and ok.json()["state"] == "succeeded"
     again = client.post("/v1/tasks/rv/review", json={"approve": True}, headers=auth)
     assert again.status_code == 409
+
+
+# -- hostile input: never a 500 -----------------------------------------------------------
+DEEP = "[" * 20_000 + "]" * 20_000  # Python's json recurses out of stack long before this
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "why"),
+    [
+        ("/v1/tasks", DEEP, "nested more than 200 levels deep"),
+        ("/v1/tasks", '[{"prompt": "x", "time_limit_s": NaN}]', "expected value"),
+        ("/v1/tasks", '[{"prompt": "x", "time_limit_s": Infinity}]', "expected value"),
+        ("/v1/tasks", '[{"prompt": "x", "priority": 1' + "0" * 5000 + "}]", "number out of range"),
+        ("/v1/tasks", '[{"prompt": "x", "script": [{"tool": "t", "args": {"a": "\\ud800"}}]}]', ""),
+        ("/v1/sessions", '{"prompt": ' + DEEP + "}", "nested more than 200 levels deep"),
+        ("/v1/sessions", '{"prompt": "x", "time_limit_s": NaN}', "expected value"),
+        ("/v1/sessions", '{"prompt": "\\ud800"}', "unpaired surrogate"),
+        ("/v1/sessions", '{"prompt": "x", "priority": 1' + "0" * 5000 + "}", "out of range"),
+        ("/v1/agents", '{"name": "a", "instructions": "\\udc00"}', "surrogate"),
+        ("/v1/agents", '{"name": "a", "approvals": ' + '{"a": ' * 5000 + "1" + "}" * 5001, ""),
+        ("/v1/sessions/x/events", '{"events": ' + DEEP + "}", "nested"),
+        ("/v1/tasks/x/review", '{"approve": true, "message": "\\ud800x"}', "unpaired surrogate"),
+        ("/v1/sessions", '{"prompt": "x", "time_limit_s": 1e400}', "not a finite number"),
+        ("/v1/tasks", '[{"prompt": "x", "time_limit_s": -1e400}]', "not a finite number"),
+    ],
+)
+def test_hostile_json_bodies_are_client_errors(
+    client: TestClient, path: str, body: str, why: str
+) -> None:
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text[:300]
+    assert why in response.text
+
+
+def test_hostile_input_elsewhere_is_never_a_500(client: TestClient) -> None:
+    # JSONL: a bad line is rejected on its own, with the reason; the others still count.
+    jsonl = json.dumps({"prompt": "x", "agent": "ghost"}) + "\n" + DEEP + '\n{"prompt": NaN}'
+    out = client.post("/v1/tasks", content=jsonl)
+    assert out.status_code == 200, out.text[:300]
+    errors = {r["line"]: r["error"] for r in out.json()["rejected"]}
+    assert "nested more than 200 levels deep" in errors[2] and "expected value" in errors[3]
+    # Input echoed in a validation error: deep, non-finite or not text, it still encodes.
+    deep_ok = "[" * 150 + "]" * 150
+    for body in ('{"prompt": ' + deep_ok + "}", '{"prompt": "x", "max_turns": 1e400}'):
+        response = client.post("/v1/sessions", content=body)
+        assert response.status_code == 422, response.text[:300]
+    for path in (
+        "/v1/sessions?label=%ff%fe&status=%ed%a0%80",
+        "/v1/sessions/%ed%a0%80",
+        "/v1/sessions?limit=" + "9" * 5000,
+        "/v1/sessions/x/events?after_seq=" + "9" * 5000,
+        "/v1/reports/%ff",
+    ):
+        assert client.get(path).status_code in (404, 422), path
+    headers = {"Last-Event-ID": "9" * 5000}
+    assert client.get("/v1/sessions/x/events/stream", headers=headers).status_code in (404, 422)
+    assert client.get("/v1/events/stream", headers=headers).status_code == 422
+
+
+class _Recorder:
+    """A supervisor stub that records the methods called (and answers a few)."""
+
+    def __init__(self, events_dir: str) -> None:
+        self.calls: list[str] = []
+        self.events_dir = events_dir
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "supervisor":
+            raise AttributeError(name)
+        recorder = self
+
+        class Method:
+            def remote(self, *args: Any) -> Any:
+                recorder.calls.append(name)
+
+                async def answer() -> Any:
+                    if name == "get_settings":
+                        return recorder
+                    return 0
+
+                return answer()
+
+        return Method()
+
+
+def test_reports_read_parquet_without_forcing_a_flush(tmp_path: Any) -> None:
+    sup = _Recorder(str(tmp_path))
+    with TestClient(create_app(sup, ServeSettings(token=TOKEN)), headers=AUTH) as c:
+        for _ in range(3):  # a dashboard polling: no flush, so no new Parquet file each time
+            assert c.get("/v1/reports/overview").status_code == 200
+        assert "flush" not in sup.calls
+        assert c.get("/v1/reports/durations", params={"fresh": True}).status_code == 200
+        assert sup.calls.count("flush") == 1
+
+
+# -- the fleet-wide stream -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def live_client(fleet: Any) -> Iterator[TestClient]:
+    """Short long-polls, so a stream that waits in vain shows up as keep-alives."""
+    app = create_app(fleet, ServeSettings(token=TOKEN, stream_poll_s=0.5))
+    with TestClient(app, headers=AUTH) as test_client:
+        yield test_client
+
+
+def read_until(lines: Iterator[str], done: Any, timeout_s: float = 60) -> list[dict[str, str]]:
+    """SSE events from ``lines`` until ``done(events)``; keep-alives let the deadline act."""
+    deadline = time.monotonic() + timeout_s
+    seen: list[str] = []
+    for line in lines:
+        seen.append(line)
+        if not line:
+            events = sse_events(iter(seen))
+            if done(events):
+                return events
+        assert time.monotonic() < deadline, f"stream stalled after {sse_events(iter(seen))[-3:]}"
+    raise AssertionError("the stream ended")
+
+
+def ended(task_id: str) -> Any:
+    def check(events: list[dict[str, str]]) -> bool:
+        return any(
+            json.loads(e["data"]).get("task_id") == task_id
+            and json.loads(e["data"])["type"] == "task.succeeded"
+            for e in events
+            if "event" not in e
+        )
+
+    return check
+
+
+def test_fleet_stream_is_live_and_resumable(live_client: TestClient) -> None:
+    c = live_client
+    with c.stream("GET", "/v1/events/stream") as r:  # from now
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        [opened] = read_until(lines, lambda events: bool(events))
+        assert opened["event"] == "stream.open" and json.loads(opened["data"])["missed"] == 0
+        start = int(opened["id"]) + 1
+        created = c.post("/v1/sessions", json={"id": "fs-1", "prompt": "x", "script": HELLO})
+        assert created.status_code == 201
+        live = read_until(lines, ended("fs-1"))
+    assert "event" not in live[0]  # fleet events are plain messages (EventSource onmessage)
+    ids = [int(e["id"]) for e in live]
+    assert ids == list(range(start, start + len(live)))  # one global, gapless index
+    mine = [json.loads(e["data"]) for e in live if json.loads(e["data"])["task_id"] == "fs-1"]
+    history = c.get("/v1/sessions/fs-1/events").json()["data"]
+    assert [(e["seq"], e["type"]) for e in mine] == [(e["seq"], e["type"]) for e in history]
+
+    # Reconnect after the 3rd event: the rest, nothing twice, nothing missed.
+    resume = live[2]["id"]
+    with c.stream("GET", "/v1/events/stream", headers={"Last-Event-ID": resume}) as r:
+        lines = r.iter_lines()
+        again = read_until(lines, lambda events: any(e.get("id") == live[-1]["id"] for e in events))
+    assert again[0]["event"] == "stream.open" and again[0]["id"] == resume
+    assert [(e["id"], e["data"]) for e in again[1:]] == [(e["id"], e["data"]) for e in live[3:]]
+    # ?after= is the same, for clients that cannot set headers.
+    with c.stream("GET", "/v1/events/stream", params={"after": resume}) as r:
+        first = read_until(r.iter_lines(), lambda events: len(events) >= 2)
+    assert first[1]["id"] == live[3]["id"]
+    assert c.get("/v1/events/stream", headers={"Last-Event-ID": "x"}).status_code == 422
+
+
+def test_fleet_stream_token_in_query_only_for_streams(live_client: TestClient) -> None:
+    c = live_client
+    bare = {"Authorization": ""}
+    with c.stream("GET", "/v1/events/stream", params={"token": TOKEN}, headers=bare) as r:
+        assert r.status_code == 200
+        assert read_until(r.iter_lines(), bool)[0]["event"] == "stream.open"
+    wrong = c.get("/v1/events/stream", params={"token": "nope"}, headers=bare)
+    assert wrong.status_code == 403
+    assert c.get("/v1/events/stream", headers=bare).status_code == 401
+    # Other routes take the header only: a token in a URL is a token in someone's log.
+    assert c.get("/v1/fleet/status", params={"token": TOKEN}, headers=bare).status_code == 401
+    session = c.get("/v1/sessions/fs-none/events/stream", params={"token": TOKEN}, headers=bare)
+    assert session.status_code == 404  # authorized: the session stream takes it too
+
+
+def test_supervisor_stream_since_long_polls_a_global_cursor(fleet: Any) -> None:
+    import ray
+
+    sup = fleet.supervisor
+    events, now = ray.get(sup.stream_since.remote(-1, 0.0, 10))  # negative: from now
+    assert events == [] and now >= 0
+    for _ in range(20):  # idle: the call waits its whole timeout and returns nothing
+        t0 = time.monotonic()
+        events, after = ray.get(sup.stream_since.remote(now, 0.5, 10))
+        if not events:
+            assert after == now and time.monotonic() - t0 >= 0.4
+            break
+        now = after  # a late event of an earlier test
+    else:
+        raise AssertionError("the fleet never went idle")
+    waiting = sup.stream_since.remote(now, 30.0, 1000)  # asked before the event exists
+    t0 = time.monotonic()
+    fleet.submit([{"id": "fs-2", "prompt": "x", "script": HELLO}])
+    events, after = ray.get(waiting)
+    assert time.monotonic() - t0 < 10  # woken by the event, not by the timeout
+    assert events and after == now + len(events)  # contiguous from the cursor
+    assert next(e.type.value for e in events if e.task_id == "fs-2") == "task.submitted"
+    one, next_one = ray.get(sup.stream_since.remote(now, 0.0, 1))
+    assert one == events[:1] and next_one == now + 1
+    ahead, position = ray.get(sup.stream_since.remote(now + 10**6, 0.0, 5))
+    assert ahead == [] and position < now + 10**6  # a cursor from another life: from now
+
+
+class _GappySupervisor:
+    """A stream that lost events: the first batch starts above the cursor."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[Any], int]] = [([], 100)]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "supervisor":
+            raise AttributeError(name)
+        me = self
+
+        class Method:
+            def remote(self, *args: Any) -> Any:
+                async def answer() -> Any:
+                    if me.batches:
+                        return me.batches.pop(0)
+                    await asyncio.sleep(3600)
+
+                return answer()
+
+        return Method()
+
+
+def test_fleet_stream_reports_a_gap() -> None:
+    from fleet.events import Event, EventType
+
+    sup = _GappySupervisor()
+    events = [Event(task_id="t", type=EventType.task_submitted, seq=n) for n in range(2)]
+    sup.batches.append((events, 205))  # asked for 100 on: 100..202 already left the ring
+    app = create_app(sup, ServeSettings(token=TOKEN))
+    with (
+        TestClient(app, headers=AUTH) as c,
+        c.stream("GET", "/v1/events/stream", params={"after": 99}) as r,
+    ):
+        got = read_until(r.iter_lines(), lambda events: len(events) >= 4, timeout_s=10)
+    assert [e.get("event") for e in got] == ["stream.open", "stream.gap", None, None]
+    assert json.loads(got[1]["data"]) == {"missed": 103}
+    assert [e.get("id") for e in got] == ["99", None, "203", "204"]
+
+
+def test_fleet_stream_index_survives_a_supervisor_restart(fleet_factory: Any) -> None:
+    """The index goes on from the log's length: a client's Last-Event-ID stays meaningful."""
+    import ray
+
+    from tests.conftest import wait_state
+
+    fleet = fleet_factory(workers=1)
+    fleet.submit([{"id": "rs", "prompt": "x", "script": HELLO}])
+    wait_state(fleet, "rs", "succeeded")
+    _, before = ray.get(fleet.supervisor.stream_since.remote(-1, 0.0, 0))
+    assert before >= 5
+    ray.kill(fleet.supervisor, no_restart=False)  # Ray restarts it; it replays the log
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            _, after = ray.get(fleet.supervisor.stream_since.remote(-1, 0.0, 0), timeout=10)
+            break
+        except (
+            ray.exceptions.RayActorError,
+            ray.exceptions.ActorUnavailableError,
+            ray.exceptions.GetTimeoutError,
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    assert after >= before

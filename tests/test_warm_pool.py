@@ -84,15 +84,14 @@ def test_used_sandboxes_are_never_handed_out_again(tmp_path: Any) -> None:
 def test_environments_are_kept_apart(tmp_path: Any) -> None:
     async def go() -> None:
         rec = Recorder(str(tmp_path))
-        pool = WarmPool(rec, size=1)
+        pool = WarmPool(rec, size=2)
         a, b = EnvironmentSpec(env={"WHO": "a"}), EnvironmentSpec(env={"WHO": "b"})
         pool.fill(a)
-        pool.fill(b)
         await asyncio.sleep(0.05)
-        assert pool.idle(a) == 1 and pool.idle(b) == 1
-        sb = await pool.acquire(b)
+        assert pool.idle(a) == 2 and pool.idle(b) == 0
+        sb = await pool.acquire(b)  # never one of a's
         assert (await sb.exec("echo $WHO")).stdout == "b\n"
-        assert pool.idle(a) == 1
+        assert pool.misses == 1 and pool.hits == 0
         await sb.close()
         await pool.close()
 
@@ -151,6 +150,49 @@ def test_background_failure_surfaces_on_next_acquire(tmp_path: Any) -> None:
         rec.fail = False
         sb = await pool.acquire(env)
         assert (await sb.exec("echo fine")).stdout == "fine\n"
+        await sb.close()
+        await pool.close()
+
+    asyncio.run(go())
+
+
+def test_idle_sandboxes_are_bounded_over_environments(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Recorder(str(tmp_path))
+        pool = WarmPool(rec, size=1)
+        envs = [EnvironmentSpec(env={"N": str(i)}) for i in range(4)]
+        held = []
+        for env in envs:
+            held.append(await pool.acquire(env))
+            await asyncio.sleep(0.05)  # the refill for env starts in the background
+            assert pool.idle(env) == 1
+            assert sum(pool.idle(e) for e in envs) == 1 == pool.held()
+        await asyncio.sleep(0.05)  # evicted ones are closed in the background
+        spare = [s for s in rec.made if s not in held]
+        still_open = [s for s in spare if s not in rec.closed]
+        assert len(spare) == 4 and len(still_open) == 1  # only the last environment's
+        assert all(not os.path.exists(s.workdir) for s in spare if s in rec.closed)
+        assert not any(s in rec.closed for s in held)  # handed out: never taken back
+        await pool.close()
+        assert all(s in rec.closed for s in spare)
+        for sb in held:
+            await sb.close()
+
+    asyncio.run(go())
+
+
+def test_a_start_for_another_environment_is_cancelled_beyond_the_bound(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Recorder(str(tmp_path), delay_s=0.3)
+        pool = WarmPool(rec, size=1)
+        a, b = EnvironmentSpec(env={"WHO": "a"}), EnvironmentSpec(env={"WHO": "b"})
+        pool.fill(a)  # a slow start for a is in flight
+        await asyncio.sleep(0.05)
+        sb = await pool.acquire(b)  # b is wanted now: a's start gives way to b's refill
+        assert pool.held() == 1
+        await asyncio.sleep(0.5)
+        assert pool.idle(a) == 0 and pool.idle(b) == 1
+        assert (await sb.exec("echo $WHO")).stdout == "b\n"
         await sb.close()
         await pool.close()
 
