@@ -30,13 +30,15 @@ PAGE = """<!doctype html>
   main { display:grid; grid-template-columns:repeat(auto-fit, minmax(380px, 1fr)); gap:14px;
          padding:14px 20px; }
   section { background:var(--card); border-radius:8px; padding:12px 14px;
-            box-shadow:0 1px 2px rgba(0,0,0,.08); min-width:0; }
+            box-shadow:0 1px 2px rgba(0,0,0,.08); min-width:0; overflow-x:auto; }
   h2 { font-size:13px; text-transform:uppercase; letter-spacing:.04em; color:var(--mute);
        margin:0 0 8px; }
   table { width:100%; border-collapse:collapse; }
   td, th { text-align:left; padding:3px 6px; border-bottom:1px solid #eef0f3;
-           white-space:nowrap; overflow:hidden; text-overflow:ellipsis; max-width:220px; }
+           white-space:nowrap; overflow:hidden; text-overflow:ellipsis; max-width:180px; }
   th { color:var(--mute); font-weight:500; font-size:12px; }
+  .sub { white-space:normal; color:var(--mute); font-size:12px; }
+  .acts { margin-top:4px; }
   .counts { display:flex; flex-wrap:wrap; gap:8px; }
   .count { background:#eef2f8; border-radius:6px; padding:6px 10px; min-width:84px; }
   .count b { display:block; font-size:20px; }
@@ -140,13 +142,15 @@ async function refreshBlocked() {
       ["awaiting_approval", "awaiting_review", "needs_human", "paused"].map(
         (st) => api("/v1/sessions?limit=20&status=" + st)));
     const items = lists.flatMap((l) => l.data);
-    rows("blocked", ["session", "status", "", "waiting on"], items, (x) => [
-      code(x.id), '<span class="' + esc(x.status) + '">' + esc(x.status) + "</span>",
+    const waiting = (x) => x.pending_approval ? esc(x.pending_approval.tool) + " " +
+      esc(JSON.stringify(x.pending_approval.args || {}).slice(0, 80)) :
+      esc(x.status === "awaiting_review" ? x.summary || "the result" : x.reason);
+    rows("blocked", ["session: waiting on", "status"], items, (x) => [
+      code(x.id) + '<div class="sub">' + waiting(x) + "</div>",
+      '<span class="' + esc(x.status) + '">' + esc(x.status) + '</span><div class="acts">' +
       (BUTTONS[x.status] || []).map(([act, cls, label]) => '<button class="' + cls +
-        '" data-id="' + esc(x.id) + '" data-act="' + act + '">' + label + "</button>").join(" "),
-      x.pending_approval ? esc(x.pending_approval.tool) + " " +
-        esc(JSON.stringify(x.pending_approval.args || {}).slice(0, 80)) :
-        esc(x.status === "awaiting_review" ? x.summary || "the result" : x.reason)]);
+        '" data-id="' + esc(x.id) + '" data-act="' + act + '">' + label + "</button>").join(" ") +
+      "</div>"]);
   } catch (e) { errBox.textContent = e.message; }
 }
 document.getElementById("blocked").onclick = async (e) => {

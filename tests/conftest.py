@@ -13,6 +13,15 @@ from typing import Any
 import pytest
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI the Docker tests must run, not skip: .ci/run starts an engine."""
+    if os.environ.get("CI") == "true":
+        from sandboxes import docker_available
+
+        if not docker_available():
+            raise pytest.UsageError("CI=true, yet no Docker engine answers (scripts/ci-docker.sh)")
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     import ray

@@ -140,6 +140,21 @@ def test_demo_runs_every_task_and_its_events_answer_sql(tmp_path):
     assert counts["agent.tool_result"] == counts["agent.tool_use"] > 12
 
 
+@pytest.mark.docker
+def test_demo_in_docker_sandboxes(tmp_path):
+    """The Docker issue's 'done when': the demo batch, each task in its own container."""
+    from sandboxes import docker_available
+
+    if not docker_available():
+        pytest.skip("no Docker engine")
+    proc = fleet("demo", "--sandbox", "docker", "--events", "ev", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "docker sandbox" in proc.stdout and "all 12 tasks succeeded" in proc.stdout
+    query = "select count(distinct session_id) from events where type = 'session.started'"
+    proc = fleet("sql", query, "--events", "ev", "--json", cwd=tmp_path)
+    assert list(json.loads(proc.stdout)[0].values()) == [13]  # one task retries by design
+
+
 def test_run_that_times_out_is_not_a_success(tmp_path):
     slow = {"id": "slow", "prompt": "x", "script": script(("shell", {"command": "sleep 60"}))}
     (tmp_path / "tasks.jsonl").write_text(json.dumps(slow) + "\n")
