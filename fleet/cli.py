@@ -67,6 +67,19 @@ def print_table(table: Table, title: str | None = None) -> None:
     out.print(rich_table)
 
 
+def print_batch_report(events_dir: str, batch: str) -> None:
+    """The DuckDB report of one batch, after its summary table (which lists the tasks)."""
+    try:
+        tables = report(events_dir, batch=batch)
+    except AnalyticsError as exc:
+        err.print(f"[yellow]report unavailable:[/yellow] {exc}")
+        return
+    out.print(f"Report (DuckDB over {events_dir})", soft_wrap=True, highlight=False)
+    for table in tables:
+        if table.title != "Tasks":
+            print_table(table)
+
+
 def _run_batch(
     tasks: list[TaskSpec],
     line_errors: list[LineError],
@@ -103,12 +116,7 @@ def _run_batch(
         records = _follow(fleet, submitted.accepted, timeout_s)
         fleet.flush()
         _print_summary(records, fleet.settings, time.monotonic() - started)
-        try:
-            for table in report(fleet.settings.events_dir, batch=batch):
-                if table.title != "Tasks":  # the batch summary above already lists them
-                    print_table(table, f"{table.title} (DuckDB, {fleet.settings.events_dir})")
-        except AnalyticsError as exc:
-            err.print(f"[yellow]report unavailable:[/yellow] {exc}")
+        print_batch_report(fleet.settings.events_dir, batch)
     finally:
         fleet.shutdown()
     failed = [r for r in records if r.state != "succeeded"]

@@ -131,9 +131,8 @@ def log(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleet.analytics import AnalyticsError, report
     from fleet.api import Fleet, FleetError
-    from fleet.cli import _print_summary, print_table
+    from fleet.cli import _print_summary, print_batch_report
     from fleet.taskfile import InputError, load_config, load_tasks
 
     settings = build_settings(args)
@@ -178,12 +177,7 @@ def run(args: argparse.Namespace) -> int:
     fleet.flush()
 
     _print_summary(records, fleet.settings, time.monotonic() - started)
-    try:
-        for table in report(fleet.settings.events_dir, batch=batch):
-            if table.title != "Tasks":  # the summary above already lists them
-                print_table(table, f"{table.title} (DuckDB, {fleet.settings.events_dir})")
-    except AnalyticsError as exc:
-        log(f"report unavailable: {exc}")
+    print_batch_report(fleet.settings.events_dir, batch)
 
     failed = [r for r in records if r.state != "succeeded"]
     unfinished = len(submitted.accepted) - len(records)

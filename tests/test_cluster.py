@@ -289,7 +289,7 @@ def test_two_node_batch_spreads_workers(cluster: Cluster, tmp_path: Path) -> Non
     check(out, "fleet.job (spread)")
     assert "all 8 tasks succeeded" in out.stdout
     assert "[8/8]" in out.stdout  # progress lines in the job log
-    assert "Overview (DuckDB" in out.stdout
+    assert "Report (DuckDB over" in out.stdout
 
     # Workers of one kind of node: they need resource node2, so all land there.
     job = [sys.executable, "fleet/job.py", str(tasks), "--name", "pinned", "--workers", "2"]
@@ -388,7 +388,7 @@ def test_ray_job_submit_runs_a_batch(cluster: Cluster, tmp_path: Path) -> None:
     log = job["log"]
     assert (job["status"], job["exit_code"]) == ("SUCCEEDED", 0), log[-4000:]
     assert "batch b-" in log and "[3/3]" in log, log[-4000:]
-    assert "Batch summary" in log and "Overview (DuckDB" in log, log[-4000:]
+    assert "Batch summary" in log and "Report (DuckDB over" in log, log[-4000:]
     assert f"events at {cluster.home}/fleet-events" in log, log[-4000:]
     assert "all 3 tasks succeeded" in log, log[-4000:]
 
@@ -752,7 +752,7 @@ def test_ray_up_submit_down(tmp_path: Path) -> None:
             assert "connecting to Ray at auto" in text, text[-4000:]
             assert f"events at {node_home}/fleet-events" in text, text[-4000:]
             assert "batch b-" in text and "[12/12]" in text, text[-4000:]
-            assert "Batch summary" in text and "Overview (DuckDB" in text, text[-4000:]
+            assert "Batch summary" in text and "Report (DuckDB over" in text, text[-4000:]
             assert "all 12 tasks succeeded" in text, text[-4000:]
         finally:
             t = time.monotonic()
