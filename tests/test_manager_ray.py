@@ -312,6 +312,7 @@ def test_manager_agent_makes_the_assignment_calls(fleet_factory):
                         '{"task_id": "doomed", '
                         '"status": "needs_human", "note": "needs a spec first"}',
                     ),
+                    ("c3b", "create_task", '{"prompt": "write a spec", "labels": ["spec"]}'),
                 ]
             ),
             Reply(tool_calls=[("c4", "finish", '{"summary": "low first"}')]),
@@ -339,6 +340,8 @@ def test_manager_agent_makes_the_assignment_calls(fleet_factory):
         assert starts["low"] < starts["high"]  # the manager's call, not the priority rule
         decision = next(e for e in fleet.events("low") if e.type == EventType.manager_decision)
         assert decision.payload == {"action": "assign", "worker": "w1"}
+        created = ray.get(fleet.supervisor.list_tasks.remote(label="spec"))
+        assert [(r.spec.prompt, r.spec.labels) for r in created] == [("write a spec", ["spec"])]
         tools = {t["function"]["name"] for t in server.requests[0].body["tools"]}
         assert tools == {
             "list_tasks",

@@ -158,6 +158,17 @@ def result_for(a, status="succeeded", reason="", **outcome):
     )
 
 
+def test_a_pool_split_by_agent_takes_only_its_agents_tasks():
+    h = make(pools=[{"name": "docs", "agents": ["docs"]}, {"name": "rest"}])
+    h.submit(id="code", prompt="x", agent="coder")
+    h.submit(id="write", prompt="x", agent="docs")
+    docs_pool = PoolSpec(name="docs", agents=["docs"])
+    got = h.s.assign("w1", docs_pool)
+    assert got[0].task.id == "write" and got[0].agent.name == "docs"
+    assert h.s.assign("w2", docs_pool) is None  # the coder's task is not for this pool
+    assert h.s.assign("w3", PoolSpec(name="rest"))[0].task.id == "code"
+
+
 def test_routing_by_required_labels_and_environment():
     h = make(pools=[{"name": "py", "labels": ["python"]}, {"name": "gpu", "environments": ["gpu"]}])
     h.submit(id="needs-py", prompt="x", requires=["python"])
