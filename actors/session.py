@@ -112,6 +112,8 @@ class SessionRecorder:
         self.worker_id = worker_id
         self.sink = sink
         self.started = time.perf_counter()
+        self.sandbox: str | None = None
+        """Where the session ran (a container's name, a local workspace), once known."""
 
     def emit(self, type_: EventType, payload: dict[str, Any] | None = None, **typed: Any) -> None:
         self.sink(
@@ -135,6 +137,8 @@ class SessionRecorder:
     ) -> SessionResult:
         duration_ms = (time.perf_counter() - self.started) * 1000
         payload: dict[str, Any] = {"status": status, "reason": reason, "agent": self.a.agent.name}
+        if self.sandbox:
+            payload["sandbox"] = self.sandbox
         if outcome:
             payload |= {
                 "outcome": outcome.status,
@@ -192,6 +196,7 @@ class SessionRunner:
             sandbox = await self.sandboxes(a.environment, f"{a.task.id}-{a.attempt}")
         except Exception as exc:
             return rec.result("failed", f"sandbox failed to start: {exc}")
+        rec.sandbox = getattr(sandbox, "container_name", None) or getattr(sandbox, "workdir", None)
         try:
             result = await self._in_sandbox(a, sandbox, rec, hooks)
         except SandboxLost as exc:

@@ -60,7 +60,7 @@ def docker_exec_times(runs: int, cli_binary: bool = False) -> list[float]:
         ["sleep", "infinity"],
         detach=True,
         network_mode="none",
-        labels={"agent-fleet": "1", "agent-fleet.task": "bench-docker-exec"},
+        labels={"agent-fleet": "1", "agent-fleet.sandbox": "bench-docker-exec"},
     )
     try:
         times = []

@@ -10,8 +10,9 @@ directory on size-limited tmpfs mounts (filling the "disk" fills only those; the
 is raised by their sizes so a full tmpfs cannot starve the processes), all capabilities
 dropped, no-new-privileges, cpu/memory/pids limits from the environment, no host mounts and
 no host environment. Network per ``environment.network`` (see ``sandboxes.network``).
-Containers are labelled ``agent-fleet=1`` (plus their fleet, task, environment and owner
-process) and removed by ``close``, ``reap_containers`` or ``reap_orphans``.
+Containers are labelled ``agent-fleet=1`` (plus their fleet, sandbox name, environment and
+owner process; a warm container has no task yet: the session's ``session.ended`` event names
+the container it ran in) and removed by ``close``, ``reap_containers`` or ``reap_orphans``.
 
 The agent runs as the same uid as the commands, so it seals itself (see ``exec_agent``) and
 the host trusts no frame bigger than the largest legitimate reply: an oversize frame or a
@@ -299,7 +300,7 @@ class DockerSandbox:
             labels={
                 LABEL: "1",
                 f"{LABEL}.fleet": self.fleet[:200],
-                f"{LABEL}.task": self.name[:200],
+                f"{LABEL}.sandbox": self.name[:200],  # worker-made: warm before any task
                 f"{LABEL}.environment": env.name,
                 f"{LABEL}.owner": OWNER,
             },

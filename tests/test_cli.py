@@ -153,6 +153,11 @@ def test_demo_in_docker_sandboxes(tmp_path):
     query = "select count(distinct session_id) from events where type = 'session.started'"
     proc = fleet("sql", query, "--events", "ev", "--json", cwd=tmp_path)
     assert list(json.loads(proc.stdout)[0].values()) == [13]  # one task retries by design
+    query = "select json_extract_string(payload, '$.sandbox') as c from events "
+    query += "where type = 'session.ended'"
+    proc = fleet("sql", query, "--events", "ev", "--json", cwd=tmp_path)
+    containers = [row["c"] for row in json.loads(proc.stdout)]
+    assert len(set(containers)) == 13 and all(c.startswith("fleet-") for c in containers)
 
 
 def test_run_that_times_out_is_not_a_success(tmp_path):

@@ -529,7 +529,7 @@ def test_containers_carry_fleet_task_and_owner_labels() -> None:
             labels = cli.api.inspect_container(sb.container_id)["Config"]["Labels"]
             cli.close()
             assert labels["agent-fleet"] == "1" and labels["agent-fleet.fleet"] == "blue"
-            assert labels["agent-fleet.task"] == "t1-1"
+            assert labels["agent-fleet.sandbox"] == "t1-1"
             assert labels["agent-fleet.environment"] == "py"
             assert labels["agent-fleet.owner"] == OWNER
         finally:
