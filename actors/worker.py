@@ -29,14 +29,15 @@ from sandboxes.pool import WarmPool
 log = logging.getLogger(__name__)
 
 
-def reap_node_orphans() -> int:
-    """Remove this node's sandbox containers whose worker process is dead; 0 without Docker."""
+def reap_node_containers(own: bool = False) -> int:
+    """Remove sandbox containers of this node: those whose worker process is dead, or
+    (``own``) every one this process started. 0 without Docker: never the worker's problem."""
     try:
-        from sandboxes.docker import reap_orphans
+        from sandboxes.docker import OWNER, reap_containers, reap_orphans
 
-        return reap_orphans()
-    except Exception as exc:  # no engine here, or it failed: never the worker's problem
-        log.debug("reaping orphan containers skipped: %s", exc)
+        return reap_containers(owner=OWNER) if own else reap_orphans()
+    except Exception as exc:  # no engine here, or it failed
+        log.debug("removing sandbox containers skipped: %s", exc)
         return 0
 
 
@@ -102,7 +103,7 @@ class Worker:
         self._closing = False
         if settings.sandbox in ("docker", "auto"):
             # Containers of crashed workers of this node (a worker reaps only its own node).
-            threading.Thread(target=reap_node_orphans, name="reap-orphans", daemon=True).start()
+            threading.Thread(target=reap_node_containers, name="reap-orphans", daemon=True).start()
 
     def _new_sandbox(self, environment: EnvironmentSpec) -> Sandbox:
         self._made += 1
@@ -130,7 +131,7 @@ class Worker:
         self._closing = True
         await self.pool.close()
         if self.settings.sandbox in ("docker", "auto"):
-            await asyncio.to_thread(_reap_own_containers)
+            await asyncio.to_thread(reap_node_containers, own=True)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -206,13 +207,3 @@ class Worker:
         import os
 
         return os.getpid()
-
-
-def _reap_own_containers() -> None:
-    """Remove every container this process started (in use, idle or half started)."""
-    try:
-        from sandboxes.docker import OWNER, reap_containers
-
-        reap_containers(owner=OWNER)
-    except Exception as exc:
-        log.debug("removing this worker's containers skipped: %s", exc)

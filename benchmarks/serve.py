@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,21 +77,35 @@ def report(name: str, rps: float, latencies: list[float], errors: int) -> None:
     )
 
 
+async def sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
+    """The server-sent messages of a streamed response, each as its fields (id, event, data)."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line:
+            key, _, value = line.partition(": ")
+            fields[key] = value
+        elif fields:
+            yield fields
+            fields = {}
+
+
+def lag_ms(event: dict[str, Any]) -> float:
+    """How long ago the event happened."""
+    return (datetime.now(UTC) - datetime.fromisoformat(event["ts"])).total_seconds() * 1000
+
+
 async def stream_one(client: httpx.AsyncClient, sid: str) -> tuple[list[int], list[float]]:
+    """Read a session's stream to its end: (seqs, lags ms)."""
     seqs: list[int] = []
     lags: list[float] = []
     async with client.stream("GET", f"/v1/sessions/{sid}/events/stream") as response:
-        event = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event != "session.end":
-                data = json.loads(line[6:])
-                seqs.append(data["seq"])
-                ts = datetime.fromisoformat(data["ts"])
-                lags.append((datetime.now(UTC) - ts).total_seconds() * 1000)
-            elif line.startswith("data: "):
+        async for message in sse_messages(response):
+            if message.get("event") == "session.end":
                 break
+            if "data" in message:
+                data = json.loads(message["data"])
+                seqs.append(data["seq"])
+                lags.append(lag_ms(data))
     return seqs, lags
 
 
@@ -102,24 +117,17 @@ async def fleet_stream_one(
     seqs: list[int] = []
     lags: list[float] = []
     async with client.stream("GET", "/v1/events/stream") as response:
-        fields: dict[str, str] = {}
-        async for line in response.aiter_lines():
-            if line:
-                key, _, value = line.partition(": ")
-                fields[key] = value
-                continue
-            if fields.get("event") == "stream.open":
+        async for message in sse_messages(response):
+            if message.get("event") == "stream.open":
                 opened.put_nowait(None)
-            elif "data" in fields and "event" not in fields:
-                ids.append(int(fields["id"]))
-                data = json.loads(fields["data"])
+            elif "data" in message and "event" not in message:
+                ids.append(int(message["id"]))
+                data = json.loads(message["data"])
                 if data["task_id"] == sid:
                     seqs.append(data["seq"])
-                    ts = datetime.fromisoformat(data["ts"])
-                    lags.append((datetime.now(UTC) - ts).total_seconds() * 1000)
+                    lags.append(lag_ms(data))
                     if data["type"] in ("task.succeeded", "task.failed", "task.needs_human"):
                         break
-            fields = {}
     return ids, seqs, lags
 
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from fleet.eventlog import partition_files
 from fleet.events import ARROW_SCHEMA
 
 TERMINAL = "('task.succeeded', 'task.failed', 'task.needs_human', 'task.cancelled')"
@@ -90,16 +91,9 @@ def connect(events_dir: str) -> duckdb.DuckDBPyConnection:
 def _uri_dataset(uri: str) -> ds.Dataset:
     try:
         fs, root = pafs.FileSystem.from_uri(uri)
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        files = partition_files(fs, root)
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise AnalyticsError(f"cannot read the event log at {uri}: {exc}") from None
-    files = sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.File
-        and i.path.endswith(".parquet")
-        and i.path.rsplit("/", 2)[-2].startswith("date=")
-    )
     if not files:
         raise AnalyticsError(f"no events under {uri} yet (run a batch first)")
     partitioning = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")

@@ -306,13 +306,7 @@ def status(
     debug: DebugOpt = False,
 ) -> None:
     """Show a running fleet: counts, queue, running sessions, recent outcomes."""
-    from fleet.api import Fleet, FleetError
-
-    try:
-        fleet = Fleet.connect(address, name=name, namespace=FleetSettings().namespace)
-        info = fleet.status()
-    except FleetError as exc:
-        _fail(str(exc), debug, exc)
+    info = _connect(address, name, debug).status()
     counts = Table("Tasks", list(info["counts"]), [tuple(info["counts"].values())])
     print_table(counts, f"Fleet {info['fleet']}: {info['workers']} workers")
     if info["running"]:

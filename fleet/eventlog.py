@@ -51,6 +51,19 @@ def writer_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]", "_", name)[:64] or "_"
 
 
+def partition_files(fs: pafs.FileSystem, root: str) -> list[str]:
+    """Every Parquet file in the log's date partitions (``<root>/date=*/*.parquet``), of all
+    writers, sorted."""
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    return sorted(
+        info.path
+        for info in fs.get_file_info(selector)
+        if info.type == pafs.FileType.File
+        and info.path.endswith(".parquet")
+        and info.path.rsplit("/", 2)[-2].startswith("date=")
+    )
+
+
 def default_wal_dir(uri: str) -> str:
     """Where the write-ahead log of a remote event log lives: a local disk of this node."""
     digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -231,15 +244,12 @@ class EventLog:
 
     def _partitions(self) -> dict[str, list[str]]:
         """This writer's Parquet files by date partition."""
-        selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
         found: dict[str, list[str]] = defaultdict(list)
         mine = (f"seg-{self.writer}-", f"compact-{self.writer}-")
-        for info in self.fs.get_file_info(selector):
-            path = info.path
-            if info.type == pafs.FileType.File and path.endswith(".parquet"):
-                parent, name = path.rsplit("/", 1)
-                if parent.rsplit("/", 1)[-1].startswith("date=") and name.startswith(mine):
-                    found[parent].append(path)
+        for path in partition_files(self.fs, self.root):
+            parent, name = path.rsplit("/", 1)
+            if name.startswith(mine):
+                found[parent].append(path)
         return found
 
     def _recover(self) -> None:

@@ -17,7 +17,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import pydantic_core
 import ray
@@ -227,63 +227,71 @@ def _sse(event: Event) -> bytes:
     return f"id: {event.seq}\nevent: {event.type.value}\ndata: {data}\n\n".encode()
 
 
-SSE_EVENT_SCHEMA = {
-    "type": "object",
-    "description": "One server-sent event.",
-    "required": ["data", "event"],
-    "properties": {
-        "id": {"type": "string", "description": "The event's seq (resume after it)."},
-        "event": {"type": "string", "description": "The event type, or session.end."},
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {
-                "anyOf": [
-                    {"$ref": "#/components/schemas/Event"},
-                    {
-                        "type": "object",
-                        "description": "session.end: the session's final status.",
-                        "required": ["status"],
-                        "properties": {"status": {"type": "string"}},
-                    },
-                ]
+def _sse_schema(
+    about: str, id_means: str, event_means: str, required: list[str], control: dict[str, Any]
+) -> dict[str, Any]:
+    """The OpenAPI schema of one server-sent event: a fleet Event, or a ``control`` one."""
+    return {
+        "type": "object",
+        "description": about,
+        "required": required,
+        "properties": {
+            "id": {"type": "string", "description": id_means},
+            "event": {"type": "string", "description": event_means},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {
+                    "anyOf": [{"$ref": "#/components/schemas/Event"}, {"type": "object", **control}]
+                },
             },
+            "retry": {"type": "integer"},
         },
-        "retry": {"type": "integer"},
+    }
+
+
+SSE_EVENT_SCHEMA = _sse_schema(
+    "One server-sent event.",
+    "The event's seq (resume after it).",
+    "The event type, or session.end.",
+    ["data", "event"],
+    {
+        "description": "session.end: the session's final status.",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}},
     },
-}
+)
+FLEET_SSE_SCHEMA = _sse_schema(
+    "One server-sent event of the fleet-wide stream.",
+    "The event's global index (resume after it).",
+    "Absent for fleet events; stream.open or stream.gap otherwise.",
+    ["data"],
+    {
+        "description": "stream.open: where the stream starts; stream.gap: "
+        "how many events this client missed.",
+        "properties": {"next": {"type": "integer"}, "missed": {"type": "integer"}},
+    },
+)
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+_Default = TypeVar("_Default", int, None)
+
+
+def _resume_point(last_event_id: str | None, default: _Default) -> int | _Default:
+    """Where a stream resumes: after ``Last-Event-ID`` when the client sent one."""
+    if last_event_id is None or not last_event_id.strip():
+        return default
+    try:
+        return max(-1, int(last_event_id.strip()))
+    except ValueError:
+        raise _field_error(("header", "last-event-id"), "must be an integer") from None
+
+
 VALIDATION = {
     "description": "Validation Error",
     "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
-    },
-}
-FLEET_SSE_SCHEMA = {
-    "type": "object",
-    "description": "One server-sent event of the fleet-wide stream.",
-    "required": ["data"],
-    "properties": {
-        "id": {"type": "string", "description": "The event's global index (resume after it)."},
-        "event": {
-            "type": "string",
-            "description": "Absent for fleet events; stream.open or stream.gap otherwise.",
-        },
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "contentSchema": {
-                "anyOf": [
-                    {"$ref": "#/components/schemas/Event"},
-                    {
-                        "type": "object",
-                        "description": "stream.open: where the stream starts; stream.gap: "
-                        "how many events this client missed.",
-                        "properties": {"next": {"type": "integer"}, "missed": {"type": "integer"}},
-                    },
-                ]
-            },
-        },
-        "retry": {"type": "integer"},
     },
 }
 NOT_FOUND = {404: {"model": m.ErrorBody, "description": "Unknown id"}}
@@ -578,16 +586,9 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
         after_seq: Annotated[int, Query(ge=-1, le=2**62)] = -1,
     ) -> EventStreamResponse:
         """Live events from `after_seq` (or `Last-Event-ID`) until the session ends."""
-        if last_event_id is not None and last_event_id.strip():
-            try:
-                after_seq = max(-1, int(last_event_id.strip()))
-            except ValueError:
-                raise _field_error(("header", "last-event-id"), "must be an integer") from None
+        after_seq = _resume_point(last_event_id, after_seq)
         await record_of(session_id)
-        return EventStreamResponse(
-            follow(session_id, after_seq),
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return EventStreamResponse(follow(session_id, after_seq), headers=STREAM_HEADERS)
 
     async def follow(task_id: str, last: int) -> AsyncIterator[bytes]:
         yield b"retry: 2000\n\n"
@@ -722,14 +723,9 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
         """The fleet's live event stream: every event of every task as it is recorded (for
         dashboards). Resumable: a client that reconnects with `Last-Event-ID` misses
         nothing the fleet still holds (its last few thousand events) and sees nothing twice."""
-        if last_event_id is not None and last_event_id.strip():
-            try:
-                after = max(-1, int(last_event_id.strip()))
-            except ValueError:
-                raise _field_error(("header", "last-event-id"), "must be an integer") from None
+        resume = _resume_point(last_event_id, after)  # None: from now on
         return EventStreamResponse(
-            follow_fleet(-1 if after is None else after + 1),
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            follow_fleet(-1 if resume is None else resume + 1), headers=STREAM_HEADERS
         )
 
     async def follow_fleet(cursor: int) -> AsyncIterator[bytes]:

@@ -444,7 +444,7 @@ def test_reap_orphans_removes_only_containers_of_dead_owners(
 ) -> None:
     import socket
 
-    from actors.worker import reap_node_orphans
+    from actors.worker import reap_node_containers
     from sandboxes import images
     from sandboxes.docker import reap_orphans
 
@@ -474,11 +474,11 @@ def test_reap_orphans_removes_only_containers_of_dead_owners(
         assert {ids["live"], ids["elsewhere"]} <= left
         # What a worker runs at start: the same reaper, never an error.
         create("dead2", owners["dead"])
-        reap_node_orphans()
+        reap_node_containers()
         left = {c.id for c in cli.containers.list(all=True, filters={"label": "agent-fleet=1"})}
         assert ids["dead2"] not in left and ids["live"] in left
         monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        assert reap_node_orphans() == 0  # no engine on this node: nothing, no exception
+        assert reap_node_containers() == 0  # no engine on this node: nothing, no exception
     finally:
         for cid in ids.values():
             with contextlib.suppress(Exception):

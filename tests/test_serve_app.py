@@ -399,21 +399,30 @@ def test_status_and_reports(client: TestClient) -> None:
     assert client.get("/v1/reports/nope").status_code == 404
 
 
-class _DeadMethod:
-    async def _fail(self, *args: Any) -> Any:
+class _StubSupervisor:
+    """A supervisor stand-in (a handle, not a Fleet): ``sup.method.remote(*args)`` is the
+    coroutine ``answer(method, *args)``."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "supervisor":
+            raise AttributeError(name)
+        stub = self
+
+        class Method:
+            def remote(self, *args: Any) -> Any:
+                return stub.answer(name, *args)
+
+        return Method()
+
+    async def answer(self, name: str, *args: Any) -> Any:
+        raise NotImplementedError(name)
+
+
+class _DeadSupervisor(_StubSupervisor):
+    async def answer(self, name: str, *args: Any) -> Any:
         import ray
 
         raise ray.exceptions.ActorUnavailableError("supervisor restarting", None)
-
-    def remote(self, *args: Any) -> Any:
-        return self._fail(*args)
-
-
-class _DeadSupervisor:
-    def __getattr__(self, name: str) -> _DeadMethod:
-        if name == "supervisor":  # a handle, not a Fleet
-            raise AttributeError(name)
-        return _DeadMethod()
 
 
 def test_unreachable_fleet_is_503_and_streamed_bodies_are_limited() -> None:
@@ -525,30 +534,16 @@ def test_hostile_input_elsewhere_is_never_a_500(client: TestClient) -> None:
     assert client.get("/v1/events/stream", headers=headers).status_code == 422
 
 
-class _Recorder:
-    """A supervisor stub that records the methods called (and answers a few)."""
+class _Recorder(_StubSupervisor):
+    """Records the methods called (and answers a few)."""
 
     def __init__(self, events_dir: str) -> None:
         self.calls: list[str] = []
         self.events_dir = events_dir
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "supervisor":
-            raise AttributeError(name)
-        recorder = self
-
-        class Method:
-            def remote(self, *args: Any) -> Any:
-                recorder.calls.append(name)
-
-                async def answer() -> Any:
-                    if name == "get_settings":
-                        return recorder
-                    return 0
-
-                return answer()
-
-        return Method()
+    async def answer(self, name: str, *args: Any) -> Any:
+        self.calls.append(name)
+        return self if name == "get_settings" else 0
 
 
 def test_reports_read_parquet_without_forcing_a_flush(tmp_path: Any) -> None:
@@ -671,27 +666,16 @@ def test_supervisor_stream_since_long_polls_a_global_cursor(fleet: Any) -> None:
     assert ahead == [] and position < now + 10**6  # a cursor from another life: from now
 
 
-class _GappySupervisor:
+class _GappySupervisor(_StubSupervisor):
     """A stream that lost events: the first batch starts above the cursor."""
 
     def __init__(self) -> None:
         self.batches: list[tuple[list[Any], int]] = [([], 100)]
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "supervisor":
-            raise AttributeError(name)
-        me = self
-
-        class Method:
-            def remote(self, *args: Any) -> Any:
-                async def answer() -> Any:
-                    if me.batches:
-                        return me.batches.pop(0)
-                    await asyncio.sleep(3600)
-
-                return answer()
-
-        return Method()
+    async def answer(self, name: str, *args: Any) -> Any:
+        if self.batches:
+            return self.batches.pop(0)
+        await asyncio.sleep(3600)
 
 
 def test_fleet_stream_reports_a_gap() -> None:
