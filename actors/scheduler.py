@@ -38,7 +38,7 @@ from collections.abc import Callable
 from fleet.events import Event, EventType
 from fleet.records import Assignment, SessionResult, TaskRecord
 from fleet.settings import FleetSettings, PoolSpec
-from fleet.specs import AgentSpec, FleetConfig, TaskSpec, TaskState
+from fleet.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
 
 MAX_WORKER_LOSSES = 3
 
@@ -49,6 +49,10 @@ class TaskRejected(ValueError):
         self.task_id = task_id
         self.field = field
         self.message = message
+
+
+class UnknownSpec(LookupError):
+    """A queued task names an agent or environment the fleet no longer has."""
 
 
 class TaskQueue:
@@ -271,8 +275,19 @@ class Scheduler:
         inline = record.spec.agent
         if isinstance(inline, AgentSpec) and name == inline.name and record.stage == 0:
             return inline
-        # A name archived since submit falls back to the default agent.
-        return self.config.agents.get(name) or self.config.agents["default"]
+        agent = self.config.agents.get(name)
+        if agent is None:  # archived (or lost) since submit: never another agent instead
+            raise UnknownSpec(f"agent {name!r} no longer exists")
+        return agent
+
+    def resolve_environment(self, record: TaskRecord) -> EnvironmentSpec:
+        spec = record.spec
+        if isinstance(spec.environment, EnvironmentSpec):
+            return spec.environment
+        environment = self.config.environments.get(spec.environment)
+        if environment is None:
+            raise UnknownSpec(f"environment {spec.environment!r} no longer exists")
+        return environment
 
     def fits(
         self, record: TaskRecord, pool: PoolSpec, running: list[TaskRecord], now: float
@@ -298,8 +313,11 @@ class Scheduler:
         running: list[TaskRecord] | None = None,
         now: float | None = None,
         only: str | None = None,
-    ) -> tuple[Assignment, Event] | None:
-        """Pick the first queued task this worker may run now (or ``only`` that one)."""
+    ) -> tuple[Assignment, Event] | tuple[None, Event] | None:
+        """Pick the first queued task this worker may run now (or ``only`` that one).
+
+        Returns None when none may run, ``(assignment, task.assigned)``, or ``(None,
+        task.failed)`` when the picked task names an agent or environment that is gone."""
         pool = pool or PoolSpec(workers=1)
         running = running or []
         now = time.time() if now is None else now
@@ -310,16 +328,26 @@ class Scheduler:
             return None
         record = self.tasks[task_id]
         spec = record.spec
-        agent = self.resolve_agent(record)
         stage = spec.stages[record.stage - 1] if record.stage > 0 else None
         last_stage = record.stage >= len(spec.stages)
+        try:
+            agent = self.resolve_agent(record)
+            environment = self.resolve_environment(record)
+            reviewer = None
+            if spec.reviewer and last_stage:
+                reviewer = self.config.agents.get(spec.reviewer)
+                if reviewer is None:
+                    raise UnknownSpec(f"reviewer agent {spec.reviewer!r} no longer exists")
+        except UnknownSpec as exc:
+            payload = {"reason": f"cannot run: {exc}", "attempts": record.attempts}
+            return None, Event(task_id=task_id, type=EventType.task_failed, payload=payload)
         attempt = record.attempts + 1
         time_limit = spec.time_limit_s or record.plan.get("time_limit_s")
         tokens_left, cost_left = self._budget_left(record, agent)
         assignment = Assignment(
             task=spec,
             agent=agent,
-            environment=self.config.resolve_environment(spec),
+            environment=environment,
             attempt=attempt,
             session_id=f"s-{uuid.uuid4().hex[:12]}",
             max_turns=spec.max_turns or agent.max_turns or self.settings.default_max_turns,
@@ -328,9 +356,7 @@ class Scheduler:
             prompt=self._prompt(record, stage.prompt if stage and stage.prompt else spec.prompt),
             gate=(stage.gate if stage and stage.gate else spec.gate),
             script=stage.script if stage else spec.script,
-            reviewer=self.config.agents.get(spec.reviewer)
-            if spec.reviewer and last_stage
-            else None,
+            reviewer=reviewer,
             keep_workspace=not last_stage,
             messages=list(record.inbox),
             decision=self._decision(record),
@@ -493,7 +519,10 @@ class Scheduler:
 
     def _budget_spent(self, record: TaskRecord) -> str:
         """Why the task's budget is spent, or empty."""
-        agent = self.resolve_agent(record)
+        try:
+            agent = self.resolve_agent(record)
+        except UnknownSpec:  # the next assignment fails it with the reason
+            return ""
         if agent.max_tokens is not None and record.spent_tokens >= agent.max_tokens:
             return f"{record.spent_tokens} of {agent.max_tokens} tokens used"
         if agent.max_cost_usd is not None and record.spent_cost_usd >= agent.max_cost_usd:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections import OrderedDict, deque
 from itertools import islice
 from typing import Any
@@ -55,6 +56,10 @@ IDLE_RECHECK_S = 5.0
 """An idle worker re-checks the queue this often even if no wake-up reached it."""
 
 
+REAP_INTERVAL_S = 60.0
+"""How often the head's containers of dead workers are looked for."""
+
+
 def supervisor_name(fleet_name: str) -> str:
     return f"fleet-supervisor-{fleet_name}"
 
@@ -85,7 +90,7 @@ class Supervisor:
         self._done: asyncio.Condition | None = None
         self._roll_lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._start_lock = asyncio.Lock()
+        self._starting: asyncio.Future[None] | None = None
         self._recent: OrderedDict[str, list[Event]] = OrderedDict()
         """Events of recently active tasks, for streams (the log has them all)."""
         self._arrived: asyncio.Condition | None = None
@@ -97,6 +102,9 @@ class Supervisor:
         self._manager_down_until = 0.0
         self.started_at = time.time()
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self._life = f".{uuid.uuid4().hex[:4]}" if restarted else ""
+        """Suffix of this life's worker ids: a worker of a crashed life (still dying) that
+        calls in is never mistaken for one of this life."""
         self.recovered = 0
         if restarted or settings.resume:
             self.recovered = self._recover()
@@ -104,46 +112,57 @@ class Supervisor:
         """The latest events of every task, for the fleet-wide stream (``stream_since``)."""
         self._stream_next = self.recovered
         """Global index of the next event: the log's events (replayed) came before it."""
+        if restarted:
+            # After a crash nobody may call for a long time: bring the pool back now.
+            ray.get_runtime_context().current_actor.start.remote()
 
     # -- life cycle --------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
-        """Start the worker pool and the flush loop (idempotent)."""
-        async with self._start_lock:
-            if self._work is None:
-                await self._start()
+        """Start the worker pool and the flush loop (idempotent). A caller that goes away
+        (a client that disconnects) does not cancel the start it began."""
+        if self._starting is None or (self._starting.done() and self._starting.exception()):
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
         return {"workers": len(self.workers), "recovered": self.recovered}
 
     async def _start(self) -> None:
-        if self.settings.sandbox == "docker":  # each worker reaps its own node too
-            from sandboxes.docker import reap_orphans
-
-            try:
-                reaped = await asyncio.to_thread(reap_orphans)
-            except Exception as exc:  # no engine on the head: Docker only on worker nodes
-                log.info("no orphan containers reaped on the head: %s", exc)
-            else:
-                if reaped:
-                    log.warning("removed %d containers left by crashed workers", reaped)
+        await self._reap_head()
         self._work = asyncio.Condition()
         self._done = asyncio.Condition()
         self._arrived = asyncio.Condition()
         self._roll_lock = asyncio.Lock()
+        if self._stopping:  # shut down while starting: no pool to bring up
+            return
         for pool in self.settings.pool_specs():
             for _ in range(pool.workers):
                 self._spawn_worker(pool)
         # The pool is up when start returns: wait for every worker process.
         await asyncio.gather(*(w.pid.remote() for w in self.workers.values()))
+        self._spawn(self._flush_loop())
+        self._spawn(self._watch_loop())
         if self.settings.memory:
             await asyncio.to_thread(self.memory.refresh, self.settings.events_dir)
             self._spawn(self._memory_loop())
-        self._spawn(self._flush_loop())
-        self._spawn(self._watch_loop())
-        await self._requeue_orphans()
         wake = self.sched.next_wakeup(time.time())  # backoffs replayed from the log
         if wake is not None:
             self._wake_at(wake)
         async with self._work:
             self._work.notify_all()
+
+    async def _reap_head(self) -> None:
+        """Remove this node's sandbox containers whose worker died (each worker reaps its
+        own node too, when it starts)."""
+        if self.settings.sandbox != "docker":
+            return
+        from sandboxes.docker import reap_orphans
+
+        try:
+            reaped = await asyncio.to_thread(reap_orphans)
+        except Exception as exc:  # no engine on the head: Docker only on worker nodes
+            log.info("no orphan containers reaped on the head: %s", exc)
+        else:
+            if reaped:
+                log.warning("removed %d containers left by dead workers", reaped)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -152,7 +171,7 @@ class Supervisor:
 
     def _spawn_worker(self, pool: PoolSpec) -> None:
         self._worker_count += 1
-        worker_id = f"w{self._worker_count}"
+        worker_id = f"w{self._worker_count}{self._life}"
         me = ray.get_runtime_context().current_actor
         names = pool.environments or ["default"]
         prewarm = [self.config.environments[n] for n in names if n in self.config.environments]
@@ -195,6 +214,9 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop the workers once they finish their sessions, roll and compact the log."""
         self._stopping = True
+        if self._starting is not None:  # a start under way finishes first (its workers too)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._starting)
         if self._work is not None:
             async with self._work:
                 self._work.notify_all()
@@ -206,6 +228,9 @@ class Supervisor:
         for handle in workers:
             with contextlib.suppress(Exception):
                 ray.kill(handle)
+        # Containers of workers that died before (an earlier life's, a lost worker's).
+        await asyncio.sleep(0.5)
+        await self._reap_head()
         await self.flush(compact=True)
 
     # -- driver calls ------------------------------------------------------------------
@@ -507,11 +532,13 @@ class Supervisor:
     ) -> Assignment | None:
         """Take a worker's last result (if any) and wait for its next assignment."""
         assert self._work is not None
+        if worker_id not in self.workers:
+            return None  # a worker of an earlier life (or replaced): its result is stale
         self.heartbeats[worker_id] = time.time()
         if result is not None:
             self.running.pop(worker_id, None)
             self._session_started.pop(result.session_id, None)
-            await self._record(result.events)
+            await self._record(self._live(result.events))
             has_artifacts = (
                 result.diff
                 or result.workspace is not None
@@ -548,12 +575,16 @@ class Supervisor:
                         self._run_manager()
                 else:
                     got = self.sched.assign(worker_id, pool, running)
+                if got is not None and got[0] is None:  # it names a spec that is gone
+                    await self._record([got[1]])
+                    continue
                 if got is not None:
                     break
                 # Woken by whatever queues work; the timeout is a safety net, not the clock.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work.wait(), IDLE_RECHECK_S)
         assignment, event = got
+        assert assignment is not None
         self.running[worker_id] = assignment.task.id
         record = self.sched.tasks[assignment.task.id]
         # One-shot refs (a parked loop, a handoff's history) are cleared by the assignment.
@@ -756,7 +787,8 @@ class Supervisor:
         ]
 
     def heartbeat(self, worker_id: str) -> None:
-        self.heartbeats[worker_id] = time.time()
+        if worker_id in self.workers:
+            self.heartbeats[worker_id] = time.time()
 
     async def review(self, task_id: str, approve: bool, message: str = "") -> bool:
         """A human approves or rejects a result that awaits review."""
@@ -782,9 +814,13 @@ class Supervisor:
 
     async def _watch_loop(self) -> None:
         """Stop sessions that went silent or overran, replace workers that stopped beating."""
+        reaped_at = time.time()
         while not self._stopping:
             await asyncio.sleep(self.settings.watch_interval_s)
             now = time.time()
+            if now - reaped_at > REAP_INTERVAL_S:  # workers of a crashed life die late
+                reaped_at = now
+                self._spawn(self._reap_head())
             for worker_id, task_id in list(self.running.items()):
                 record = self.sched.tasks[task_id]
                 stall = record.spec.stall_timeout_s or self.settings.stall_timeout_s
@@ -810,8 +846,28 @@ class Supervisor:
                     ray.kill(self.workers[worker_id], no_restart=True)
 
     async def ingest(self, events: list[Event]) -> int:
-        await self._record(events)
-        return len(events)
+        """A running session's events; those of sessions written off are dropped."""
+        live = self._live(events)
+        await self._record(live)
+        return len(live)
+
+    def _live(self, events: list[Event]) -> list[Event]:
+        """Events of sessions the fleet still counts: the task's current session, while it
+        runs or once it ended (a cancel's tail). A session whose task went back to the queue
+        (its worker lost, the supervisor restarted) has been written off: what it still says
+        must not mix into the task's history."""
+        kept = []
+        for event in events:
+            record = self.sched.tasks.get(event.task_id)
+            if record is None:
+                continue
+            if event.session_id is None or (
+                event.session_id == record.session_id and record.state != TaskState.queued
+            ):
+                kept.append(event)
+        if len(kept) < len(events):
+            log.info("dropped %d events of written-off sessions", len(events) - len(kept))
+        return kept
 
     # -- internals ---------------------------------------------------------------------
     async def _record(self, events: list[Event]) -> None:
@@ -882,29 +938,35 @@ class Supervisor:
                 log.exception("event log flush failed")
 
     def _recover(self) -> int:
-        """Rebuild task state from the log (after a restart, or with ``resume``)."""
+        """Rebuild task state from the log (after a restart, or with ``resume``), then send
+        back to the queue what the log shows running: its worker died with the old life.
+        Both happen before this life can assign anything, so no task is handed to a new
+        worker and then requeued (which would run it twice)."""
         count = 0
         for event in self.log.replay():
             self.sched.apply(event)
             count += 1
-        return count
-
-    async def _requeue_orphans(self) -> None:
-        """Tasks the log shows running had their worker die with the old supervisor: they
-        go back to the queue (the attempt is not counted), resuming from their latest
-        checkpoint when one was saved."""
-        orphans = [r for r in self.sched.tasks.values() if r.state == TaskState.running]
-        events = [
-            Event(
-                task_id=record.id,
-                type=EventType.task_retried,
-                session_id=record.session_id,
-                payload={
-                    "reason": "supervisor restarted",
-                    "next_attempt": record.attempts,
-                    "resume": bool(record.workspace_ref),
-                },
-            )
-            for record in orphans
+        orphans = [
+            self._orphan_event(r) for r in self.sched.tasks.values() if r.state == TaskState.running
         ]
-        await self._record(events)
+        for event in orphans:
+            event.seq = self.sched.tasks[event.task_id].seq + 1
+            self.sched.apply(event)
+        if orphans:
+            self.log.append(orphans)
+            log.warning("requeued %d tasks running when the supervisor died", len(orphans))
+        return count + len(orphans)
+
+    @staticmethod
+    def _orphan_event(record: TaskRecord) -> Event:
+        """The attempt is not counted; it resumes from its latest checkpoint if it has one."""
+        return Event(
+            task_id=record.id,
+            type=EventType.task_retried,
+            session_id=record.session_id,
+            payload={
+                "reason": "supervisor restarted",
+                "next_attempt": record.attempts,
+                "resume": bool(record.workspace_ref),
+            },
+        )
