@@ -114,6 +114,8 @@ class Scheduler:
         self.queue = TaskQueue()
         self.finished: list[str] = []
         """Task ids in the order they reached a terminal state (drivers page through it)."""
+        self.taken_ids: set[str] = set()
+        """Ids of the log's history (other fleets', earlier runs'): never reused."""
 
     # -- the fold ----------------------------------------------------------------------
     def apply(self, event: Event) -> None:
@@ -233,7 +235,7 @@ class Scheduler:
     # -- decisions ---------------------------------------------------------------------
     def submit(self, spec: TaskSpec, batch: str | None = None, plan: dict | None = None) -> Event:
         """Validate a new task against what the fleet knows; return its submitted event."""
-        if spec.id in self.tasks:
+        if spec.id in self.tasks or spec.id in self.taken_ids:
             raise TaskRejected(spec.id, "id", "a task with this id already exists")
         names = [spec.agent] if isinstance(spec.agent, str) else []
         names += spec.agents + [st.agent for st in spec.stages]

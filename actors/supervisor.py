@@ -27,7 +27,7 @@ from actors.registry import Registry
 from actors.scheduler import Scheduler, TaskRejected
 from actors.worker import Worker
 from fleet.agent import AgentLoop
-from fleet.eventlog import EventLog
+from fleet.eventlog import EventLog, partition_files
 from fleet.events import Event, EventType
 from fleet.models import close_model, make_model
 from fleet.records import Assignment, SessionResult, TaskRecord
@@ -108,6 +108,7 @@ class Supervisor:
         self.recovered = 0
         if restarted or settings.resume:
             self.recovered = self._recover()
+        self.sched.taken_ids = self._ids_in_history()
         self._stream: deque[Event] = deque(maxlen=settings.stream_events)
         """The latest events of every task, for the fleet-wide stream (``stream_since``)."""
         self._stream_next = self.recovered
@@ -956,6 +957,20 @@ class Supervisor:
             self.log.append(orphans)
             log.warning("requeued %d tasks running when the supervisor died", len(orphans))
         return count + len(orphans)
+
+    def _ids_in_history(self) -> set[str]:
+        """Task ids the events folder already has (every fleet's): a new task may not take
+        one, or reports would mix two histories under it."""
+        files = partition_files(self.log.fs, self.log.root)
+        if not files:
+            return set()
+        table = pq.read_table(
+            files,
+            columns=["task_id"],
+            filters=[("type", "=", EventType.task_submitted.value)],
+            filesystem=self.log.fs,
+        )
+        return set(table.column("task_id").to_pylist())
 
     @staticmethod
     def _orphan_event(record: TaskRecord) -> Event:

@@ -227,7 +227,14 @@ class Fleet:
     def shutdown(self) -> None:
         """Stop this fleet's supervisor and workers (and Ray, if this driver started it)."""
         try:
-            ray.get(self.supervisor.shutdown.remote())
+            for attempt in range(3):
+                try:
+                    ray.get(self.supervisor.shutdown.remote())
+                    break
+                except ray.exceptions.RayActorError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(1.0)  # it died under the call and restarts: ask the new life
             ray.kill(self.supervisor, no_restart=True)
         finally:
             if self._owns_ray:

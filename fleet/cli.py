@@ -428,6 +428,10 @@ def serve_cmd(
     token_file: Annotated[
         str | None, typer.Option(help="File holding the API token (else FLEET_API_TOKEN).")
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Rebuild unfinished tasks from the event log and run them on."),
+    ] = True,
     debug: DebugOpt = False,
 ) -> None:
     """Serve the HTTP API and dashboard (Ray Serve) over a fleet, started or reused.
@@ -444,7 +448,7 @@ def serve_cmd(
 
     try:
         settings = _settings(workers, sandbox, events, name)
-        settings = settings.model_copy(update={"ray_address": address})
+        settings = settings.model_copy(update={"ray_address": address, "resume": resume})
         fleet_config = load_config(config)
         api_settings = ServeSettings(**({"token_file": token_file} if token_file else {}))
         api_settings.resolve_token()

@@ -186,3 +186,31 @@ def test_a_task_runs_against_an_openai_compatible_server(fleet_factory):
         assert usage[0].cost_usd > 0
     finally:
         server.stop()
+
+
+def test_an_archived_agent_fails_its_queued_task_and_no_worker_dies(fleet_factory):
+    config = FleetConfig.model_validate({"agents": {"temp": {}}})
+    fleet = fleet_factory(workers=1, config=config)
+    slow = script(("shell", {"command": "sleep 1"}), ("finish", {}))
+    fleet.submit([{"id": "first", "prompt": "x", "script": slow}])
+    fleet.submit([{"id": "orphan", "prompt": "x", "agent": "temp", "script": HELLO}])
+    assert ray.get(fleet.supervisor.archive_spec.remote("agent", "temp"))
+    fleet.submit([{"id": "after", "prompt": "x", "script": HELLO}])
+    records = {r.id: r for r in fleet.wait(["first", "orphan", "after"], timeout_s=60)}
+    assert records["orphan"].state == TaskState.failed
+    assert records["orphan"].reason == "cannot run: agent 'temp' no longer exists"
+    assert records["after"].state == TaskState.succeeded
+    assert fleet.status()["workers"] == 1
+    assert not any(e.type == EventType.worker_lost for t in records for e in fleet.events(t))
+
+
+def test_a_task_id_from_an_earlier_run_in_the_same_log_is_refused(fleet_factory, tmp_path):
+    events = str(tmp_path / "shared-events")
+    first = fleet_factory(workers=1, events_dir=events)
+    first.wait(first.submit([{"id": "same", "prompt": "x", "script": HELLO}]).accepted)
+    first.shutdown()
+    second = fleet_factory(workers=1, events_dir=events)  # another fleet, no resume
+    result = second.submit([{"id": "same", "prompt": "y", "script": HELLO}])
+    assert result.accepted == []
+    assert result.rejected[0]["field"] == "id"
+    assert "already exists" in result.rejected[0]["error"]

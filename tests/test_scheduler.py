@@ -331,3 +331,44 @@ def test_parked_task_resumes_with_its_decision():
     resumed = h.assign()
     assert resumed.attempt == 1  # the same attempt, continued
     assert resumed.decision == {"call_id": "c1", "allow": True, "message": "ok"}
+
+
+def test_a_queued_task_whose_spec_is_gone_fails_with_the_reason_and_the_next_one_runs():
+    h = Harness()
+    h.s.config.agents["temp"] = h.s.config.agents["default"].model_copy(update={"name": "temp"})
+    h.s.config.environments["gpu"] = h.s.config.environments["default"].model_copy(
+        update={"name": "gpu"}
+    )
+    h.submit(id="agentless", prompt="x", agent="temp", priority=2)
+    h.submit(id="envless", prompt="x", environment="gpu", priority=1)
+    h.submit(id="fine", prompt="x")
+    del h.s.config.agents["temp"]  # archived while the tasks waited
+    del h.s.config.environments["gpu"]
+    for task_id, what in (("agentless", "agent 'temp'"), ("envless", "environment 'gpu'")):
+        assignment, event = h.s.assign("w1")
+        assert assignment is None and event.task_id == task_id
+        assert event.type == EventType.task_failed
+        assert event.payload["reason"] == f"cannot run: {what} no longer exists"
+        h.record([event])
+        assert h.s.tasks[task_id].state == TaskState.failed
+    assert h.assign().task.id == "fine"  # never the default agent instead of the lost one
+
+
+def test_a_reviewer_that_is_gone_fails_the_task_rather_than_skipping_the_review():
+    h = Harness()
+    h.s.config.agents["critic"] = h.s.config.agents["default"].model_copy(
+        update={"name": "critic"}
+    )
+    h.submit(id="t", prompt="x", reviewer="critic")
+    del h.s.config.agents["critic"]
+    assignment, event = h.s.assign("w1")
+    assert assignment is None and "reviewer agent 'critic'" in event.payload["reason"]
+
+
+def test_an_id_from_the_logs_history_is_refused():
+    h = Harness()
+    h.s.taken_ids = {"old"}
+    with pytest.raises(TaskRejected, match="already exists") as caught:
+        h.submit(id="old", prompt="x")
+    assert caught.value.field == "id"
+    h.submit(id="new", prompt="x")
