@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -595,12 +596,22 @@ HOME_MARKER = ".fleet-ci-home"
 
 NODE_BASHRC = """\
 # Written by tests/test_cluster.py: the login environment of this loopback "node".
-export PATH={bin}:$PATH  # this machine's Python, with Ray
-# cluster.yaml's `pip install -e ~/agent-fleet` goes to this home's user site, not over the
-# tests' own install of the project (this "node" shares the tests' Python environment).
-export PIP_USER=1
+# A virtualenv of this home, which sees the tests' packages (Ray...): cluster.yaml's
+# `pip install -e ~/agent-fleet` goes there, not over the tests' own install of the project.
+# (Not PIP_USER: pip refuses user installs when the tests themselves run in a virtualenv.)
+export PATH={venv}/bin:{bin}:$PATH
 export RAY_TMPDIR={ray_tmp} RAY_USAGE_STATS_ENABLED=0  # its Ray's files, apart
 """
+
+
+def node_venv(home: Path) -> Path:
+    """A virtualenv in the node's home whose Python also sees this Python's packages."""
+    venv = home / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    ours = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    found = sorted(venv.glob("lib/python*/site-packages"))
+    (found[0] / "tests-packages.pth").write_text("\n".join(ours) + "\n")
+    return venv
 
 
 def ssh(key: str, command: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
@@ -727,7 +738,9 @@ def test_ray_up_submit_down(tmp_path: Path) -> None:
     timings: dict[str, float] = {}
     with launcher_lock():
         wipe(node_home)
-        (node_home / ".bashrc").write_text(NODE_BASHRC.format(bin=BIN, ray_tmp=ray_tmp))
+        venv = node_venv(node_home)
+        bashrc = NODE_BASHRC.format(venv=venv, bin=BIN, ray_tmp=ray_tmp)
+        (node_home / ".bashrc").write_text(bashrc)
         try:
             check(run([RAY, "get-auth-token", "--generate"], env, 60), "ray get-auth-token")
             assert (laptop / ".ray" / "auth_token").is_file()
