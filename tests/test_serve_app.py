@@ -18,6 +18,8 @@ pytestmark = pytest.mark.ray
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN_TOKEN = "admin-token-456"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 HELLO = script(
     ("write_file", {"path": "hello.txt", "content": "hi"}),
     ("shell", {"command": "cat hello.txt"}),
@@ -46,9 +48,24 @@ def fleet(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def client(fleet: Any) -> Iterator[TestClient]:
-    app = create_app(fleet, ServeSettings(token=TOKEN, max_body_bytes=64 * 1024, max_page=500))
+def app(fleet: Any) -> Any:
+    settings = ServeSettings(
+        token=TOKEN, admin_token=ADMIN_TOKEN, max_body_bytes=64 * 1024, max_page=500
+    )
+    return create_app(fleet, settings)
+
+
+@pytest.fixture(scope="module")
+def client(app: Any) -> Iterator[TestClient]:
+    """An API client (the API token)."""
     with TestClient(app, headers=AUTH) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def admin(app: Any) -> Iterator[TestClient]:
+    """The operator (the admin token)."""
+    with TestClient(app, headers=ADMIN) as test_client:
         yield test_client
 
 
@@ -143,7 +160,8 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("plural", "field", "value"), [("agents", "max_turns", 7), ("environments", "cpus", 2.0)]
 )
-def test_spec_crud_with_versions(client: TestClient, plural: str, field: str, value: Any) -> None:
+def test_spec_crud_with_versions(admin: TestClient, plural: str, field: str, value: Any) -> None:
+    client = admin  # editing agents and environments is the operator's
     name = f"x-{plural}"
     created = client.post(f"/v1/{plural}", json={"name": name, field: value})
     assert created.status_code == 201, created.text
