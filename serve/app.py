@@ -42,7 +42,14 @@ from actors.registry import SpecConflict
 from actors.supervisor import TERMINAL_EVENTS
 from fleet import analytics
 from fleet.events import Event, EventType
-from fleet.policy import OperatorSpecs, PolicyError, client_task, masked_environment, masked_task
+from fleet.policy import (
+    SECRET_MASK,
+    OperatorSpecs,
+    PolicyError,
+    client_task,
+    masked_environment,
+    masked_task,
+)
 from fleet.records import TaskRecord
 from fleet.settings import FleetSettings
 from fleet.specs import AgentSpec, EnvironmentSpec, TaskSpec, TaskState
@@ -350,7 +357,7 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
     admin = settings.resolve_admin_token()
     expected_admin = admin.encode() if admin is not None else None
     sup = getattr(fleet, "supervisor", fleet)
-    fleet_settings_: list[FleetSettings] = []  # filled on first use (one remote call)
+    fleet_settings_cache: list[FleetSettings] = []  # filled on first use (one remote call)
     unfinished: dict[str, set[str]] = {}  # per client token: tasks it submitted, not yet ended
     quota_lock = asyncio.Lock()
 
@@ -462,9 +469,9 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
         return record
 
     async def fleet_settings() -> FleetSettings:
-        if not fleet_settings_:
-            fleet_settings_.append(await sup.get_settings.remote())
-        return fleet_settings_[0]
+        if not fleet_settings_cache:
+            fleet_settings_cache.append(await sup.get_settings.remote())
+        return fleet_settings_cache[0]
 
     async def operator_specs() -> OperatorSpecs:
         """The operator's agents, default environment and caps, as they are now."""
@@ -512,9 +519,7 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
         if not isinstance(record.spec.environment, EnvironmentSpec):
             return record
         environment = record.spec.environment
-        masked = environment.model_copy(
-            update={"env": masked_environment({"env": environment.env})["env"]}
-        )
+        masked = environment.model_copy(update={"env": dict.fromkeys(environment.env, SECRET_MASK)})
         return record.model_copy(
             update={"spec": record.spec.model_copy(update={"environment": masked})}
         )
