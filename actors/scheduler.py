@@ -237,6 +237,14 @@ class Scheduler:
         """Validate a new task against what the fleet knows; return its submitted event."""
         if spec.id in self.tasks or spec.id in self.taken_ids:
             raise TaskRejected(spec.id, "id", "a task with this id already exists")
+        cap = self.settings.max_prompt_chars
+        prompts = [("prompt", spec.prompt)]
+        prompts += [(f"stages.{n}.prompt", st.prompt or "") for n, st in enumerate(spec.stages)]
+        for field, prompt in prompts:
+            if len(prompt) > cap:
+                raise TaskRejected(
+                    spec.id, field, f"{len(prompt)} characters; max_prompt_chars is {cap}"
+                )
         names = [spec.agent] if isinstance(spec.agent, str) else []
         names += spec.agents + [st.agent for st in spec.stages]
         names += [spec.reviewer] if spec.reviewer else []

@@ -452,6 +452,7 @@ def serve_cmd(
         fleet_config = load_config(config)
         api_settings = ServeSettings(**({"token_file": token_file} if token_file else {}))
         api_settings.resolve_token()
+        api_settings.resolve_admin_token()
     except (InputError, CliError, ValueError, OSError) as exc:
         _fail(str(exc).splitlines()[0], debug, exc)
     try:

@@ -145,6 +145,23 @@ class FleetSettings(BaseSettings):
         "needs_human", description="Where a task goes when its attempts run out."
     )
 
+    # What API clients may ask for (a request above a cap is refused, never clamped).
+    max_cpus: float = Field(4.0, gt=0, description="Most cpus a client's environment may ask.")
+    max_memory_mb: int = Field(8192, ge=16, description="Most memory_mb a client may ask.")
+    max_pids: int = Field(1024, ge=8, description="Most pids a client's environment may ask.")
+    max_disk_mb: int = Field(10_240, ge=16, description="Most disk_mb a client may ask.")
+    max_time_limit_s: float = Field(
+        3600.0, gt=0, description="Most time_limit_s (and stall_timeout_s) a client may ask."
+    )
+    max_turns_limit: int = Field(200, ge=1, description="Most max_turns a client may ask.")
+    max_attempts_limit: int = Field(10, ge=1, description="Most max_attempts a client may ask.")
+    max_prompt_chars: int = Field(
+        100_000, ge=1, description="Longest prompt (and stage prompt) of any task."
+    )
+    max_queued_per_token: int = Field(
+        1000, ge=1, description="Unfinished tasks an API client token may have at once (429)."
+    )
+
     # Watching.
     stall_timeout_s: float = Field(
         300.0, gt=0, description="Stop a session with no event for this long (per task too)."

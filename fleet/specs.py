@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import uuid
 from enum import StrEnum
 from typing import Any, Literal
@@ -9,6 +11,39 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 BUILTIN_TOOLS = ["shell", "read_file", "write_file", "edit_file", "list_files", "search", "finish"]
+
+SPEC_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+"""Agent, environment and skill names as the HTTP API takes them (no slashes or spaces)."""
+PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+"""A variable or secret name: letters, digits and '_' (no path, no '..', no '/')."""
+MAX_PATH_CHARS = 4096
+MAX_TASK_FILES = 1000
+TASK_ID = re.compile(r"^[!-~]+$")
+"""Printable ASCII without whitespace or control characters."""
+
+
+def plain_name(value: str) -> str:
+    """``value`` if it is a plain variable name, else ValueError saying what a name may be."""
+    if not PLAIN_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a plain variable name (letters, digits and '_', "
+            "not starting with a digit; no paths)"
+        )
+    return value
+
+
+def workspace_path(path: str) -> str:
+    """``path`` if it names a file inside the workspace: relative, no '..' component, no
+    NUL, at most MAX_PATH_CHARS characters; else ValueError naming the problem."""
+    if not path or len(path) > MAX_PATH_CHARS:
+        raise ValueError(f"file path must have 1 to {MAX_PATH_CHARS} characters")
+    if "\0" in path:
+        raise ValueError(f"file path {path[:100]!r} contains NUL")
+    if os.path.isabs(path):
+        raise ValueError(f"file path {path[:100]!r} is absolute: give a workspace-relative path")
+    if ".." in path.split("/") or os.path.normpath(path) in {".", ""}:
+        raise ValueError(f"file path {path[:100]!r} leaves or names the workspace itself")
+    return path
 
 
 class Strict(BaseModel):
@@ -27,7 +62,10 @@ class AgentSpec(Strict):
     )
     api: Literal["chat", "responses"] = "chat"
     base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Variable (or file in FLEET_SECRETS_DIR) holding the key: a plain name.",
+    )
     instructions: str = (
         "You are a careful coding agent working in a sandbox. Use the tools to do the task, "
         "check your work, then call finish with a short summary."
@@ -63,6 +101,11 @@ class AgentSpec(Strict):
     max_cost_usd: float | None = Field(
         None, gt=0, description="Task budget in USD, over all its attempts and stages."
     )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_is_a_plain_name(cls, value: str) -> str:
+        return plain_name(value)
 
     @field_validator("approvals")
     @classmethod
@@ -151,14 +194,21 @@ def new_task_id() -> str:
 class TaskSpec(Strict):
     """A unit of work. Only ``prompt`` is required."""
 
-    id: str = Field(default_factory=new_task_id, min_length=1, max_length=200)
-    prompt: str = Field(min_length=1)
+    id: str = Field(
+        default_factory=new_task_id,
+        min_length=1,
+        max_length=200,
+        description="Printable ASCII, no whitespace, '/' or backslash.",
+    )
+    prompt: str = Field(min_length=1, description="Not blank.")
     agent: str | AgentSpec = "default"
     environment: str | EnvironmentSpec = "default"
     priority: int = Field(0, description="Higher runs first; ties go to the older task.")
     labels: list[str] = Field(default_factory=list)
     files: dict[str, str] = Field(
-        default_factory=dict, description="Files the workspace starts with."
+        default_factory=dict,
+        description=f"Files the workspace starts with (at most {MAX_TASK_FILES}; "
+        "workspace-relative paths, no '..').",
     )
     repo: str | None = Field(None, description="A local directory or git repository to start from.")
     gate: str | None = Field(None, description="Command that must exit 0 in the sandbox.")
@@ -188,8 +238,26 @@ class TaskSpec(Strict):
     @field_validator("id")
     @classmethod
     def _id_is_path_safe(cls, value: str) -> str:
-        if any(c in value for c in "/\\\0") or value in {".", ".."}:
-            raise ValueError("must not contain '/', '\\' or NUL")
+        if not TASK_ID.fullmatch(value):
+            raise ValueError("must be printable ASCII without whitespace or control characters")
+        if any(c in value for c in "/\\") or value in {".", ".."}:
+            raise ValueError("must not contain '/' or '\\', nor be '.' or '..'")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _files_inside_workspace(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_TASK_FILES:
+            raise ValueError(f"more than {MAX_TASK_FILES} files")
+        for path in value:
+            workspace_path(path)
         return value
 
     @property

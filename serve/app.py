@@ -11,11 +11,13 @@ status is the task's state, its events are the task's events numbered by ``seq``
 import asyncio
 import datetime as dt
 import decimal
+import hashlib
 import hmac
 import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -39,9 +41,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from actors.registry import SpecConflict
 from actors.supervisor import TERMINAL_EVENTS
 from fleet import analytics
-from fleet.events import Event
+from fleet.events import Event, EventType
+from fleet.policy import (
+    SECRET_MASK,
+    OperatorSpecs,
+    PolicyError,
+    client_task,
+    masked_environment,
+    masked_task,
+)
 from fleet.records import TaskRecord
-from fleet.specs import TaskSpec, TaskState
+from fleet.settings import FleetSettings
+from fleet.specs import AgentSpec, EnvironmentSpec, TaskSpec, TaskState
 from serve import models as m
 from serve.dashboard import PAGE
 
@@ -49,10 +60,23 @@ from serve.dashboard import PAGE
 class ServeSettings(BaseSettings):
     """Settings of the HTTP endpoint; environment variables are prefixed ``FLEET_API_``."""
 
-    model_config = SettingsConfigDict(env_prefix="FLEET_API_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_API_", extra="forbid", populate_by_name=True
+    )
 
-    token: SecretStr | None = Field(None, description="Bearer token (FLEET_API_TOKEN).")
+    token: SecretStr | None = Field(None, description="API clients' token (FLEET_API_TOKEN).")
     token_file: str | None = Field(None, description="File whose first line is the token.")
+    admin_token: SecretStr | None = Field(
+        None,
+        validation_alias="FLEET_ADMIN_TOKEN",
+        description="The operator's token (FLEET_ADMIN_TOKEN): it may also edit agents and "
+        "environments and send full specs. None: nobody is operator over HTTP.",
+    )
+    admin_token_file: str | None = Field(
+        None,
+        validation_alias="FLEET_ADMIN_TOKEN_FILE",
+        description="File whose first line is the admin token.",
+    )
     cors_origins: list[str] = Field(default_factory=list, description="Empty: CORS off.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     max_page: int = Field(1000, ge=1, description="Largest `limit` a list route accepts.")
@@ -61,17 +85,42 @@ class ServeSettings(BaseSettings):
         15.0, gt=0, description="Long-poll wait of SSE streams (a keep-alive after each idle one)."
     )
     allow_repo: bool = Field(
-        False, description="Accept tasks naming a server-side `repo` path (off: 422)."
+        False,
+        description="Accept tasks naming a server-side `repo` path from the admin token "
+        "(never from API clients; off: 422 for everyone).",
     )
 
     def resolve_token(self) -> str:
-        if self.token is not None and self.token.get_secret_value():
-            return self.token.get_secret_value()
-        if self.token_file:
-            lines = Path(self.token_file).read_text().strip().splitlines()
-            if lines and lines[0].strip():
-                return lines[0].strip()
-        raise ValueError("no API token: set FLEET_API_TOKEN or give a token file")
+        token = _read_token(self.token, self.token_file)
+        if token is None:
+            raise ValueError("no API token: set FLEET_API_TOKEN or give a token file")
+        return token
+
+    def resolve_admin_token(self) -> str | None:
+        """The operator's token, or None when none is configured."""
+        admin = _read_token(self.admin_token, self.admin_token_file)
+        if admin is not None and admin == self.resolve_token():
+            raise ValueError("the admin token must differ from the API token")
+        return admin
+
+
+def _read_token(value: SecretStr | None, file: str | None) -> str | None:
+    if value is not None and value.get_secret_value():
+        return value.get_secret_value()
+    if file:
+        lines = Path(file).read_text().strip().splitlines()
+        if lines and lines[0].strip():
+            return lines[0].strip()
+    return None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the operator (admin token) or an API client, and a key for the
+    token (its hash) to count its tasks by."""
+
+    operator: bool
+    key: str
 
 
 # -- plumbing ----------------------------------------------------------------------------
@@ -296,6 +345,7 @@ VALIDATION = {
 }
 NOT_FOUND = {404: {"model": m.ErrorBody, "description": "Unknown id"}}
 CONFLICT = {409: {"model": m.ErrorBody, "description": "Conflict with the current state"}}
+TOO_MANY = {429: {"model": m.ErrorBody, "description": "Too many unfinished tasks"}}
 REPORTS = ("overview", "tasks", "tools", "durations")
 
 
@@ -304,14 +354,21 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
     """The API over a fleet: a :class:`fleet.api.Fleet` or a Supervisor actor handle."""
     settings = settings or ServeSettings()
     expected = settings.resolve_token().encode()
+    admin = settings.resolve_admin_token()
+    expected_admin = admin.encode() if admin is not None else None
     sup = getattr(fleet, "supervisor", fleet)
-    events_dir: list[str] = []  # filled on first use (one remote call)
+    fleet_settings_cache: list[FleetSettings] = []  # filled on first use (one remote call)
+    unfinished: dict[str, set[str]] = {}  # per client token: tasks it submitted, not yet ended
+    quota_lock = asyncio.Lock()
 
     app = FastAPI(
         title="agent-fleet",
         version="1",
         description="Run coding agents on a Ray fleet: agents, environments, sessions, events, "
-        "streams, tasks and reports. Every /v1 route needs `Authorization: Bearer <token>`.",
+        "streams, tasks and reports. Every /v1 route needs `Authorization: Bearer <token>`: "
+        "the API token (clients) or the admin token (the operator: it alone may create, "
+        "update or archive agents and environments, and send full agent and environment "
+        "specs; a client's inline ones are limited and built on the operator's defaults).",
         separate_input_output_schemas=False,
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -346,16 +403,29 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
 
     bearer = HTTPBearer(auto_error=False, description="The fleet's API token.")
 
-    def check(given: str | None) -> None:
+    def check(given: str | None) -> Caller:
         if given is None:
             raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
+        raw = given.encode("utf-8", "surrogateescape")
+        is_client = hmac.compare_digest(raw, expected)
+        is_admin = expected_admin is not None and hmac.compare_digest(raw, expected_admin)
+        if not (is_client or is_admin):
             raise HTTPException(403, "wrong token")
+        return Caller(operator=is_admin, key=hashlib.sha256(raw).hexdigest()[:16])
 
     async def authorized(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        check(creds.credentials if creds else None)
+    ) -> Caller:
+        return check(creds.credentials if creds else None)
+
+    async def operator_only(caller: Annotated[Caller, Depends(authorized)]) -> Caller:
+        if not caller.operator:
+            raise HTTPException(
+                403,
+                "operator only: agents and environments are created, updated and archived "
+                "with the admin token (or in the fleet's config file)",
+            )
+        return caller
 
     query_token = APIKeyQuery(
         name="token",
@@ -367,13 +437,13 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def stream_authorized(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         token: Annotated[str | None, Depends(query_token)],
-    ) -> None:
-        check(creds.credentials if creds else token)
+    ) -> Caller:
+        return check(creds.credentials if creds else token)
 
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": m.ErrorBody, "description": "The body cannot be parsed"},
         401: {"model": m.ErrorBody, "description": "No bearer token"},
-        403: {"model": m.ErrorBody, "description": "Wrong token"},
+        403: {"model": m.ErrorBody, "description": "Wrong token, or operator only"},
         413: {"model": m.ErrorBody, "description": "Body too large"},
         503: {"model": m.ErrorBody, "description": "The fleet does not answer"},
     }
@@ -398,9 +468,68 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
             raise HTTPException(404, f"no session or task {task_id!r}")
         return record
 
-    async def submit(specs: list[TaskSpec], batch: str) -> dict[str, Any]:
+    async def fleet_settings() -> FleetSettings:
+        if not fleet_settings_cache:
+            fleet_settings_cache.append(await sup.get_settings.remote())
+        return fleet_settings_cache[0]
+
+    async def operator_specs() -> OperatorSpecs:
+        """The operator's agents, default environment and caps, as they are now."""
+        agents = await sup.list_specs.remote("agent", False)
+        environment = await sup.get_spec.remote("environment", "default")
+        return OperatorSpecs(
+            agents={v["name"]: AgentSpec.model_validate(v["spec"]) for v in agents},
+            environment=EnvironmentSpec.model_validate(environment["spec"]),
+            settings=await fleet_settings(),
+        )
+
+    def admit(spec: TaskSpec, caller: Caller, operator: OperatorSpecs | None) -> TaskSpec:
+        """The task as the caller may submit it; PolicyError names what is not allowed."""
+        if operator is not None:
+            return client_task(spec, operator)
+        if spec.repo is not None and not settings.allow_repo:
+            raise PolicyError("repo", "server-side repo paths are not accepted (allow_repo is off)")
+        return spec
+
+    async def submit(specs: list[TaskSpec], batch: str, caller: Caller) -> dict[str, Any]:
         payload = [s.model_dump(mode="json", exclude_none=True) for s in specs]
-        return await sup.submit.remote(payload, batch)
+        if caller.operator:
+            return await sup.submit.remote(payload, batch)
+        # A client token may have at most max_queued_per_token unfinished tasks (counted by
+        # this replica, over the tasks it took since it started).
+        async with quota_lock:
+            cap = (await fleet_settings()).max_queued_per_token
+            mine = unfinished.setdefault(caller.key, set())
+            ids = sorted(mine)
+            for task_id, record in zip(ids, await sup.get.remote(ids) if ids else [], strict=True):
+                if record is None or record.state.terminal:
+                    mine.discard(task_id)
+            if len(mine) + len(specs) > cap:
+                raise HTTPException(
+                    429,
+                    f"this token has {len(mine)} unfinished tasks; {len(specs)} more would "
+                    f"exceed max_queued_per_token ({cap}): wait for some to end",
+                )
+            out = await sup.submit.remote(payload, batch)
+            mine.update(out["accepted"])
+            return out
+
+    def shown(record: TaskRecord) -> TaskRecord:
+        """A record as a client sees it: no environment variable values."""
+        if not isinstance(record.spec.environment, EnvironmentSpec):
+            return record
+        environment = record.spec.environment
+        masked = environment.model_copy(update={"env": dict.fromkeys(environment.env, SECRET_MASK)})
+        return record.model_copy(
+            update={"spec": record.spec.model_copy(update={"environment": masked})}
+        )
+
+    def shown_event(event: Event) -> Event:
+        if event.type != EventType.task_submitted or "task" not in event.payload:
+            return event
+        return event.model_copy(
+            update={"payload": event.payload | {"task": masked_task(event.payload["task"])}}
+        )
 
     # -- health and dashboard ------------------------------------------------------------
     @app.get("/healthz", tags=["meta"])
@@ -427,37 +556,59 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
             except SpecConflict as exc:
                 raise HTTPException(409, str(exc).strip().splitlines()[-1]) from None
 
-        @v1.post(f"/{plural}", status_code=201, responses=CONFLICT, tags=[plural])
+        def shown_view(found: dict[str, Any]) -> dict[str, Any]:
+            if kind != "environment":
+                return found
+            return found | {"spec": masked_environment(found["spec"])}
+
+        operator = [Depends(operator_only)]
+
+        @v1.post(
+            f"/{plural}", status_code=201, responses=CONFLICT, tags=[plural], dependencies=operator
+        )
         async def create_spec(body: create) -> view:  # type: ignore[valid-type]
-            """Create (version 1). 409 if the name is taken."""
-            return await put(body.model_dump(mode="json"), 0)
+            """Create (version 1). 409 if the name is taken. Admin token only."""
+            return shown_view(await put(body.model_dump(mode="json"), 0))
 
         @v1.get(f"/{plural}", tags=[plural])
         async def list_spec(include_archived: bool = False) -> listing:  # type: ignore[valid-type]
-            return {"data": await sup.list_specs.remote(kind, include_archived)}
+            """Environment variables are listed by name; their values read `***`."""
+            found = await sup.list_specs.remote(kind, include_archived)
+            return {"data": [shown_view(v) for v in found]}
 
         @v1.get(f"/{plural}/{{name}}", responses=NOT_FOUND, tags=[plural])
         async def get_spec(name: str) -> view:  # type: ignore[valid-type]
-            return await get_view(name)
+            return shown_view(await get_view(name))
 
-        @v1.post(f"/{plural}/{{name}}", responses={**NOT_FOUND, **CONFLICT}, tags=[plural])
+        @v1.post(
+            f"/{plural}/{{name}}",
+            responses={**NOT_FOUND, **CONFLICT},
+            tags=[plural],
+            dependencies=operator,
+        )
         async def update_spec(name: str, body: update) -> view:  # type: ignore[valid-type]
-            """Replace the spec: it becomes the next version (409 if `version` is stale)."""
+            """Replace the spec: it becomes the next version (409 if `version` is stale).
+            Admin token only."""
             current = await get_view(name)
             if current.get("archived"):
                 raise HTTPException(404, f"{kind} {name!r} is archived")
             spec = body.model_dump(mode="json", exclude={"version"}) | {"name": name}
-            return await put(spec, body.version)
+            return shown_view(await put(spec, body.version))
 
-        @v1.post(f"/{plural}/{{name}}/archive", responses={**NOT_FOUND, **CONFLICT}, tags=[plural])
+        @v1.post(
+            f"/{plural}/{{name}}/archive",
+            responses={**NOT_FOUND, **CONFLICT},
+            tags=[plural],
+            dependencies=operator,
+        )
         async def archive_spec(name: str) -> view:  # type: ignore[valid-type]
-            """New tasks can no longer name it; it stays readable."""
+            """New tasks can no longer name it; it stays readable. Admin token only."""
             current = await get_view(name)
             if current.get("archived"):
-                return current
+                return shown_view(current)
             if not await sup.archive_spec.remote(kind, name):
                 raise HTTPException(409, f"{kind} {name!r} cannot be archived")
-            return await get_view(name)
+            return shown_view(await get_view(name))
 
     spec_routes("agent", "agents", m.AgentCreate, m.AgentUpdate, m.AgentView, m.AgentList)
     spec_routes(
@@ -470,20 +621,30 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
     )
 
     # -- sessions ------------------------------------------------------------------------
-    @v1.post("/sessions", status_code=201, responses=CONFLICT, tags=["sessions"])
-    async def create_session(body: m.SessionCreate) -> m.SessionView:
-        """Submit one task; the session id is the task id."""
+    @v1.post("/sessions", status_code=201, responses={**CONFLICT, **TOO_MANY}, tags=["sessions"])
+    async def create_session(
+        body: m.SessionCreate, caller: Annotated[Caller, Depends(authorized)]
+    ) -> m.SessionView:
+        """Submit one task; the session id is the task id. An inline agent or environment
+        from an API client may set only a few fields (see the README), within caps."""
         texts = [event.text() for event in body.events]
         prompt = body.prompt or "\n\n".join(texts)
-        if not prompt.strip():
+        if not prompt:  # a blank one is refused by TaskSpec, as on every route
             raise _field_error(("body", "prompt"), "give a prompt or a user.message event")
-        fields = body.model_dump(exclude={"events", "prompt"}, exclude_none=True)
+        # Only what the client set: the policy tells its fields from the defaults.
+        fields = body.model_dump(
+            exclude={"events", "prompt"}, exclude_none=True, exclude_unset=True
+        )
         fields["prompt"] = prompt
         try:
             spec = TaskSpec.model_validate(fields)
         except ValidationError as exc:
             raise _validation_error(exc, ("body",)) from None
-        out = await submit([spec], f"s-{uuid.uuid4().hex[:8]}")
+        try:
+            spec = admit(spec, caller, None if caller.operator else await operator_specs())
+        except PolicyError as exc:
+            raise _field_error(("body", *exc.loc), exc.message) from None
+        out = await submit([spec], f"s-{uuid.uuid4().hex[:8]}", caller)
         if out["rejected"]:
             rejected = out["rejected"][0]
             if rejected["field"] == "id":
@@ -531,7 +692,7 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
         events = await sup.events_since.remote(session_id, after_seq, 0.0, limit + 1)
         page = events[:limit]
         return m.EventPage(
-            data=page,
+            data=[shown_event(e) for e in page],
             has_more=len(events) > limit,
             next_after_seq=page[-1].seq if page else after_seq,
         )
@@ -600,7 +761,7 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
                 if event.seq <= last:
                     continue
                 last = event.seq
-                yield _sse(event)
+                yield _sse(shown_event(event))
                 ended = ended or event.type in TERMINAL_EVENTS
             if not events:  # idle: has it ended without us seeing it (e.g. never started)?
                 [record] = await sup.get.remote([task_id])
@@ -628,15 +789,18 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
                 },
             }
         },
-        responses={422: VALIDATION},
+        responses={422: VALIDATION, **TOO_MANY},
         tags=["tasks"],
     )
     async def submit_tasks(
-        request: Request, batch: Annotated[str | None, Query(max_length=200)] = None
+        request: Request,
+        caller: Annotated[Caller, Depends(authorized)],
+        batch: Annotated[str | None, Query(max_length=200)] = None,
     ) -> m.BatchResult:
         """Queue a batch. Bad tasks are listed in `rejected`; the others still run."""
         raw = await request.body()
         items, rejected = parse_batch(raw, settings.max_batch)
+        operator = None if caller.operator else await operator_specs()
         specs: list[TaskSpec] = []
         for line, item in items:
             if not isinstance(item, dict):
@@ -645,34 +809,35 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
                 )
                 continue
             task_id = str(item.get("id", "?"))
-            if item.get("repo") is not None and not settings.allow_repo:
-                error = "server-side repo paths are not accepted over HTTP"
-                rejected.append(m.Rejection(task_id=task_id, field="repo", error=error, line=line))
-                continue
             try:
-                specs.append(TaskSpec.model_validate(item))
+                specs.append(admit(TaskSpec.model_validate(item), caller, operator))
             except ValidationError as exc:
                 first = exc.errors()[0]
                 field = ".".join(str(p) for p in first["loc"])
                 rejected.append(
                     m.Rejection(task_id=task_id, field=field, error=first["msg"], line=line)
                 )
+            except PolicyError as exc:
+                rejected.append(
+                    m.Rejection(task_id=task_id, field=exc.field, error=exc.message, line=line)
+                )
         batch = batch or f"b-{uuid.uuid4().hex[:8]}"
-        out = await submit(specs, batch) if specs else {"accepted": [], "rejected": []}
+        out = await submit(specs, batch, caller) if specs else {"accepted": [], "rejected": []}
         rejected += [m.Rejection(**r) for r in out["rejected"]]
         return m.BatchResult(batch=batch, accepted=out["accepted"], rejected=rejected)
 
     @v1.get("/tasks/{task_id}", responses=NOT_FOUND, tags=["tasks"])
     async def get_task(task_id: str) -> TaskRecord:
-        """The task's full record (spec, attempts, history, plan)."""
-        return await record_of(task_id)
+        """The task's full record (spec, attempts, history, plan); environment variables
+        of an inline environment are shown by name only."""
+        return shown(await record_of(task_id))
 
     @v1.post("/tasks/{task_id}/cancel", responses={**NOT_FOUND, **CONFLICT}, tags=["tasks"])
     async def cancel_task(task_id: str) -> TaskRecord:
         record = await record_of(task_id)
         if not await sup.cancel.remote(task_id):
             raise HTTPException(409, f"task {task_id!r} is {record.state.value}: cannot cancel")
-        return await record_of(task_id)
+        return shown(await record_of(task_id))
 
     @v1.post("/tasks/{task_id}/review", responses={**NOT_FOUND, **CONFLICT}, tags=["tasks"])
     async def review_task(task_id: str, body: m.ReviewIn) -> TaskRecord:
@@ -681,7 +846,7 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
         record = await record_of(task_id)
         if not await sup.review.remote(task_id, body.approve, body.message):
             raise HTTPException(409, f"task {task_id!r} is {record.state.value}: not in review")
-        return await record_of(task_id)
+        return shown(await record_of(task_id))
 
     # -- fleet ---------------------------------------------------------------------------
     @v1.get("/fleet/status", tags=["fleet"])
@@ -742,7 +907,7 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
                 gap = json.dumps({"missed": first - cursor})
                 yield f"event: stream.gap\ndata: {gap}\n\n".encode()
             chunks = [
-                f"id: {first + n}\ndata: {event.model_dump_json()}\n\n"
+                f"id: {first + n}\ndata: {shown_event(event).model_dump_json()}\n\n"
                 for n, event in enumerate(events)
             ]
             yield "".join(chunks).encode() if chunks else b": keep-alive\n\n"
@@ -765,12 +930,11 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
         Empty rows while the log has no events yet."""
         if name not in REPORTS:
             raise HTTPException(404, f"no report {name!r} (known: {', '.join(REPORTS)})")
-        if not events_dir:
-            events_dir.append((await sup.get_settings.remote()).events_dir)
+        events_dir = (await fleet_settings()).events_dir
         if fresh:
             await sup.flush.remote()
         try:
-            table = await asyncio.to_thread(run_report, events_dir[0], name, batch)
+            table = await asyncio.to_thread(run_report, events_dir, name, batch)
         except analytics.AnalyticsError:
             table = analytics.Table(name, [], [])
         rows = [{k: _plain(v) for k, v in row.items()} for row in table.as_dicts()]

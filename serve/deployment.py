@@ -25,9 +25,17 @@ def build(
     max_ongoing_requests: int = 1000,
 ) -> Any:
     """A bound Serve application for the named fleet (``serve.run`` it)."""
-    # Resolve the token here so a replica needs neither the env var nor the file.
+    # Resolve the tokens here so a replica needs neither the env vars nor the files.
     token = SecretStr(settings.resolve_token())
-    settings = settings.model_copy(update={"token": token, "token_file": None})
+    admin = settings.resolve_admin_token()
+    settings = settings.model_copy(
+        update={
+            "token": token,
+            "token_file": None,
+            "admin_token": SecretStr(admin) if admin is not None else None,
+            "admin_token_file": None,
+        }
+    )
 
     def build_app() -> FastAPI:
         handle = ray.get_actor(supervisor_name(fleet_name), namespace=namespace)

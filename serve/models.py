@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.events import Event
 from fleet.records import TaskRecord
-from fleet.specs import AgentSpec, EnvironmentSpec, ScriptStep, TaskState
+from fleet.specs import SPEC_NAME_PATTERN, AgentSpec, EnvironmentSpec, ScriptStep, TaskState
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+NAME_PATTERN = SPEC_NAME_PATTERN
 """Agent and environment names: they appear in URLs, so no slashes or spaces."""
 
 

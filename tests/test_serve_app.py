@@ -18,6 +18,8 @@ pytestmark = pytest.mark.ray
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN_TOKEN = "admin-token-456"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 HELLO = script(
     ("write_file", {"path": "hello.txt", "content": "hi"}),
     ("shell", {"command": "cat hello.txt"}),
@@ -46,9 +48,24 @@ def fleet(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def client(fleet: Any) -> Iterator[TestClient]:
-    app = create_app(fleet, ServeSettings(token=TOKEN, max_body_bytes=64 * 1024, max_page=500))
+def app(fleet: Any) -> Any:
+    settings = ServeSettings(
+        token=TOKEN, admin_token=ADMIN_TOKEN, max_body_bytes=64 * 1024, max_page=500
+    )
+    return create_app(fleet, settings)
+
+
+@pytest.fixture(scope="module")
+def client(app: Any) -> Iterator[TestClient]:
+    """An API client (the API token)."""
     with TestClient(app, headers=AUTH) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def admin(app: Any) -> Iterator[TestClient]:
+    """The operator (the admin token)."""
+    with TestClient(app, headers=ADMIN) as test_client:
         yield test_client
 
 
@@ -143,7 +160,8 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("plural", "field", "value"), [("agents", "max_turns", 7), ("environments", "cpus", 2.0)]
 )
-def test_spec_crud_with_versions(client: TestClient, plural: str, field: str, value: Any) -> None:
+def test_spec_crud_with_versions(admin: TestClient, plural: str, field: str, value: Any) -> None:
+    client = admin  # editing agents and environments is the operator's
     name = f"x-{plural}"
     created = client.post(f"/v1/{plural}", json={"name": name, field: value})
     assert created.status_code == 201, created.text
@@ -174,6 +192,192 @@ def test_spec_crud_with_versions(client: TestClient, plural: str, field: str, va
     assert client.post(f"/v1/{plural}/{name}", json={}).status_code == 404
     assert client.post(f"/v1/{plural}/default/archive").status_code == 409
     assert client.post(f"/v1/{plural}/nope/archive").status_code == 404
+
+
+# -- two roles: the operator (admin token) and API clients ------------------------------
+def test_only_the_operator_edits_agents_and_environments(
+    client: TestClient, admin: TestClient
+) -> None:
+    for plural in ("agents", "environments"):
+        for path, body in (
+            (f"/v1/{plural}", {"name": f"c-{plural}"}),
+            (f"/v1/{plural}/default", {}),
+            (f"/v1/{plural}/default/archive", None),
+        ):
+            refused = client.post(path, json=body)
+            assert refused.status_code == 403, (path, refused.text)
+            assert (
+                "operator only" in refused.json()["detail"]
+                and "admin token" in refused.json()["detail"]
+            )
+        assert client.get(f"/v1/{plural}/default").status_code == 200  # reading is for all
+        assert f"c-{plural}" not in [v["name"] for v in client.get(f"/v1/{plural}").json()["data"]]
+    agent = {"name": "op-agent", "base_url": "http://models.internal/v1", "api_key_env": "OP_KEY"}
+    created = admin.post("/v1/agents", json=agent)
+    assert created.status_code == 201 and created.json()["spec"]["base_url"] == agent["base_url"]
+    # The admin token works wherever the client token does.
+    assert admin.get("/v1/fleet/status").status_code == 200
+    bad_key = admin.post("/v1/agents", json={"name": "op-2", "api_key_env": "../x"})
+    assert bad_key.status_code == 422
+    assert bad_key.json()["detail"][0]["loc"] == ["body", "api_key_env"]
+
+
+def test_admin_token_settings(fleet: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_ADMIN_TOKEN", "from-env")
+    assert ServeSettings(token=TOKEN).resolve_admin_token() == "from-env"
+    monkeypatch.delenv("FLEET_ADMIN_TOKEN")
+    assert ServeSettings(token=TOKEN).resolve_admin_token() is None
+    with pytest.raises(ValueError, match="must differ"):
+        create_app(fleet, ServeSettings(token=TOKEN, admin_token=TOKEN))
+    # No admin token configured: nobody is operator over HTTP.
+    with TestClient(create_app(fleet, ServeSettings(token=TOKEN)), headers=AUTH) as c:
+        assert c.post("/v1/agents", json={"name": "nobody"}).status_code == 403
+        wrong = c.post("/v1/agents", json={"name": "x"}, headers=ADMIN)
+        assert wrong.status_code == 403 and wrong.json()["detail"] == "wrong token"
+
+
+def field_refused(client: TestClient, task: dict[str, Any], loc: list[str], why: str) -> None:
+    """The task is refused on both submit routes, naming the same field for the same reason."""
+    session = client.post("/v1/sessions", json=task)
+    assert session.status_code == 422, session.text
+    [error] = session.json()["detail"]
+    assert error["loc"] == ["body", *loc] and why in error["msg"], error
+    batch = client.post("/v1/tasks", json=[task])
+    assert batch.status_code == 200 and batch.json()["accepted"] == [], batch.text
+    [rejection] = batch.json()["rejected"]
+    assert rejection["field"] == ".".join(loc) and why in rejection["error"], rejection
+
+
+@pytest.mark.parametrize(
+    ("agent", "field"),
+    [
+        ({"name": "mine", "base_url": "http://attacker.example/v1"}, "base_url"),
+        ({"name": "mine", "api_key_env": "AWS_SECRET_ACCESS_KEY"}, "api_key_env"),
+        ({"name": "mine", "model": "gpt-mine"}, "model"),
+    ],
+)
+def test_a_client_cannot_point_an_agent_elsewhere(
+    client: TestClient, agent: dict[str, Any], field: str
+) -> None:
+    field_refused(
+        client,
+        {"prompt": "x", "agent": agent},
+        ["agent", field],
+        f"agent.{field}: set by the operator; API clients may not set it",
+    )
+
+
+@pytest.mark.parametrize(
+    ("environment", "loc", "why"),
+    [
+        ({"network": "full"}, ["environment", "network"], "set by the operator"),
+        ({"network": ["attacker.example"]}, ["environment", "network"], "set by the operator"),
+        ({"apt": ["-o", "x"]}, ["environment", "apt"], "set by the operator"),
+        ({"pip": ["--index-url=http://x", "y"]}, ["environment", "pip"], "set by the operator"),
+        ({"image": "attacker/image"}, ["environment", "image"], "set by the operator"),
+        ({"env": {"LD_PRELOAD": "/x.so"}}, ["environment", "env"], "set by the operator"),
+        ({"memory_mb": 100_000}, ["environment", "memory_mb"], "cap 8192 (max_memory_mb)"),
+        ({"cpus": 64}, ["environment", "cpus"], "cap 4 (max_cpus)"),
+    ],
+)
+def test_a_client_environment_stays_within_the_operators(
+    client: TestClient, environment: dict[str, Any], loc: list[str], why: str
+) -> None:
+    field_refused(client, {"prompt": "x", "environment": environment}, loc, why)
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/x", "a/../../x"])
+def test_task_files_outside_the_workspace_are_refused_everywhere(
+    client: TestClient, admin: TestClient, path: str
+) -> None:
+    for caller in (client, admin):  # validated on TaskSpec: the operator's tasks too
+        field_refused(caller, {"prompt": "x", "files": {path: "y"}}, ["files"], "file path")
+
+
+def test_blank_prompts_and_bad_ids_are_refused_alike(client: TestClient) -> None:
+    field_refused(client, {"prompt": "  \n "}, ["prompt"], "must not be blank")
+    field_refused(client, {"id": "a b", "prompt": "x"}, ["id"], "printable ASCII")
+    empty = client.post("/v1/sessions", json={"events": [{"type": "user.message", "content": " "}]})
+    assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body", "prompt"]
+
+
+def test_client_limits_and_operator_fields(client: TestClient, admin: TestClient) -> None:
+    field_refused(client, {"prompt": "x", "time_limit_s": 7200}, ["time_limit_s"], "cap 3600")
+    field_refused(client, {"prompt": "x", "max_attempts": 50}, ["max_attempts"], "cap 10")
+    field_refused(client, {"prompt": "x", "max_turns": 1000}, ["max_turns"], "cap 200")
+    field_refused(
+        client, {"prompt": "x", "agent": {"max_turns": 1000}}, ["agent", "max_turns"], "cap 200"
+    )
+    tool = {"prompt": "x", "agent": {"tools": ["shell", "create_followup"]}}
+    field_refused(client, tool, ["agent", "tools"], "not one of the default agent's tools")
+    repo = client.post("/v1/tasks", json=[{"prompt": "x", "repo": "/"}]).json()["rejected"]
+    assert [(r["field"], r["error"]) for r in repo] == [
+        ("repo", "repo: set by the operator; API clients may not set it")
+    ]
+    # The operator's token is not limited by the client policy (allow_repo still applies).
+    op_repo = admin.post("/v1/tasks", json=[{"prompt": "x", "repo": "/"}]).json()["rejected"]
+    assert [r["field"] for r in op_repo] == ["repo"] and "allow_repo" in op_repo[0]["error"]
+    full = {"name": "op-inline", "model": "scripted", "context_window": 4000}
+    created = admin.post("/v1/sessions", json={"prompt": "x", "agent": full, "script": HELLO})
+    assert created.status_code == 201, created.text
+    assert wait_status(admin, created.json()["id"], TERMINAL)["status"] == "succeeded"
+
+
+def test_a_client_inline_agent_and_environment_run_on_the_operators_defaults(
+    client: TestClient,
+) -> None:
+    seeded = script(("shell", {"command": "cat seed.txt"}), ("finish", {"summary": "read"}))
+    created = client.post(
+        "/v1/sessions",
+        json={
+            "prompt": "read the seed",
+            "agent": {"name": "reader", "instructions": "read files", "max_turns": 5},
+            "environment": {"memory_mb": 512, "files": {"seed.txt": "grain"}},
+            "script": seeded,
+        },
+    )
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    assert wait_status(client, sid, TERMINAL)["status"] == "succeeded"
+    spec = client.get(f"/v1/tasks/{sid}").json()["spec"]
+    default = client.get("/v1/agents/default").json()["spec"]
+    assert spec["agent"]["name"] == "reader" and spec["agent"]["max_turns"] == 5
+    assert (spec["agent"]["model"], spec["agent"]["api_key_env"]) == (
+        default["model"],
+        default["api_key_env"],
+    )
+    assert spec["environment"]["memory_mb"] == 512 and spec["environment"]["network"] == "none"
+    events = client.get(f"/v1/sessions/{sid}/events").json()["data"]
+    results = [e for e in events if e["type"] == "agent.tool_result" and e["tool"] == "shell"]
+    assert results and "grain" in json.dumps(results[-1]["payload"])
+
+
+def test_clients_see_environment_variable_names_not_values(
+    client: TestClient, admin: TestClient
+) -> None:
+    env = {"name": "with-secret", "env": {"DEPLOY_TOKEN": "s3cret-value"}}
+    created = admin.post("/v1/environments", json=env)
+    assert created.status_code == 201
+    assert created.json()["spec"]["env"] == {"DEPLOY_TOKEN": "***"}
+    for response in (
+        client.get("/v1/environments"),
+        client.get("/v1/environments/with-secret"),
+        admin.get("/v1/environments"),
+    ):
+        assert response.status_code == 200 and "s3cret-value" not in response.text
+        assert "DEPLOY_TOKEN" in response.text
+    # An operator's inline environment: its values stay out of records and events too.
+    inline = {"env": {"DEPLOY_TOKEN": "s3cret-value"}}
+    sid = admin.post(
+        "/v1/sessions", json={"prompt": "x", "environment": inline, "script": HELLO}
+    ).json()["id"]
+    wait_status(client, sid, TERMINAL)
+    for path in (f"/v1/tasks/{sid}", f"/v1/sessions/{sid}/events"):
+        text = client.get(path).text
+        assert "s3cret-value" not in text and "DEPLOY_TOKEN" in text, path
+    with client.stream("GET", f"/v1/sessions/{sid}/events/stream") as r:
+        streamed = "".join(r.iter_lines())
+    assert "task.submitted" in streamed and "s3cret-value" not in streamed
 
 
 # -- sessions ----------------------------------------------------------------------------
@@ -544,6 +748,65 @@ class _Recorder(_StubSupervisor):
     async def answer(self, name: str, *args: Any) -> Any:
         self.calls.append(name)
         return self if name == "get_settings" else 0
+
+
+class _QueueingSupervisor(_StubSupervisor):
+    """Accepts every task and keeps it queued until ``finish``; caps from ``settings``."""
+
+    def __init__(self, settings: Any) -> None:
+        from fleet.specs import AgentSpec, EnvironmentSpec
+
+        self.settings = settings
+        self.tasks: dict[str, Any] = {}
+        self.agent = {"name": "default", "spec": AgentSpec().model_dump(mode="json")}
+        self.environment = {"name": "default", "spec": EnvironmentSpec().model_dump(mode="json")}
+
+    def finish(self, task_id: str) -> None:
+        from fleet.specs import TaskState
+
+        self.tasks[task_id] = self.tasks[task_id].model_copy(update={"state": TaskState.succeeded})
+
+    async def answer(self, name: str, *args: Any) -> Any:
+        from fleet.records import TaskRecord
+        from fleet.specs import TaskSpec
+
+        if name == "get_settings":
+            return self.settings
+        if name == "list_specs":
+            return [self.agent]
+        if name == "get_spec":
+            return self.environment
+        if name == "get":
+            return [self.tasks.get(i) for i in args[0]]
+        if name == "submit":
+            for raw in args[0]:
+                self.tasks[raw["id"]] = TaskRecord(id=raw["id"], spec=TaskSpec.model_validate(raw))
+            return {"accepted": [raw["id"] for raw in args[0]], "rejected": []}
+        raise NotImplementedError(name)
+
+
+def test_a_client_token_has_a_queue_quota() -> None:
+    from fleet.settings import FleetSettings
+
+    sup = _QueueingSupervisor(FleetSettings(max_queued_per_token=3))
+    app = create_app(sup, ServeSettings(token=TOKEN, admin_token=ADMIN_TOKEN))
+    with TestClient(app, headers=AUTH) as c:
+        assert c.post("/v1/sessions", json={"id": "q1", "prompt": "x"}).status_code == 201
+        batch = c.post("/v1/tasks", json=[{"id": "q2", "prompt": "x"}, {"id": "q3", "prompt": "x"}])
+        assert batch.json()["accepted"] == ["q2", "q3"]
+        over = c.post("/v1/sessions", json={"id": "q4", "prompt": "x"})
+        assert over.status_code == 429
+        assert "3 unfinished tasks" in over.json()["detail"]
+        assert "max_queued_per_token (3)" in over.json()["detail"]
+        assert c.post("/v1/tasks", json=[{"id": "q4", "prompt": "x"}]).status_code == 429
+        assert "q4" not in sup.tasks  # refused whole, nothing queued
+        sup.finish("q1")  # one ends: room for one more, not two
+        two = [{"id": "q5", "prompt": "x"}, {"id": "q6", "prompt": "x"}]
+        assert c.post("/v1/tasks", json=two).status_code == 429
+        assert c.post("/v1/sessions", json={"id": "q5", "prompt": "x"}).status_code == 201
+        # The operator is not counted.
+        admin = c.post("/v1/sessions", json={"id": "op", "prompt": "x"}, headers=ADMIN)
+        assert admin.status_code == 201
 
 
 def test_reports_read_parquet_without_forcing_a_flush(tmp_path: Any) -> None:

@@ -41,7 +41,7 @@ except ImportError:  # openai < 3 is built on httpx
 from fleet.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
 from fleet.models.pricing import cost_usd, load_prices
 from fleet.models.scripted import ScriptedModel
-from fleet.specs import AgentSpec, ScriptStep
+from fleet.specs import PLAIN_NAME, AgentSpec, ScriptStep
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +80,20 @@ def resolve_api_key(env_name: str, *, keyless_ok: bool) -> str:
     3. when ``keyless_ok`` (the client talks to a server named by ``base_url`` or
        ``OPENAI_BASE_URL``), the placeholder ``"no-key"``, for local servers that need none.
 
-    Otherwise a ``ModelError`` names the variable (never a value).
+    Otherwise a ``ModelError`` names the variable (never a value). ``env_name`` must be a
+    plain name (``AgentSpec`` checks it too): a path is refused, and the file read must
+    resolve inside the secrets directory (a symlink out of it is not followed).
     """
+    if not PLAIN_NAME.fullmatch(env_name):
+        raise ModelError(f"api_key_env {env_name[:100]!r} is not a plain variable name")
     value = os.environ.get(env_name, "").strip()
     if value:
         return value
     secrets_dir = os.environ.get(SECRETS_DIR_ENV)
     if secrets_dir:
-        path = Path(secrets_dir) / env_name
-        if path.is_file():
+        root = Path(secrets_dir).resolve()
+        path = (root / env_name).resolve()
+        if path.is_relative_to(root) and path.is_file():
             value = path.read_text().strip()
             if value:
                 return value
