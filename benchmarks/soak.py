@@ -319,6 +319,8 @@ async def drive(run: Run, client: httpx.AsyncClient, task_id: str, kind: str) ->
     rng = random.Random(f"{run.opts.seed}-{task_id}")
     cancel_at = time.monotonic() + rng.uniform(0.0, 3.0)
     steered = False
+    answered: set[str] = set()
+    """Approvals already taken (the record shows them until the worker acts on them)."""
     path = f"/v1/sessions/{task_id}"
     while run.left() > 0:
         await asyncio.sleep(rng.uniform(0.3, 0.7))
@@ -345,7 +347,9 @@ async def drive(run: Run, client: httpx.AsyncClient, task_id: str, kind: str) ->
             if s is not None:
                 run.actions[f"steer {s.status_code}"] += 1
                 steered = s.status_code == 200
-        elif view.get("pending_approval"):
+        elif (
+            view.get("pending_approval") and view["pending_approval"].get("call_id") not in answered
+        ):
             call_id = view["pending_approval"].get("call_id")
             verdict = "deny" if rng.random() < 0.2 else "allow"
             event = {"type": "user.tool_confirmation", "result": verdict, "tool_use_id": call_id}
@@ -356,6 +360,8 @@ async def drive(run: Run, client: httpx.AsyncClient, task_id: str, kind: str) ->
             )
             if a is not None:
                 run.actions[f"approval {verdict} {a.status_code}"] += 1
+                if a.status_code == 200:
+                    answered.add(call_id)
         elif status == "awaiting_review":
             body = {"approve": True, "message": "looks good"}
             v = await call(
