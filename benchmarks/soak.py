@@ -154,7 +154,9 @@ def role(pid: int) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     if cmdline.startswith("ray::"):
-        return cmdline.split(" ")[0].split(".")[0].split("(")[0]
+        title = cmdline.split(" ")[0].split(".")[0].split("(")[0]
+        last = title.rsplit(":", 1)[-1]  # a named actor may show as ray::<name>:<Class>
+        return f"ray::{last}" if last.isidentifier() and last[:1].isupper() else title
     return comm or None
 
 
@@ -319,8 +321,9 @@ async def drive(run: Run, client: httpx.AsyncClient, task_id: str, kind: str) ->
     rng = random.Random(f"{run.opts.seed}-{task_id}")
     cancel_at = time.monotonic() + rng.uniform(0.0, 3.0)
     steered = False
-    answered: set[str] = set()
-    """Approvals already taken (the record shows them until the worker acts on them)."""
+    answered: set[tuple[str | None, str | None]] = set()
+    """(session, call id) of approvals already taken (the record shows them until the worker
+    acts on them; a later session of the task asks again with the same call id)."""
     path = f"/v1/sessions/{task_id}"
     while run.left() > 0:
         await asyncio.sleep(rng.uniform(0.3, 0.7))
@@ -347,10 +350,10 @@ async def drive(run: Run, client: httpx.AsyncClient, task_id: str, kind: str) ->
             if s is not None:
                 run.actions[f"steer {s.status_code}"] += 1
                 steered = s.status_code == 200
-        elif (
-            view.get("pending_approval") and view["pending_approval"].get("call_id") not in answered
-        ):
-            call_id = view["pending_approval"].get("call_id")
+        elif (pending := view.get("pending_approval")) and (
+            asked := (view.get("attempt_session_id"), pending.get("call_id"))
+        ) not in answered:
+            call_id = pending.get("call_id")
             verdict = "deny" if rng.random() < 0.2 else "allow"
             event = {"type": "user.tool_confirmation", "result": verdict, "tool_use_id": call_id}
             if verdict == "deny":
@@ -361,7 +364,7 @@ async def drive(run: Run, client: httpx.AsyncClient, task_id: str, kind: str) ->
             if a is not None:
                 run.actions[f"approval {verdict} {a.status_code}"] += 1
                 if a.status_code == 200:
-                    answered.add(call_id)
+                    answered.add(asked)
         elif status == "awaiting_review":
             body = {"approve": True, "message": "looks good"}
             v = await call(
