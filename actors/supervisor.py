@@ -73,7 +73,11 @@ class Supervisor:
         self.registry = Registry(config)
         self.memory = Memory(settings)
         self.log = EventLog(
-            settings.events_dir, settings.wal_dir, settings.compact_min_files, writer=settings.name
+            settings.events_dir,
+            settings.wal_dir,
+            settings.compact_min_files,
+            writer=settings.name,
+            wal_fsync=settings.wal_fsync,
         )
         self.artifacts = ArtifactStore(
             settings.artifacts_dir or f"{settings.events_dir.rstrip('/')}/_artifacts"

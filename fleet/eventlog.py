@@ -7,6 +7,25 @@ one Parquet file per date, named after the segment, then drops the segment. On o
 segment left by a crash is rolled again; a partition that already has that segment's file
 is skipped, so replay is exact. ``compact`` merges a partition's small files into one.
 
+How far an acknowledged event survives is the ``wal_fsync`` choice. Every mode writes and
+flushes the WAL before ``append`` returns, so a crash of the *process* loses nothing; they
+differ on a crash of the *host* (power, kernel), which loses what the kernel had not yet
+written to the disk:
+
+- ``"always"``: the WAL is fsynced before ``append`` returns (and its directory, once per
+  new segment): an acknowledged event survives a host crash.
+- an interval, ``"100ms"`` (or ``"100"``, in ms): a background thread fsyncs the WAL at most
+  once per interval, and no later than one interval after an append (plus the fsync's own
+  time): a host crash loses at most the events acknowledged in that last window. The
+  thread does not wait for a further append. ``"0ms"`` is ``"always"``.
+- ``"off"``: the WAL is never fsynced: a host crash may lose whatever the kernel still held
+  (on Linux, typically the last 30 s or so).
+
+Whatever the mode, a Parquet file (segment or compaction) and its directory entry are
+fsynced before the WAL segment or the files it replaces are deleted (on a local disk;
+object stores are durable once a write returns), so a host crash right after a roll loses
+nothing the WAL had, and never leaves a half-written Parquet file in the log.
+
 Several fleets may share one events directory (shared history for reports and memory): each
 writes under its own *writer* name (the fleet's name), holds an exclusive lock on its WAL
 folder while it lives, and replays only its own files. A second live writer of the same name
@@ -25,8 +44,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -40,6 +61,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fleet.events import ARROW_SCHEMA, Event, rows_to_table
+
+log = logging.getLogger(__name__)
 
 
 class EventLogError(RuntimeError):
@@ -64,6 +87,108 @@ def partition_files(fs: pafs.FileSystem, root: str) -> list[str]:
     )
 
 
+def parse_wal_fsync(value: str | float) -> float | None:
+    """``wal_fsync`` as seconds between fsyncs: 0.0 for ``always``, None for ``off``."""
+    text = str(value)
+    if text == "always":
+        return 0.0
+    if text == "off":
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms)?", text)
+    if match is None:
+        raise ValueError(
+            f"wal_fsync: expected 'always', 'off' or an interval in ms like '100ms', got {value!r}"
+        )
+    return float(match.group(1)) / 1000
+
+
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or a directory by name (a directory: so the names it holds persist)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _WalSyncer:
+    """The background thread of the interval mode: fsyncs the WAL files that appends made
+    dirty, at most once per ``interval_s`` and at most ``interval_s`` after they did."""
+
+    def __init__(self, interval_s: float, wal_dir: Path) -> None:
+        self.interval_s = interval_s
+        self.wal_dir = wal_dir
+        self._cond = threading.Condition()
+        self._dirty: dict[int, int] = {}
+        """WAL segment -> a duplicate of its descriptor (ours to close), for the segments
+        written since the last fsync: one descriptor per file, however many appends."""
+        self._dir_dirty = False
+        self._last_sync = -interval_s
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def dirty(self, segment: int, fd: int, new_file: bool = False) -> None:
+        """WAL ``segment`` (open as ``fd``) has unsynced writes (``new_file``: a name too)."""
+        with self._cond:
+            if self._closed:
+                return
+            if segment in self._dirty and not new_file:
+                return  # the next fsync covers this write too
+            was_clean = not self._dirty and not self._dir_dirty
+            if segment not in self._dirty:
+                self._dirty[segment] = os.dup(fd)
+            self._dir_dirty = self._dir_dirty or new_file
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="wal-fsync", daemon=True)
+                self._thread.start()
+            if was_clean:  # the thread may be waiting for work, not for its interval
+                self._cond.notify()
+
+    def close(self) -> None:
+        """Sync what is dirty now, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+        self._sync(self._take())
+
+    def _take(self) -> tuple[list[int], bool]:
+        with self._cond:
+            fds, self._dirty = list(self._dirty.values()), {}
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+        return fds, dir_dirty
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._dirty and not self._dir_dirty and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                wait = self._last_sync + self.interval_s - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                self._last_sync = time.monotonic()
+            self._sync(self._take())
+
+    def _sync(self, taken: tuple[list[int], bool]) -> None:
+        fds, dir_dirty = taken
+        for fd in fds:
+            try:
+                os.fsync(fd)
+            except OSError:
+                log.exception("fsync of the write-ahead log failed")
+            finally:
+                os.close(fd)
+        if dir_dirty:
+            try:
+                fsync_path(self.wal_dir)
+            except OSError:
+                log.exception("fsync of the write-ahead log directory failed")
+
+
 def default_wal_dir(uri: str) -> str:
     """Where the write-ahead log of a remote event log lives: a local disk of this node."""
     digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -78,6 +203,7 @@ class EventLog:
         compact_min_files: int = 16,
         writer: str = "default",
         lock_wait_s: float = 5.0,
+        wal_fsync: str | float = "100ms",
     ) -> None:
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(root)
@@ -89,6 +215,8 @@ class EventLog:
         self.writer = writer_name(writer)
         self.wal_dir = Path(wal_dir) / self.writer
         self.compact_min_files = compact_min_files
+        self.fsync_every = parse_wal_fsync(wal_fsync)
+        """Seconds between WAL fsyncs: 0.0 always, None never."""
         try:
             self.fs.create_dir(self.root, recursive=True)
             self.wal_dir.mkdir(parents=True, exist_ok=True)
@@ -99,18 +227,27 @@ class EventLog:
             raise EventLogError(f"cannot write the event log at {root}: {exc}") from exc
         self._lock = self._take_lock(root, lock_wait_s)
         self._buffer: list[dict[str, Any]] = []
+        self._syncer = _WalSyncer(self.fsync_every, self.wal_dir) if self.fsync_every else None
         self._recover()
         self._segment = self._next_segment()
-        self._wal = open(self._wal_path(self._segment), "a", encoding="utf-8")  # noqa: SIM115
+        self._open_wal()
 
     # -- writing -----------------------------------------------------------------------
     def append(self, events: list[Event]) -> None:
-        """Write events to the WAL (durable once this returns) and buffer them."""
+        """Write events to the WAL and buffer them: once this returns they survive a crash of
+        the process, and of the host as far as ``wal_fsync`` says (see the module doc)."""
         rows = [e.to_row() for e in events]
         lines = "".join(json.dumps(r, default=str) + "\n" for r in rows)
         self._wal.write(lines)
         self._wal.flush()
-        self._buffer.extend(rows)
+        self._buffer.extend(rows)  # rolled even if an fsync below fails: the caller has them
+        if self.fsync_every == 0.0:
+            if self._new_wal:
+                fsync_path(self.wal_dir)
+            os.fsync(self._wal.fileno())
+        elif self._syncer is not None:
+            self._syncer.dirty(self._segment, self._wal.fileno(), new_file=self._new_wal)
+        self._new_wal = False
 
     @property
     def buffered(self) -> int:
@@ -134,19 +271,21 @@ class EventLog:
             return None
         rows, self._buffer = self._buffer, []
         segment = self._segment
-        self._wal.close()
+        self._wal.close()  # the syncer holds its own descriptor of it if it was dirty
         self._segment = segment + 1
-        self._wal = open(self._wal_path(self._segment), "a", encoding="utf-8")  # noqa: SIM115
+        self._open_wal()
         return segment, rows
 
     def finish_roll(self, segment: int, rows: list[dict[str, Any]]) -> None:
-        self._write_segment(segment, rows)
+        self._write_segment(segment, rows)  # durable (fsynced) before the WAL goes
         self._wal_path(segment).unlink(missing_ok=True)
 
     def close(self) -> None:
         self.roll()
         self._wal.close()
         self._wal_path(self._segment).unlink(missing_ok=True)
+        if self._syncer is not None:
+            self._syncer.close()
         self._lock.close()
 
     def _take_lock(self, root: str, wait_s: float) -> Any:
@@ -226,6 +365,11 @@ class EventLog:
             yield Event.from_row(row)
 
     # -- internals ---------------------------------------------------------------------
+    def _open_wal(self) -> None:
+        self._wal = open(self._wal_path(self._segment), "a", encoding="utf-8")  # noqa: SIM115
+        self._new_wal = True
+        """Its name is not yet fsynced into the WAL directory (done with the first append)."""
+
     def _wal_path(self, segment: int) -> Path:
         return self.wal_dir / f"seg-{segment:08d}.jsonl"
 
@@ -280,9 +424,17 @@ class EventLog:
             self._write_table(path, rows_to_table(day_rows))
 
     def _write_table(self, path: str, table: pa.Table) -> None:
-        """Write then rename, so a reader never sees half a file."""
+        """Write, fsync, rename, fsync the directory: a reader never sees half a file, and
+        once this returns the file survives a host crash (so what it replaces may go)."""
         parent = path.rsplit("/", 1)[0]
+        new_parent = self.is_local and not os.path.isdir(parent)
         self.fs.create_dir(parent, recursive=True)
+        if new_parent:  # a new date partition: its name in the root must persist too
+            fsync_path(self.root)
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
         pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
+        if self.is_local:
+            fsync_path(tmp)
         self.fs.move(tmp, path)
+        if self.is_local:
+            fsync_path(parent)

@@ -70,6 +70,14 @@ class FleetSettings(BaseSettings):
     flush_interval_s: float = Field(
         1.0, gt=0, description="How often buffered events are rolled into a Parquet file."
     )
+    wal_fsync: str = Field(
+        "100ms",
+        pattern=r"^(always|off|\d+(\.\d+)?(ms)?)$",
+        description="When the write-ahead log is fsynced (every mode survives a crash of the "
+        "process; this is about the host's): 'always' (before an append is acknowledged), an "
+        "interval in ms like '100ms' or '100' (a background fsync at most that often and at "
+        "most that long after an append: a host crash loses at most that window), or 'off'.",
+    )
     flush_max_events: int = Field(
         20_000, ge=1, description="Roll a Parquet file as soon as this many events are buffered."
     )

@@ -1,5 +1,8 @@
+import itertools
 import os
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -131,3 +134,120 @@ def test_a_uri_event_log_needs_no_wal_option_and_reads_back_through_duckdb(tmp_p
     assert sql(uri, "select task_id, state from tasks").rows == [("a", "succeeded")]
     overview = report(uri, batch="b1")[0].as_dicts()[0]
     assert overview["tasks"] == 1 and overview["succeeded"] == 1
+
+
+class FsyncRecorder:
+    """Stands in for os.fsync: does the real one and records what it synced, and when."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, order: list[str] | None = None) -> None:
+        self.calls: list[tuple[float, str]] = []
+        self.order = order if order is not None else []
+        self.real = os.fsync
+        monkeypatch.setattr(os, "fsync", self)
+
+    def __call__(self, fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        self.calls.append((time.monotonic(), path))
+        self.order.append(f"fsync {path}")
+        self.real(fd)
+
+    def of(self, suffix: str) -> list[float]:
+        return [t for t, path in self.calls if path.endswith(suffix)]
+
+
+def test_wal_fsync_setting_is_checked_and_parsed(monkeypatch):
+    from pydantic import ValidationError
+
+    from fleet.eventlog import parse_wal_fsync
+    from fleet.settings import FleetSettings
+
+    assert FleetSettings().wal_fsync == "100ms"
+    monkeypatch.setenv("FLEET_WAL_FSYNC", "always")
+    assert FleetSettings().wal_fsync == "always"
+    with pytest.raises(ValidationError, match="wal_fsync"):
+        FleetSettings(wal_fsync="sometimes")
+    assert [parse_wal_fsync(v) for v in ("always", "off", "250", "2.5ms")] == [
+        0.0,
+        None,
+        0.25,
+        0.0025,
+    ]
+    with pytest.raises(ValueError, match="wal_fsync"):
+        EventLog("unused", wal_fsync="1s")
+
+
+def test_always_fsyncs_the_wal_before_append_returns(tmp_path, monkeypatch):
+    fsync = FsyncRecorder(monkeypatch)
+    log = EventLog(str(tmp_path), wal_fsync="always")
+    for i in range(3):
+        log.append([ev("a", i)])
+        assert len(fsync.of(".jsonl")) == i + 1  # this append's own fsync, already done
+    assert len(fsync.of("/_wal/default")) == 1  # the new segment's name, once
+    log.roll()
+    log.append([ev("a", 3)])
+    assert len(fsync.of("/_wal/default")) == 2  # and once more for the next segment
+    assert fsync.of("seg-00000001.jsonl")
+    log.close()
+
+
+def test_off_never_fsyncs_the_wal(tmp_path, monkeypatch):
+    fsync = FsyncRecorder(monkeypatch)
+    log = EventLog(str(tmp_path), wal_fsync="off")
+    for i in range(20):
+        log.append([ev("a", i)])
+    time.sleep(0.05)
+    log.close()
+    assert not fsync.of(".jsonl") and not fsync.of("/_wal/default")
+
+
+def test_interval_fsyncs_at_most_once_per_interval_and_soon_after_the_last_append(
+    tmp_path, monkeypatch
+):
+    fsync = FsyncRecorder(monkeypatch)
+    log = EventLog(str(tmp_path), wal_fsync="600ms")
+    burst_start = time.monotonic()
+    for i in range(50):  # a burst inside one interval, with time for the thread to run
+        log.append([ev("a", i)])
+        last_append = time.monotonic()
+        time.sleep(0.004)
+    burst_end = time.monotonic()
+    assert burst_end - burst_start < 0.6, "the burst took longer than the interval"
+    deadline = time.monotonic() + 10
+    while not [t for t in fsync.of(".jsonl") if t > last_append] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    times = fsync.of(".jsonl")
+    assert [t for t in times if t > last_append], "the last append was never fsynced"
+    assert len([t for t in times if t <= burst_end]) <= 1  # the burst: one fsync at most
+    assert all(b - a >= 0.59 for a, b in itertools.pairwise(times))  # ~0 if not throttled
+    assert fsync.of("/_wal/default")  # the new segment's name too
+    appended = time.monotonic()
+    log.append([ev("a", 50)])  # a lone append, long after: covered without another append
+    while not [t for t in fsync.of(".jsonl") if t > appended] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [t for t in fsync.of(".jsonl") if t > appended]
+    log.close()
+
+
+def test_a_roll_makes_the_parquet_file_durable_before_dropping_the_wal(tmp_path, monkeypatch):
+    order: list[str] = []
+    FsyncRecorder(monkeypatch, order)
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        order.append(f"unlink {self}")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    log = EventLog(str(tmp_path), wal_fsync="off")  # the Parquet side does not depend on it
+    day = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    log.append([ev("a", 0, day)])
+    segment, rows = log.start_roll()
+    log.finish_roll(segment, rows)
+    partition = f"{tmp_path}/date=2026-01-01"
+    wal_gone = order.index(f"unlink {log._wal_path(segment)}")
+    synced = [line for line in order[:wal_gone] if line.startswith("fsync")]
+    assert any(line.startswith(f"fsync {partition}/.tmp-") for line in synced)  # the data
+    assert f"fsync {partition}" in synced  # its name in the partition
+    assert f"fsync {tmp_path}" in synced  # the new partition's name in the root
+    assert len(log.files()) == 1
+    log.close()
