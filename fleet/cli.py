@@ -320,10 +320,9 @@ def status(
     info = _connect(address, name, debug).status()
     counts = Table("Tasks", list(info["counts"]), [tuple(info["counts"].values())])
     sandbox = info.get("sandbox", "?")
-    warn = " (not isolated)" if sandbox == "local" else ""
-    print_table(
-        counts, f"Fleet {info['fleet']}: {info['workers']} workers, {sandbox} sandbox{warn}"
-    )
+    warn = " (commands run as host processes, not isolated)" if sandbox == "local" else ""
+    out.print(f"sandbox: {sandbox}{warn}", highlight=False, soft_wrap=True)
+    print_table(counts, f"Fleet {info['fleet']}: {info['workers']} workers")
     if info["running"]:
         print_table(
             Table("Running", list(info["running"][0]), [tuple(r.values()) for r in info["running"]])
