@@ -492,7 +492,10 @@ def test_reap_orphans_removes_only_containers_of_dead_owners(
         cli.close()
 
 
-def test_a_start_cancelled_while_creating_leaves_no_container() -> None:
+@pytest.mark.parametrize("cancels", [1, 3])
+def test_a_start_cancelled_while_creating_leaves_no_container(cancels: int) -> None:
+    """Cancelled (once, or again and again as a session being stopped is) while its container
+    is being created: the container, created but never started, is removed all the same."""
     from sandboxes import images
     from sandboxes.docker import DockerSandbox
 
@@ -510,7 +513,9 @@ def test_a_start_cancelled_while_creating_leaves_no_container() -> None:
         start = asyncio.create_task(sb.start())
         while not entered.is_set():
             await asyncio.sleep(0.01)
-        start.cancel()
+        for _ in range(cancels):
+            start.cancel()
+            await asyncio.sleep(0.1)
         with pytest.raises(asyncio.CancelledError):
             await start
         return sb.container_name
