@@ -186,6 +186,7 @@ class SessionRunner:
                 "agent": a.agent.name,
                 "model": a.agent.model,
                 "environment": a.environment.name,
+                "sandbox_kind": self.settings.sandbox,  # docker, or local: not isolated
                 "stage": a.stage,
                 "resumed": a.loop_state is not None,
                 **self.where,

@@ -344,6 +344,7 @@ class Supervisor:
         return {
             "fleet": self.settings.name,
             "workers": len(self.workers),
+            "sandbox": self.settings.sandbox,  # the backend sessions run in: docker or local
             "counts": self.sched.counts(),
             "queued": self.sched.queue.ids(limit=50),
             "running": running,

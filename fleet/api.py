@@ -27,7 +27,7 @@ from fleet.events import Event
 from fleet.records import TaskRecord
 from fleet.settings import FleetSettings
 from fleet.specs import FleetConfig, TaskSpec
-from sandboxes import resolve_kind
+from sandboxes import SandboxError, describe_kind, resolve_kind
 
 
 class FleetError(RuntimeError):
@@ -48,11 +48,15 @@ def _absolute_events_dir(settings: FleetSettings) -> FleetSettings:
 
 
 class Fleet:
-    def __init__(self, supervisor: Any, settings: FleetSettings, owns_ray: bool) -> None:
+    def __init__(
+        self, supervisor: Any, settings: FleetSettings, owns_ray: bool, sandbox_why: str = ""
+    ) -> None:
         self.supervisor = supervisor
         self.settings = settings
         self._owns_ray = owns_ray
         self._restarts = 0
+        self.sandbox_notice = describe_kind(settings.sandbox, sandbox_why)
+        """One line naming the sandbox backend this fleet's sessions run in (say it loudly)."""
 
     # -- getting a fleet ---------------------------------------------------------------
     @classmethod
@@ -60,14 +64,22 @@ class Fleet:
         cls,
         settings: FleetSettings | None = None,
         config: FleetConfig | None = None,
+        *,
+        refuse_auto_local: bool = False,
         **overrides: Any,
     ) -> Fleet:
-        """Start Ray if needed and the fleet's supervisor if absent (else reuse it)."""
+        """Start Ray if needed and the fleet's supervisor if absent (else reuse it).
+
+        The sandbox backend is resolved here, once, on the head node: ``auto`` becomes
+        ``docker`` when an engine answers there, else ``local``. ``refuse_auto_local`` refuses
+        a ``local`` backend that was not asked for by name (``auto`` without Docker, or a
+        running fleet's): a server for API clients must not quietly run their tasks on the
+        host. Raises FleetError.
+        """
         settings = settings or FleetSettings()
         if overrides:  # validated, unlike model_copy(update=...)
             settings = FleetSettings(**{**settings.model_dump(), **overrides})
         settings = _absolute_events_dir(settings)
-        settings = settings.model_copy(update={"sandbox": resolve_kind(settings.sandbox)})
         config = config or FleetConfig()
         if settings.model and config.agents["default"].model == "scripted":
             default = config.agents["default"].model_copy(
@@ -75,6 +87,17 @@ class Fleet:
             )
             config = config.model_copy(update={"agents": {**config.agents, "default": default}})
         owns_ray = cls._init_ray(settings.ray_address, settings.namespace)
+        requested = settings.sandbox
+        try:
+            settings = settings.model_copy(
+                update={"sandbox": _resolve_on_head(requested, owns_ray)}
+            )
+            if refuse_auto_local:
+                _refuse_local_fallback(requested, settings.sandbox)
+        except (FleetError, SandboxError, ray.exceptions.RayError) as exc:
+            if owns_ray:
+                ray.shutdown()
+            raise FleetError(_first_line(exc)) from exc
         options: dict[str, Any] = {
             "name": supervisor_name(settings.name),
             "namespace": settings.namespace,
@@ -87,9 +110,22 @@ class Fleet:
         try:
             handle = Supervisor.options(**options).remote(settings, config)
             ray.get(handle.start.remote())
+            # A fleet that was running already keeps its own settings (sandbox included).
+            running = ray.get(handle.get_settings.remote())
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
             raise FleetError(f"the supervisor failed to start: {_root_cause(exc)}") from exc
-        return cls(handle, settings, owns_ray)
+        why = ""
+        if running.sandbox == settings.sandbox == "local":
+            why = "no Docker engine answered" if requested == "auto" else "asked for"
+        fleet = cls(handle, running, owns_ray, why)
+        if refuse_auto_local and running.sandbox == "local" and requested != "local":
+            if owns_ray:
+                fleet.shutdown()
+            raise FleetError(
+                f"fleet {settings.name!r} is already running with local sandboxes (not "
+                "isolated): pass --sandbox local (or FLEET_SANDBOX=local) to serve it anyway"
+            )
+        return fleet
 
     @classmethod
     def connect(
@@ -245,6 +281,28 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _resolve_kind_remote(kind: str) -> str:
+    return resolve_kind(kind)
+
+
+def _resolve_on_head(kind: str, on_head: bool) -> str:
+    """``kind`` made concrete where the supervisor runs (this process, if it is the head)."""
+    if kind != "auto" or on_head:
+        return resolve_kind(kind)
+    task = _resolve_kind_remote.options(resources={"node:__internal_head__": 0.001})
+    return ray.get(task.remote(kind))
+
+
+def _refuse_local_fallback(requested: str, kind: str) -> None:
+    if kind == "local" and requested != "local":
+        raise FleetError(
+            "refusing to serve with local sandboxes: no Docker engine answered on the head, "
+            "so client tasks would run as host processes, not isolated; start Docker, or pass "
+            "--sandbox local (or FLEET_SANDBOX=local) to accept that"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

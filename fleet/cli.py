@@ -87,6 +87,7 @@ def _run_batch(
     config_path: str | None,
     debug: bool,
     timeout_s: float | None,
+    header: str = "",
 ) -> int:
     from fleet.api import Fleet, FleetError
 
@@ -99,11 +100,14 @@ def _run_batch(
     except InputError as exc:
         _fail(str(exc), debug, exc)
     started = time.monotonic()
-    with out.status(f"starting Ray and {settings.workers} workers ({settings.sandbox} sandbox)"):
+    with out.status(f"starting Ray and {settings.workers} workers"):
         try:
             fleet = Fleet.start(settings, config)
         except FleetError as exc:
             _fail(str(exc), debug, exc)
+    print_sandbox(fleet)
+    if header:
+        out.print(header)
     try:
         batch = f"b-{uuid.uuid4().hex[:8]}"
         submitted = fleet.submit(tasks, batch=batch)
@@ -130,6 +134,13 @@ def _run_batch(
         return EXIT_TASKS_FAILED
     out.print(f"[green]all {len(records)} tasks succeeded[/green]")
     return 0
+
+
+def print_sandbox(fleet: Any) -> None:
+    """The sandbox backend, first and loud: local runs commands on the host itself."""
+    colour = "green" if fleet.settings.sandbox == "docker" else "bold yellow"
+    out.print(f"[{colour}]{fleet.sandbox_notice}[/{colour}]", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
 
 
 def _follow(fleet: Any, ids: list[str], timeout_s: float | None) -> list[Any]:
@@ -258,8 +269,8 @@ def demo(
 
     tasks, line_errors = parse_tasks(source.read_text(encoding="utf-8"), "demo/tasks.jsonl")
     tasks = _prefixed(tasks, f"demo{uuid.uuid4().hex[:4]}")
-    out.print(f"[bold]fleet demo[/bold]: {len(tasks)} tasks, scripted model (no API key needed)")
-    raise typer.Exit(_run_batch(tasks, line_errors, settings, None, debug, timeout))
+    header = f"[bold]fleet demo[/bold]: {len(tasks)} tasks, scripted model (no API key needed)"
+    raise typer.Exit(_run_batch(tasks, line_errors, settings, None, debug, timeout, header))
 
 
 @app.command("report")
@@ -308,6 +319,9 @@ def status(
     """Show a running fleet: counts, queue, running sessions, recent outcomes."""
     info = _connect(address, name, debug).status()
     counts = Table("Tasks", list(info["counts"]), [tuple(info["counts"].values())])
+    sandbox = info.get("sandbox", "?")
+    warn = " (commands run as host processes, not isolated)" if sandbox == "local" else ""
+    out.print(f"sandbox: {sandbox}{warn}", highlight=False, soft_wrap=True)
     print_table(counts, f"Fleet {info['fleet']}: {info['workers']} workers")
     if info["running"]:
         print_table(
@@ -435,6 +449,7 @@ def serve_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Serve the HTTP API and dashboard (Ray Serve) over a fleet, started or reused.
+    Refuses local sandboxes (client tasks on the host) unless asked for: --sandbox local.
     Ctrl-C or SIGTERM stops it: the API, then the fleet and Ray if this command started them."""
     import contextlib
     import signal
@@ -455,10 +470,11 @@ def serve_cmd(
         api_settings.resolve_admin_token()
     except (InputError, CliError, ValueError, OSError) as exc:
         _fail(str(exc).splitlines()[0], debug, exc)
-    try:
-        fleet = Fleet.start(settings, fleet_config)
+    try:  # never client tasks on the host unless local was asked for by name
+        fleet = Fleet.start(settings, fleet_config, refuse_auto_local=True)
     except FleetError as exc:
         _fail(str(exc), debug, exc)
+    print_sandbox(fleet)
 
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C (Ray's handler exits)

@@ -150,17 +150,16 @@ def run(args: argparse.Namespace) -> int:
         tasks = [t.model_copy(update={"id": f"{prefix}.{t.id}"}) for t in tasks]
 
     started = time.monotonic()
-    log(f"connecting to Ray at {settings.ray_address}")
     try:
-        fleet = Fleet.start(settings, config)
         # A fleet that was already running keeps its settings (workers, events, sandbox).
-        fleet.settings = _remote_settings(fleet)
+        fleet = Fleet.start(settings, config)
     except FleetError as exc:
         raise JobError(str(exc)) from exc
+    log(fleet.sandbox_notice)  # first: local sandboxes isolate nothing
     info = fleet.status()
     wal = f" (write-ahead log {fleet.settings.wal_dir})" if fleet.settings.wal_dir else ""
     log(
-        f"fleet {info['fleet']!r}: {info['workers']} workers, "
+        f"fleet {info['fleet']!r} on Ray at {settings.ray_address}: {info['workers']} workers, "
         f"{fleet.settings.sandbox} sandbox, events at {fleet.settings.events_dir}{wal}"
     )
 
@@ -187,12 +186,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_TASKS_FAILED
     log(f"all {len(records)} tasks succeeded")
     return 0
-
-
-def _remote_settings(fleet: Any) -> FleetSettings:
-    import ray
-
-    return ray.get(fleet.supervisor.get_settings.remote())
 
 
 def follow(fleet: Any, ids: list[str], timeout_s: float | None, started: float) -> list[Any]:

@@ -1,4 +1,10 @@
-"""Sandboxes: where agents run commands. ``create_sandbox`` picks and builds a backend."""
+"""Sandboxes: where agents run commands. ``create_sandbox`` builds one of a backend.
+
+The backend is chosen once, when a fleet starts: ``resolve_kind`` turns ``auto`` into
+``docker`` or ``local`` and the fleet keeps that answer. ``create_sandbox`` takes only a
+concrete kind, so a Docker hiccup later fails that sandbox instead of quietly giving a local
+one (which isolates nothing).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ __all__ = [
     "SandboxLost",
     "WarmPool",
     "create_sandbox",
+    "describe_kind",
     "docker_available",
     "resolve_kind",
 ]
@@ -47,6 +54,18 @@ def resolve_kind(kind: str) -> str:
     return kind
 
 
+def describe_kind(kind: str, why: str = "") -> str:
+    """One line naming the sandbox backend that runs and what it does (not) isolate;
+    ``why`` says how it was chosen (e.g. "no Docker engine answered")."""
+    if kind == "docker":
+        return "sandbox: docker (a container per session, isolated from the host)"
+    because = f"{why}: " if why else ""
+    return (
+        f"sandbox: local ({because}commands run as host processes with the worker's user, "
+        "not isolated)"
+    )
+
+
 def create_sandbox(
     kind: str,
     environment: EnvironmentSpec,
@@ -54,10 +73,15 @@ def create_sandbox(
     output_limit: int = 1_000_000,
     fleet: str = "",
 ) -> Sandbox:
-    """Build (not start) a sandbox of ``kind`` for ``environment``; ``fleet`` labels it."""
-    kind = resolve_kind(kind)
+    """Build (not start) a sandbox of ``kind`` ("docker" or "local", never "auto": resolve
+    that once, with ``resolve_kind``) for ``environment``; ``fleet`` labels it."""
     if kind == "docker":
         from sandboxes.docker import DockerSandbox
 
         return DockerSandbox(environment, name=name, output_limit=output_limit, fleet=fleet)
-    return LocalSandbox(env=environment.env, output_limit=output_limit, name=name)
+    if kind == "local":
+        return LocalSandbox(env=environment.env, output_limit=output_limit, name=name)
+    raise SandboxError(
+        f"sandbox kind {kind!r} is not a backend: resolve it once when the fleet starts "
+        "(resolve_kind), so that every sandbox gets the same isolation"
+    )

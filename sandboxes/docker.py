@@ -236,13 +236,17 @@ class DockerSandbox:
 
     async def _create_recorded(self) -> None:
         """Create the container in a thread. Its id is recorded even when we are cancelled
-        meanwhile (the thread goes on regardless), so that ``close`` removes it."""
+        meanwhile, however often (the thread goes on regardless), so that ``close`` removes
+        it: a container created but never started is not removed by Docker on its own."""
         job = asyncio.ensure_future(asyncio.to_thread(self._create))
         try:
             self.container_id = await asyncio.shield(job)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                self.container_id = await job
+            while not job.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(job)
+            if not job.cancelled() and job.exception() is None:
+                self.container_id = job.result()
             raise
 
     def _create(self) -> str:

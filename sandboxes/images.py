@@ -61,6 +61,13 @@ _known: dict[str, str] = {}
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 """Colour codes apt and pip put in their output."""
 _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]*(:[a-z0-9]+)?([=][A-Za-z0-9.+:~\-]+)?$")
+"""A Debian package name, an optional :arch and an optional =version (nothing for a shell)."""
+_PIP_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_PIP_CLAUSE = r"(?:===|==|!=|<=|>=|~=|<|>)[A-Za-z0-9.*+!_-]+"
+_PIP_REQUIREMENT = re.compile(
+    rf"^{_PIP_NAME}(?:\[{_PIP_NAME}(?:,{_PIP_NAME})*\])?(?:{_PIP_CLAUSE}(?:,{_PIP_CLAUSE})*)?$"
+)
+"""A PEP 508 name, optional [extras] and version clauses: no URL, option, marker or space."""
 _PIP_FAILURES = [
     re.compile(r"No matching distribution found for ([^\s]+)"),
     re.compile(r"Could not find a version that satisfies the requirement ([^\s]+)"),
@@ -285,10 +292,29 @@ def environment_tag(environment: EnvironmentSpec, base: str) -> str:
     return f"{ENV_REPO}:{_digest([base, environment_image_spec(environment)])}"
 
 
+def check_packages(environment: EnvironmentSpec) -> None:
+    """Refuse apt or pip entries that are more than a package requirement (an option such as
+    ``--index-url``, a URL, a path, a marker, shell characters): ImageBuildError names it."""
+    for name in environment.apt:
+        if not isinstance(name, str) or not _APT_NAME.fullmatch(name):
+            raise ImageBuildError(
+                f"apt: {name!r} is not a Debian package name (name, optional :arch and =version)",
+                package=str(name),
+            )
+    for requirement in environment.pip:
+        if not isinstance(requirement, str) or not _PIP_REQUIREMENT.fullmatch(requirement):
+            raise ImageBuildError(
+                f"pip: {requirement!r} is not a plain requirement (a name, optional [extras] "
+                "and version clauses such as ==1.2 or >=1,<2; no URL, option or space)",
+                package=str(requirement),
+            )
+
+
 def ensure_environment_image(
     environment: EnvironmentSpec, cli: docker.DockerClient | None = None
 ) -> str:
     """The image for ``environment``: the base image, or a derived one built once and cached."""
+    check_packages(environment)
     key = _digest(environment_image_spec(environment))
     if key in _known:
         return _known[key]
@@ -312,9 +338,6 @@ def _ensure_environment_image(environment: EnvironmentSpec, cli: docker.DockerCl
     tag = environment_tag(environment, base if not environment.image else _image_id(cli, base))
     if _exists(cli, tag):
         return tag
-    for name in environment.apt:
-        if not _APT_NAME.match(name):
-            raise ImageBuildError(f"not a valid apt package name: {name!r}", package=name)
     lines = [f"FROM {base}"]
     files = {}
     if environment.image:

@@ -1,8 +1,15 @@
 """Local process sandbox: a temporary workspace directory and subprocesses.
 
 This is isolation for bookkeeping, not security: commands run as the worker's user on the
-host. Use the docker backend for untrusted agents. Commands get a clean environment (no host
-secrets), their own process group (a timeout kills the whole tree) and capped output.
+host, so they can read and write what that user can (the host's files, other workspaces,
+``/proc/<worker pid>/environ``), reach the network and the host's services, and signal the
+user's processes. Use the docker backend for untrusted agents.
+
+What it does: commands get their own process group (a timeout kills the whole tree), capped
+output, and an environment built from an allow-list (``_env``): a safe PATH, HOME set to the
+workspace, the locale, TMPDIR, then the environment spec's declared ``env``. Nothing else of
+the worker's environment (FLEET_* settings, API tokens and keys, cloud credentials, RAY_*)
+is passed on.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from sandboxes.base import (
 )
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PASSED_ON = ("LANG", "LANGUAGE", "TZ", "TMPDIR")
+"""The only variables of the worker's environment that commands see (with LC_*)."""
 
 
 class LocalSandbox:
@@ -58,12 +67,14 @@ class LocalSandbox:
             "HOME": self.workdir,
             "LANG": "C.UTF-8",
             "TERM": "dumb",
+            "SHELL": "/bin/bash",
             "GIT_AUTHOR_NAME": "fleet-agent",
             "GIT_AUTHOR_EMAIL": "agent@fleet.local",
             "GIT_COMMITTER_NAME": "fleet-agent",
             "GIT_COMMITTER_EMAIL": "agent@fleet.local",
         }
-        env.update(self._extra_env)
+        env.update((k, v) for k, v in os.environ.items() if k in PASSED_ON or k.startswith("LC_"))
+        env.update(self._extra_env)  # declared by the environment spec
         env.update(extra or {})
         return env
 

@@ -10,8 +10,16 @@
   container's ``/etc/hosts``, so the container needs no DNS. Rules carry the comment
   ``agent-fleet:<container name>`` and are deleted when the sandbox closes (and by the reaper).
 
-Needs root (or CAP_NET_ADMIN) and ``iptables`` for allow-lists; without them, starting such a
-sandbox fails (closed, not open).
+Whatever the policy, containers never reach the host itself: the fleet's bridges have fixed
+interface names (``fleet-full``, ``fleet-egress``) and an ``AGENT-FLEET-HOST`` chain, jumped to
+from ``INPUT``, rejects every connection that arrives on them (the bridge's gateway, docker0's
+address, the host's own addresses, so Ray, the API, SSH). Traffic to other machines is
+forwarded, not input, and stays as the policy says. The rules are (re)installed, idempotently,
+each time a sandbox's network is ensured. The fleet's networks have no IPv6 (Docker then
+disables it in their containers), so IPv4 rules cover them.
+
+Needs root (or CAP_NET_ADMIN) and ``iptables`` for any policy but ``none``; without them,
+starting such a sandbox fails (closed, not open).
 """
 
 from __future__ import annotations
@@ -30,13 +38,24 @@ if TYPE_CHECKING:
     import docker
 
 CHAIN = "AGENT-FLEET"
+HOST_CHAIN = "AGENT-FLEET-HOST"
 NETWORKS = {"full": "agent-fleet-full", "egress": "agent-fleet-egress"}
+BRIDGES = {"full": "fleet-full", "egress": "fleet-egress"}
+"""Host interface names of the fleet's bridges (at most 15 characters)."""
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 COMMENT_PREFIX = "agent-fleet:"
 _lock = threading.Lock()
 
 
 def ensure_network(cli: docker.DockerClient, kind: str) -> docker.models.networks.Network:
-    """The shared bridge network for ``kind`` ("full" or "egress"), created on first use."""
+    """The shared bridge network for ``kind`` ("full" or "egress"), created on first use,
+    with the host guarded from it (see ``guard_host``)."""
+    net = _find_or_create(cli, kind)
+    guard_host(bridge_interface(net))
+    return net
+
+
+def _find_or_create(cli: docker.DockerClient, kind: str) -> docker.models.networks.Network:
     import docker
 
     name = NETWORKS[kind]
@@ -50,7 +69,10 @@ def ensure_network(cli: docker.DockerClient, kind: str) -> docker.models.network
                 name,
                 driver="bridge",
                 check_duplicate=True,
-                options={"com.docker.network.bridge.enable_icc": "false"},
+                options={
+                    "com.docker.network.bridge.enable_icc": "false",
+                    BRIDGE_NAME_OPTION: BRIDGES[kind],
+                },
                 labels={"agent-fleet": "1"},
             )
         except docker.errors.APIError:
@@ -58,6 +80,35 @@ def ensure_network(cli: docker.DockerClient, kind: str) -> docker.models.network
             if exact:
                 return exact[0]
             raise
+
+
+def bridge_interface(network: docker.models.networks.Network) -> str:
+    """The host interface of a bridge network: its configured name, else Docker's default
+    ``br-<id[:12]>`` (a network made before the fleet named its bridges)."""
+    if not network.attrs.get("Options"):
+        network.reload()
+    named = (network.attrs.get("Options") or {}).get(BRIDGE_NAME_OPTION)
+    return named or f"br-{network.id[:12]}"
+
+
+def guard_host(interface: str) -> None:
+    """Reject every new connection that arrives on ``interface`` for the host itself.
+
+    Replies to connections the host opened pass. Installed once per interface (later calls
+    only check that it is still there). Raises SandboxError when iptables is missing or
+    refuses: a sandbox on that network must not start then.
+    """
+    with _lock:
+        if _iptables("-n", "-L", HOST_CHAIN, check=False).returncode != 0:
+            _iptables("-N", HOST_CHAIN, check=False)
+        reject = ["-i", interface, "-j", "REJECT"]
+        replies = ["-i", interface, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
+        if _iptables("-C", HOST_CHAIN, *reject, check=False).returncode != 0:
+            _iptables("-A", HOST_CHAIN, *reject)  # below this interface's replies rule, if any
+        if _iptables("-C", HOST_CHAIN, *replies, "-j", "RETURN", check=False).returncode != 0:
+            _iptables("-I", HOST_CHAIN, "1", *replies, "-j", "RETURN")
+        if _iptables("-C", "INPUT", "-j", HOST_CHAIN, check=False).returncode != 0:
+            _iptables("-I", "INPUT", "1", "-j", HOST_CHAIN)
 
 
 def gateway(network: docker.models.networks.Network) -> str:
@@ -88,7 +139,10 @@ def resolve(allowed: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if not shutil.which("iptables"):
-        raise SandboxError("an allow-list network policy needs iptables on the host")
+        raise SandboxError(
+            "a sandbox network policy other than 'none' needs iptables on the host (to keep "
+            "containers off the host's own services and enforce allow-lists); it is not installed"
+        )
     done = subprocess.run(["iptables", "-w", "5", *args], capture_output=True, text=True)
     if check and done.returncode != 0:
         raise SandboxError(f"iptables {' '.join(args)} failed: {done.stderr.strip()}")

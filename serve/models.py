@@ -260,6 +260,9 @@ class BlockedItem(BaseModel):
 class FleetStatus(BaseModel):
     fleet: str
     workers: int
+    sandbox: str = Field(
+        "", description="The sandbox backend sessions run in: docker, or local (not isolated)."
+    )
     counts: dict[str, int]
     queued: list[str]
     running: list[RunningItem]

@@ -98,3 +98,65 @@ def host_server() -> Iterator[int]:
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
+
+
+OUTSIDE_SERVER = """
+import http.server, sys
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"hello from outside"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer((sys.argv[1], 8080), Hello)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.fixture
+def outside_server() -> Iterator[str]:
+    """An HTTP server on port 8080 of another machine, as containers see one: a network
+    namespace routed from the host (so traffic to it is forwarded, not input to the host).
+    Yields its address. Needs root and ``ip``."""
+    import random
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("an outside server needs root and ip (network namespaces)")
+    tag = uuid.uuid4().hex[:6]
+    ns, host_if, ns_if = f"fleet-out-{tag}", f"fo{tag}h", f"fo{tag}n"
+    net = f"198.18.{random.randint(0, 255)}"
+    setup = [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+        ["ip", "link", "set", ns_if, "netns", ns],
+        ["ip", "addr", "add", f"{net}.1/30", "dev", host_if],
+        ["ip", "link", "set", host_if, "up"],
+        ["ip", "-n", ns, "addr", "add", f"{net}.2/30", "dev", ns_if],
+        ["ip", "-n", ns, "link", "set", ns_if, "up"],
+        ["ip", "-n", ns, "link", "set", "lo", "up"],
+        ["ip", "-n", ns, "route", "add", "default", "via", f"{net}.1"],
+    ]
+    server = None
+    try:
+        for cmd in setup:
+            subprocess.run(cmd, check=True, capture_output=True)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", OUTSIDE_SERVER, f"{net}.2"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield f"{net}.2"
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

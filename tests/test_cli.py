@@ -45,13 +45,18 @@ def test_run_reports_bad_lines_runs_the_rest_and_answers_sql(tmp_path):
         "--workers",
         "1",
         "--sandbox",
-        "local",
+        "auto",
         "--events",
         "ev",
         "--keep-ids",
         cwd=tmp_path,
+        env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"},  # auto finds no engine
     )
     assert proc.returncode == 1, proc.stderr  # something was rejected
+    assert proc.stdout.splitlines()[0] == (
+        "sandbox: local (no Docker engine answered: commands run as host processes with the "
+        "worker's user, not isolated)"
+    )
     assert "tasks.jsonl:2: bad JSON" in proc.stderr
     assert "tasks.jsonl:3: promt: unknown field" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -68,6 +73,10 @@ def test_run_reports_bad_lines_runs_the_rest_and_answers_sql(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [{"task_id": "ok", "type": "task.succeeded"}]
+    query = "select json_extract_string(payload, '$.sandbox_kind') as k from events "
+    query += "where type = 'session.started'"
+    proc = fleet("sql", query, "--events", "ev", "--json", cwd=tmp_path)
+    assert json.loads(proc.stdout) == [{"k": "local"}]  # the resolved kind, never auto
 
     proc = fleet("report", "--events", "ev", "--json", cwd=tmp_path)
     overview = json.loads(proc.stdout)["Overview"][0]
@@ -130,6 +139,9 @@ def test_demo_runs_every_task_and_its_events_answer_sql(tmp_path):
     """The README's first command, and the foundation issue's 'done when' query."""
     proc = fleet("demo", "--sandbox", "local", "--events", "ev", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    first, second = proc.stdout.splitlines()[:2]
+    assert first.startswith("sandbox: local (asked for: commands run as host processes")
+    assert second.startswith("fleet demo: 12 tasks")
     assert "all 12 tasks succeeded" in proc.stdout
     assert "Batch summary" in proc.stdout and "Overview" in proc.stdout
     query = "select type, count(*) as n from events group by 1"
@@ -147,8 +159,9 @@ def test_demo_in_docker_sandboxes(tmp_path):
 
     if not docker_available():
         pytest.skip("no Docker engine")
-    proc = fleet("demo", "--sandbox", "docker", "--events", "ev", cwd=tmp_path)
+    proc = fleet("demo", "--events", "ev", cwd=tmp_path)  # auto: Docker answers
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("sandbox: docker (a container per session")
     assert "docker sandbox" in proc.stdout and "all 12 tasks succeeded" in proc.stdout
     query = "select count(distinct session_id) from events where type = 'session.started'"
     proc = fleet("sql", query, "--events", "ev", "--json", cwd=tmp_path)
@@ -213,6 +226,7 @@ def test_a_person_works_a_running_fleet_from_the_command_line(fleet_factory, tmp
     proc = fleet("status", *where, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "Waiting on people" in proc.stdout
+    assert proc.stdout.startswith("sandbox: local (commands run as host processes, not isolated)")
     assert "asks" in proc.stdout and "reviewed" in proc.stdout and call_id in proc.stdout
 
     proc = fleet("approve", "asks", "nope", *where, cwd=tmp_path, env=env)

@@ -762,7 +762,8 @@ def test_ray_up_submit_down(tmp_path: Path) -> None:
             timings["submit"] = time.monotonic() - t
             check(out, "ray submit")
             text = out.stdout + out.stderr
-            assert "connecting to Ray at auto" in text, text[-4000:]
+            assert "sandbox: local (asked for:" in text, text[-4000:]
+            assert "on Ray at auto" in text, text[-4000:]
             assert f"events at {node_home}/fleet-events" in text, text[-4000:]
             assert "batch b-" in text and "[12/12]" in text, text[-4000:]
             assert "Batch summary" in text and "Report (DuckDB over" in text, text[-4000:]

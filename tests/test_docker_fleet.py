@@ -24,12 +24,12 @@ pytestmark = [
 PROBE = """
 import sys, urllib.request
 got = []
-for ip in sys.argv[2:]:
+for target in sys.argv[1:]:
     try:
-        url = f"http://{ip}:{sys.argv[1]}/"
+        url = f"http://{target}/"
         got.append("reached " + urllib.request.urlopen(url, timeout=3).read().decode())
     except Exception as exc:
-        got.append(f"blocked {ip} {type(exc).__name__}")
+        got.append(f"blocked {target} {type(exc).__name__}")
 open("net.txt", "w").write("\\n".join(got) + "\\n")
 """
 
@@ -52,8 +52,9 @@ def shell(command: str, timeout_s: float = 60) -> list[dict[str, Any]]:
     return script(("shell", {"command": command, "timeout_s": timeout_s}), ("finish", {}))
 
 
-def probe(port: int, ips: list[str]) -> list[dict[str, Any]]:
-    command = f"python3 probe.py {port} {' '.join(ips)}"
+def probe(targets: list[str]) -> list[dict[str, Any]]:
+    """Fetch each ``ip:port`` and write what came back to net.txt."""
+    command = f"python3 probe.py {' '.join(targets)}"
     return script(
         ("write_file", {"path": "probe.py", "content": PROBE}),
         ("shell", {"command": command}),
@@ -107,9 +108,11 @@ def _kill_container_running(fleet_name: str, command: str, timeout_s: float = 30
         cli.close()
 
 
-def test_hostile_agents_are_contained_and_the_batch_goes_on(fleet_factory, host_server):  # type: ignore[no-untyped-def]
+def test_hostile_agents_are_contained_and_the_batch_goes_on(  # type: ignore[no-untyped-def]
+    fleet_factory, host_server, outside_server
+):
     fleet = fleet_factory(workers=2, sandbox="docker", stall_timeout_s=60)
-    ips = _host_addresses()
+    hosts = [f"{ip}:{host_server}" for ip in _host_addresses()]
     tasks = [
         {
             "id": "fork-bomb",
@@ -153,15 +156,16 @@ def test_hostile_agents_are_contained_and_the_batch_goes_on(fleet_factory, host_
             "prompt": "x",
             "max_attempts": 1,
             "gate": "cat net.txt; test $(grep -c '^blocked ' net.txt) = 2",
-            "script": probe(host_server, ips),
+            "script": probe(hosts),
         },
-        {  # the same probe with the network open: proves the probe can tell
+        {  # the network open: another machine answers (so the probe can tell), the host not
             "id": "net-open",
             "prompt": "x",
             "environment": {"name": "open", "network": "full"},
             "max_attempts": 1,
-            "gate": "cat net.txt; grep -q '^reached hello from host' net.txt",
-            "script": probe(host_server, ips),
+            "gate": "cat net.txt; grep -q '^reached hello from outside' net.txt && "
+            "test $(grep -c '^blocked ' net.txt) = 2",
+            "script": probe([f"{outside_server}:8080", *hosts]),
         },
         {
             "id": "honest",

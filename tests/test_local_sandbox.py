@@ -103,18 +103,54 @@ def test_files_stay_inside_the_workspace_and_snapshot_restores_elsewhere():
 
 
 def test_commands_get_a_clean_environment(monkeypatch):
-    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    secrets = {
+        "FLEET_API_TOKEN": "tok-fleet",
+        "OPENAI_API_KEY": "sk-openai",
+        "ANTHROPIC_API_KEY": "sk-anthropic",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "GOOGLE_APPLICATION_CREDENTIALS": "/keys/gcp.json",
+        "RAY_ADDRESS": "10.0.0.1:6379",
+        "DB_PASSWORD": "hunter2",
+        "SOME_SERVICE_TOKEN": "svc-token",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("TMPDIR", "/tmp")
 
     async def go():
         box = await started(env={"FROM_ENV_SPEC": "yes"})
         try:
-            r = await box.exec("env")
-            assert "hunter2" not in r.stdout
-            assert "FROM_ENV_SPEC=yes" in r.stdout
+            r = await box.exec("env; cat /dev/null")
+            seen = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+            assert not set(secrets) & set(seen), seen
+            for value in secrets.values():
+                assert value not in r.stdout
+            assert not [k for k in seen if k.startswith(("FLEET_", "RAY_", "OPENAI_"))]
+            assert seen["FROM_ENV_SPEC"] == "yes"  # declared by the environment: passed on
+            assert seen["HOME"] == box.workdir
+            assert seen["LC_ALL"] == "C.UTF-8" and seen["TMPDIR"] == "/tmp"
+            assert set(seen) <= {
+                "PATH", "HOME", "LANG", "LC_ALL", "TERM", "SHELL", "TMPDIR", "FROM_ENV_SPEC",
+                "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL",
+                "PWD", "SHLVL", "_", "OLDPWD",  # bash's own
+            }, sorted(seen)  # fmt: skip
         finally:
             await box.close()
 
     run(go())
+
+
+def test_create_sandbox_takes_only_a_resolved_kind():
+    from fleet.specs import EnvironmentSpec
+    from sandboxes import create_sandbox, describe_kind
+
+    with pytest.raises(SandboxError, match="'auto' is not a backend: resolve it once"):
+        create_sandbox("auto", EnvironmentSpec(), name="x")
+    assert isinstance(create_sandbox("local", EnvironmentSpec(), name="x"), LocalSandbox)
+    notice = describe_kind("local", "no Docker engine answered")
+    assert notice.startswith("sandbox: local (no Docker engine answered: commands run as host")
+    assert "not isolated" in notice and "not isolated" not in describe_kind("docker")
 
 
 def test_capped_output_counts_what_it_drops():

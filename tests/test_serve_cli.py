@@ -57,15 +57,72 @@ def stream(base: str, path: str) -> list[dict[str, str]]:
         return sse_events(r.iter_lines())
 
 
-def test_fleet_serve_creates_a_session_streams_it_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
+NO_DOCKER = "unix:///nonexistent/docker.sock"
+"""A DOCKER_HOST where no engine answers."""
+
+
+def serve_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "FLEET_SANDBOX"}
+    return {
+        **env,
         "FLEET_API_TOKEN": TOKEN,
         "RAY_ADDRESS": "local",  # its own Ray, never another one running on this machine
         "PYTHONUNBUFFERED": "1",
+        **extra,
     }
+
+
+def serve_cmd(port: int, tmp_path: Path, *args: str) -> list[str]:
+    cmd = [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port), "--workers", "1"]
+    return [*cmd, "--events", str(tmp_path / "events"), "--name", f"cli-{os.getpid()}", *args]
+
+
+def test_serve_refuses_local_sandboxes_it_was_not_asked_for(tmp_path: Path) -> None:
+    """auto with no Docker engine would run client tasks on the host: refused, exit 2."""
+    for sandbox in (["--sandbox", "auto"], []):  # the default is auto
+        done = subprocess.run(
+            serve_cmd(free_port(), tmp_path, *sandbox),
+            env=serve_env(DOCKER_HOST=NO_DOCKER),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [
+            "error: refusing to serve with local sandboxes: no Docker engine answered on the "
+            "head, so client tasks would run as host processes, not isolated; start Docker, or "
+            "pass --sandbox local (or FLEET_SANDBOX=local) to accept that"
+        ], done.stderr
+        assert "Traceback" not in done.stderr and "API and dashboard" not in done.stdout
+
+
+def test_serve_takes_local_sandboxes_from_fleet_sandbox(tmp_path: Path) -> None:
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    env = serve_env(DOCKER_HOST=NO_DOCKER, FLEET_SANDBOX="local")
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            serve_cmd(free_port(), tmp_path), stdout=stdout, stderr=stderr, env=env
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "API and dashboard on" not in out.read_text():
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.2)
+        assert out.read_text().startswith("sandbox: local (asked for:")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def test_fleet_serve_creates_a_session_streams_it_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = serve_env(DOCKER_HOST=NO_DOCKER)  # local, asked for by name: served all the same
     cmd = [sys.executable, "-m", "fleet.cli", "serve", "--port", str(port), "--replicas", "1"]
     cmd += ["--workers", "1", "--sandbox", "local", "--events", str(tmp_path / "events")]
     cmd += ["--name", f"cli-{os.getpid()}"]
@@ -86,6 +143,8 @@ def test_fleet_serve_creates_a_session_streams_it_and_stops_cleanly(tmp_path: Pa
         while f"API and dashboard on http://127.0.0.1:{port}/" not in out.read_text():
             assert time.monotonic() < deadline, out.read_text()
             time.sleep(0.2)
+        first = out.read_text().splitlines()[0]
+        assert first.startswith("sandbox: local (asked for: commands run as host processes")
 
         with httpx.Client(base_url=base, headers=AUTH, timeout=60) as client:
             assert client.get("/v1/fleet/status", headers={"Authorization": ""}).status_code == 401
