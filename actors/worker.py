@@ -17,7 +17,7 @@ from typing import Any
 import ray
 
 from actors.session import SessionRunner, carry_late_decision
-from fleet.events import Event
+from fleet.events import Event, EventType
 from fleet.hooks import Decision, InboxHooks
 from fleet.records import Assignment, SessionResult
 from fleet.settings import FleetSettings
@@ -41,8 +41,17 @@ def reap_node_containers(own: bool = False) -> int:
         return 0
 
 
+VERDICTS = frozenset({EventType.gate_passed, EventType.gate_failed})
+"""Events that decide a task: they reach the log only with the session's result."""
+
+
 class EventBatcher:
-    """Buffers a session's events and ships them every ``interval_s`` while it runs."""
+    """Buffers a session's events and ships them every ``interval_s`` while it runs.
+
+    From the gate's verdict on, nothing more is shipped early: the verdict and what follows
+    ride on the session's result, so the log never holds a gate that passed in a session
+    whose result was lost (the supervisor died): that session is run again, and exactly one
+    session of the task has passed the gate."""
 
     def __init__(self, supervisor: Any, interval_s: float) -> None:
         self.supervisor = supervisor
@@ -50,16 +59,20 @@ class EventBatcher:
         self.buffer: list[Event] = []
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._holding = False
 
     def add(self, event: Event) -> None:
         self.buffer.append(event)
-        if self._task is None:
+        self._holding = self._holding or event.type in VERDICTS
+        if self._task is None and not self._holding:
             self._task = asyncio.create_task(self._ship_later())
 
     async def _ship_later(self) -> None:
         await asyncio.sleep(self.interval_s)
         async with self._lock:
             self._task = None
+            if self._holding:
+                return
             batch, self.buffer = self.buffer, []
             if batch:
                 await self.supervisor.ingest.remote(batch)
