@@ -112,7 +112,8 @@ class ActorPort:
 
 def port_of(fleet: Any) -> SupervisorPort:
     """The port for a :class:`fleet.api.Fleet`, a Supervisor actor handle, or a port."""
-    handle = getattr(fleet, "supervisor", fleet)
-    if isinstance(handle, ray.actor.ActorHandle):
-        return ActorPort(handle)
-    return handle
+    if isinstance(fleet, ray.actor.ActorHandle):
+        return ActorPort(fleet)
+    if isinstance(getattr(fleet, "supervisor", None), ray.actor.ActorHandle):
+        return ActorPort(fleet.supervisor)  # a Fleet
+    return fleet
