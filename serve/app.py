@@ -15,23 +15,16 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from serve.auth import Caller, Tokens
+from serve.auth import Tokens
 from serve.clients import Admission
 from serve.openapi import install_openapi
-from serve.plumbing import BodyLimit, install_error_handlers, loads_strict
-from serve.ports import ActorPort, SupervisorPort, port_of
+from serve.plumbing import BodyLimit, install_error_handlers
+from serve.ports import port_of
 from serve.routes import fleet as fleet_routes
 from serve.routes import meta, reports, sessions, specs, tasks
 from serve.settings import ServeSettings
 
-__all__ = [
-    "ActorPort",
-    "Caller",
-    "ServeSettings",
-    "SupervisorPort",
-    "create_app",
-    "loads_strict",
-]
+__all__ = ["ServeSettings", "create_app"]  # ServeSettings lives in serve.settings
 
 DESCRIPTION = (
     "Run coding agents on a Ray fleet: agents, environments, sessions, events, "
@@ -44,7 +37,7 @@ DESCRIPTION = (
 
 def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
     """The API over a fleet: a :class:`fleet.api.Fleet`, a Supervisor actor handle, or any
-    :class:`SupervisorPort` (an in-process one in tests)."""
+    :class:`serve.ports.SupervisorPort` (an in-process one in tests)."""
     settings = settings or ServeSettings()
     sup = port_of(fleet)
     app = FastAPI(

@@ -5,11 +5,11 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 
 from fleet.records import TaskRecord
 from fleet.settings import FleetSettings
 from serve.clients import Admission
-from serve.plumbing import field_error
 from serve.ports import SupervisorPort
 from serve.settings import ServeSettings
 
@@ -44,9 +44,11 @@ def page_limit(default: int) -> Callable[..., int]:
     checked here; :func:`serve.openapi.install_openapi` documents it as the maximum)."""
 
     def limit(config: Settings, limit: Annotated[int, Query(ge=1)] = default) -> int:
-        if limit > config.max_page:
-            raise field_error(
-                ("query", "limit"), f"Input should be less than or equal to {config.max_page}"
+        if limit > config.max_page:  # as FastAPI words it for a Query(le=...)
+            msg = f"Input should be less than or equal to {config.max_page}"
+            error = {"type": "less_than_equal", "loc": ("query", "limit"), "msg": msg}
+            raise RequestValidationError(
+                [error | {"input": str(limit), "ctx": {"le": config.max_page}}]
             )
         return limit
 

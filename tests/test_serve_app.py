@@ -415,7 +415,18 @@ def test_session_runs_and_its_events_page_and_stream(client: TestClient) -> None
             break
     assert [e["seq"] for e in seen] == list(range(len(seen)))
     assert seen[0]["type"] == "task.submitted" and seen[-1]["type"] == "task.succeeded"
-    assert client.get("/v1/sessions/s-hello/events", params={"limit": 501}).status_code == 422
+    too_many = client.get("/v1/sessions/s-hello/events", params={"limit": 501})
+    assert too_many.status_code == 422  # max_page is 500 here
+    assert too_many.json()["detail"][0]["loc"] == ["query", "limit"]
+    assert client.get("/v1/sessions", params={"limit": 500}).status_code == 200
+    parameters = client.get("/openapi.json").json()["paths"]["/v1/sessions"]["get"]["parameters"]
+    assert next(p["schema"] for p in parameters if p["name"] == "limit") == {
+        "type": "integer",
+        "maximum": 500,
+        "minimum": 1,
+        "default": 50,
+        "title": "Limit",
+    }
 
     # The stream of an ended session: every event, then the end marker.
     with client.stream("GET", "/v1/sessions/s-hello/events/stream") as r:
