@@ -1,5 +1,6 @@
 """The API as a Ray Serve deployment: ``@serve.deployment`` + ``@serve.ingress`` over the
-plain app of :mod:`serve.app`, built on each replica (it looks the supervisor up by name).
+plain app of :mod:`serve.app`, built on each replica (it looks the supervisor up by name
+and wraps its handle in :class:`serve.ports.ActorPort`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pydantic import SecretStr
 from ray import serve
 
 from actors.supervisor import supervisor_name
-from serve.app import ServeSettings, create_app
+from serve.app import create_app
+from serve.settings import ServeSettings
 
 APP_NAME = "agent-fleet"
 

@@ -1,4 +1,6 @@
-"""Every route of the HTTP API through FastAPI's TestClient, against a real fleet."""
+"""Every route of the HTTP API through FastAPI's TestClient, against an in-process fleet
+(tests/fake_supervisor.py: the real scheduler, registry, event log and session runner, no
+Ray); tests/test_serve_http.py covers the app over a real fleet, on Ray Serve."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from fleet.settings import FleetSettings, PoolSpec
 from serve.app import ServeSettings, create_app
 from tests.conftest import script
-
-pytestmark = pytest.mark.ray
+from tests.fake_supervisor import FakeSupervisor
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,23 +30,27 @@ HELLO = script(
 SLOW = script(("shell", {"command": "sleep 30"}), ("finish", {"summary": "slept"}))
 
 
-@pytest.fixture(scope="module")
-def fleet(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from fleet import Fleet
+def fake_fleet(events_dir: Any, **settings: Any) -> FakeSupervisor:
+    defaults: dict[str, Any] = {
+        "name": f"serve-app-{time.monotonic_ns() % 10**8}",
+        "sandbox": "local",
+        "workers": 2,
+        "retry_backoff_s": 0.1,
+        "approval_wait_s": 1.0,  # park sessions waiting on a tool confirmation quickly
+    }
+    return FakeSupervisor(FleetSettings(events_dir=str(events_dir), **(defaults | settings)))
 
-    events = tmp_path_factory.mktemp("serve-events")
-    started = Fleet.start(
-        name=f"serve-app-{time.monotonic_ns() % 10**8}",
-        events_dir=str(events),
-        sandbox="local",
-        workers=2,
-        flush_interval_s=0.2,
-        retry_backoff_s=0.1,
-        approval_wait_s=1.0,  # park sessions waiting on a tool confirmation quickly
-        namespace="agent-fleet-tests",
-    )
+
+def run(call: Any) -> Any:
+    """A fake supervisor's call, from a test."""
+    return asyncio.run(call)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSupervisor]:
+    started = fake_fleet(tmp_path_factory.mktemp("serve-events"))
     yield started
-    started.shutdown()
+    started.close()
 
 
 @pytest.fixture(scope="module")
@@ -409,7 +415,18 @@ def test_session_runs_and_its_events_page_and_stream(client: TestClient) -> None
             break
     assert [e["seq"] for e in seen] == list(range(len(seen)))
     assert seen[0]["type"] == "task.submitted" and seen[-1]["type"] == "task.succeeded"
-    assert client.get("/v1/sessions/s-hello/events", params={"limit": 501}).status_code == 422
+    too_many = client.get("/v1/sessions/s-hello/events", params={"limit": 501})
+    assert too_many.status_code == 422  # max_page is 500 here
+    assert too_many.json()["detail"][0]["loc"] == ["query", "limit"]
+    assert client.get("/v1/sessions", params={"limit": 500}).status_code == 200
+    parameters = client.get("/openapi.json").json()["paths"]["/v1/sessions"]["get"]["parameters"]
+    assert next(p["schema"] for p in parameters if p["name"] == "limit") == {
+        "type": "integer",
+        "maximum": 500,
+        "minimum": 1,
+        "default": 50,
+        "title": "Limit",
+    }
 
     # The stream of an ended session: every event, then the end marker.
     with client.stream("GET", "/v1/sessions/s-hello/events/stream") as r:
@@ -603,30 +620,16 @@ def test_status_and_reports(client: TestClient) -> None:
     assert client.get("/v1/reports/nope").status_code == 404
 
 
-class _StubSupervisor:
-    """A supervisor stand-in (a handle, not a Fleet): ``sup.method.remote(*args)`` is the
-    coroutine ``answer(method, *args)``."""
+class _DeadSupervisor:
+    """Every call fails as a call to a supervisor actor that is restarting does."""
 
     def __getattr__(self, name: str) -> Any:
-        if name == "supervisor":
-            raise AttributeError(name)
-        stub = self
+        async def call(*args: Any) -> Any:
+            import ray
 
-        class Method:
-            def remote(self, *args: Any) -> Any:
-                return stub.answer(name, *args)
+            raise ray.exceptions.ActorUnavailableError("supervisor restarting", None)
 
-        return Method()
-
-    async def answer(self, name: str, *args: Any) -> Any:
-        raise NotImplementedError(name)
-
-
-class _DeadSupervisor(_StubSupervisor):
-    async def answer(self, name: str, *args: Any) -> Any:
-        import ray
-
-        raise ray.exceptions.ActorUnavailableError("supervisor restarting", None)
+        return call
 
 
 def test_unreachable_fleet_is_503_and_streamed_bodies_are_limited() -> None:
@@ -645,27 +648,14 @@ def test_unreachable_fleet_is_503_and_streamed_bodies_are_limited() -> None:
         assert c.post("/v1/tasks", content=b"x" * 3000).status_code == 413
 
 
-def test_review_route_approves_a_result_awaiting_review(fleet_factory):
-    from fastapi.testclient import TestClient
-
-    from serve.app import ServeSettings, create_app
-    from tests.conftest import script
-
-    fleet = fleet_factory(workers=1)
+def test_review_route_approves_a_result_awaiting_review(fleet: FakeSupervisor) -> None:
     client = TestClient(create_app(fleet, ServeSettings(token="t0k")))
     auth = {"Authorization": "Bearer t0k"}
-    fleet.submit(
-        [
-            {
-                "id": "rv",
-                "prompt": "x",
-                "require_approval": True,
-                "script": script(("finish", {"summary": "done"})),
-            }
-        ]
-    )
+    task = {"id": "rv", "prompt": "x", "require_approval": True}
+    task["script"] = script(("finish", {"summary": "done"}))
+    assert client.post("/v1/tasks", json=[task], headers=auth).json()["accepted"] == ["rv"]
     deadline = time.time() + 30
-    while fleet.get("rv").state != "awaiting_review":
+    while run(fleet.get(["rv"]))[0].state != "awaiting_review":
         assert time.time() < deadline
         time.sleep(0.05)
     blocked = client.get("/v1/fleet/status", headers=auth).json()["blocked"]
@@ -738,57 +728,17 @@ def test_hostile_input_elsewhere_is_never_a_500(client: TestClient) -> None:
     assert client.get("/v1/events/stream", headers=headers).status_code == 422
 
 
-class _Recorder(_StubSupervisor):
-    """Records the methods called (and answers a few)."""
-
-    def __init__(self, events_dir: str) -> None:
-        self.calls: list[str] = []
-        self.events_dir = events_dir
-
-    async def answer(self, name: str, *args: Any) -> Any:
-        self.calls.append(name)
-        return self if name == "get_settings" else 0
+@pytest.fixture
+def held(tmp_path: Any) -> Iterator[FakeSupervisor]:
+    """A fleet whose only pool takes no agent: every task stays queued."""
+    pools = [PoolSpec(name="hold", workers=1, agents=["__nobody__"])]
+    sup = fake_fleet(tmp_path / "events", max_queued_per_token=3, pools=pools)
+    yield sup
+    sup.close()
 
 
-class _QueueingSupervisor(_StubSupervisor):
-    """Accepts every task and keeps it queued until ``finish``; caps from ``settings``."""
-
-    def __init__(self, settings: Any) -> None:
-        from fleet.specs import AgentSpec, EnvironmentSpec
-
-        self.settings = settings
-        self.tasks: dict[str, Any] = {}
-        self.agent = {"name": "default", "spec": AgentSpec().model_dump(mode="json")}
-        self.environment = {"name": "default", "spec": EnvironmentSpec().model_dump(mode="json")}
-
-    def finish(self, task_id: str) -> None:
-        from fleet.specs import TaskState
-
-        self.tasks[task_id] = self.tasks[task_id].model_copy(update={"state": TaskState.succeeded})
-
-    async def answer(self, name: str, *args: Any) -> Any:
-        from fleet.records import TaskRecord
-        from fleet.specs import TaskSpec
-
-        if name == "get_settings":
-            return self.settings
-        if name == "list_specs":
-            return [self.agent]
-        if name == "get_spec":
-            return self.environment
-        if name == "get":
-            return [self.tasks.get(i) for i in args[0]]
-        if name == "submit":
-            for raw in args[0]:
-                self.tasks[raw["id"]] = TaskRecord(id=raw["id"], spec=TaskSpec.model_validate(raw))
-            return {"accepted": [raw["id"] for raw in args[0]], "rejected": []}
-        raise NotImplementedError(name)
-
-
-def test_a_client_token_has_a_queue_quota() -> None:
-    from fleet.settings import FleetSettings
-
-    sup = _QueueingSupervisor(FleetSettings(max_queued_per_token=3))
+def test_a_client_token_has_a_queue_quota(held: FakeSupervisor) -> None:
+    sup = held
     app = create_app(sup, ServeSettings(token=TOKEN, admin_token=ADMIN_TOKEN))
     with TestClient(app, headers=AUTH) as c:
         assert c.post("/v1/sessions", json={"id": "q1", "prompt": "x"}).status_code == 201
@@ -799,8 +749,8 @@ def test_a_client_token_has_a_queue_quota() -> None:
         assert "3 unfinished tasks" in over.json()["detail"]
         assert "max_queued_per_token (3)" in over.json()["detail"]
         assert c.post("/v1/tasks", json=[{"id": "q4", "prompt": "x"}]).status_code == 429
-        assert "q4" not in sup.tasks  # refused whole, nothing queued
-        sup.finish("q1")  # one ends: room for one more, not two
+        assert run(sup.get(["q4"])) == [None]  # refused whole, nothing queued
+        assert run(sup.cancel("q1"))  # one ends: room for one more, not two
         two = [{"id": "q5", "prompt": "x"}, {"id": "q6", "prompt": "x"}]
         assert c.post("/v1/tasks", json=two).status_code == 429
         assert c.post("/v1/sessions", json={"id": "q5", "prompt": "x"}).status_code == 201
@@ -809,14 +759,14 @@ def test_a_client_token_has_a_queue_quota() -> None:
         assert admin.status_code == 201
 
 
-def test_reports_read_parquet_without_forcing_a_flush(tmp_path: Any) -> None:
-    sup = _Recorder(str(tmp_path))
+def test_reports_read_parquet_without_forcing_a_flush(held: FakeSupervisor) -> None:
+    sup = held
     with TestClient(create_app(sup, ServeSettings(token=TOKEN)), headers=AUTH) as c:
         for _ in range(3):  # a dashboard polling: no flush, so no new Parquet file each time
             assert c.get("/v1/reports/overview").status_code == 200
-        assert "flush" not in sup.calls
+        assert sup.calls["flush"] == 0
         assert c.get("/v1/reports/durations", params={"fresh": True}).status_code == 200
-        assert sup.calls.count("flush") == 1
+        assert sup.calls["flush"] == 1
 
 
 # -- the fleet-wide stream -----------------------------------------------------------------
@@ -901,9 +851,12 @@ def test_fleet_stream_token_in_query_only_for_streams(live_client: TestClient) -
     assert session.status_code == 404  # authorized: the session stream takes it too
 
 
-def test_supervisor_stream_since_long_polls_a_global_cursor(fleet: Any) -> None:
+# -- the supervisor actor's side of the fleet-wide stream (real Ray) -------------------------
+@pytest.mark.ray
+def test_supervisor_stream_since_long_polls_a_global_cursor(fleet_factory: Any) -> None:
     import ray
 
+    fleet = fleet_factory(workers=1)
     sup = fleet.supervisor
     events, now = ray.get(sup.stream_since.remote(-1, 0.0, 10))  # negative: from now
     assert events == [] and now >= 0
@@ -929,13 +882,13 @@ def test_supervisor_stream_since_long_polls_a_global_cursor(fleet: Any) -> None:
     assert ahead == [] and position < now + 10**6  # a cursor from another life: from now
 
 
-class _GappySupervisor(_StubSupervisor):
-    """A stream that lost events: the first batch starts above the cursor."""
+class _GappyStream:
+    """A fleet stream that lost events: the first batch starts above the cursor."""
 
     def __init__(self) -> None:
         self.batches: list[tuple[list[Any], int]] = [([], 100)]
 
-    async def answer(self, name: str, *args: Any) -> Any:
+    async def stream_since(self, cursor: int, timeout_s: float, limit: int) -> Any:
         if self.batches:
             return self.batches.pop(0)
         await asyncio.sleep(3600)
@@ -944,7 +897,7 @@ class _GappySupervisor(_StubSupervisor):
 def test_fleet_stream_reports_a_gap() -> None:
     from fleet.events import Event, EventType
 
-    sup = _GappySupervisor()
+    sup = _GappyStream()
     events = [Event(task_id="t", type=EventType.task_submitted, seq=n) for n in range(2)]
     sup.batches.append((events, 205))  # asked for 100 on: 100..202 already left the ring
     app = create_app(sup, ServeSettings(token=TOKEN))
@@ -958,6 +911,7 @@ def test_fleet_stream_reports_a_gap() -> None:
     assert [e.get("id") for e in got] == ["99", None, "203", "204"]
 
 
+@pytest.mark.ray
 def test_fleet_stream_index_survives_a_supervisor_restart(fleet_factory: Any) -> None:
     """The index goes on from the log's length: a client's Last-Event-ID stays meaningful."""
     import ray

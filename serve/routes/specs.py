@@ -1,0 +1,108 @@
+"""Agents and environments: named, versioned specs. Everyone reads them; only the operator
+(admin token) creates, updates and archives them. Environment variable values read `***`."""
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from actors.registry import SpecConflict
+from fleet.policy import masked_environment
+from serve import models as m
+from serve.auth import operator
+from serve.deps import Sup
+from serve.openapi import CONFLICT, NOT_FOUND
+from serve.ports import SupervisorPort
+from serve.routes import v1_router
+
+router = v1_router()
+OPERATOR = [Depends(operator)]
+
+
+def add_routes(
+    router: APIRouter,
+    kind: str,
+    plural: str,
+    create: type,
+    update: type,
+    view: type,
+    listing: type,
+) -> None:
+    """The five routes of one kind (``agent`` or ``environment``) under ``/{plural}``."""
+
+    async def get_view(sup: SupervisorPort, name: str) -> dict[str, Any]:
+        found = await sup.get_spec(kind, name)
+        if found is None:
+            raise HTTPException(404, f"no {kind} {name!r}")
+        return found
+
+    async def put(
+        sup: SupervisorPort, spec: dict[str, Any], expected: int | None
+    ) -> dict[str, Any]:
+        try:
+            return await sup.put_spec(kind, spec, expected)
+        except SpecConflict as exc:
+            raise HTTPException(409, str(exc).strip().splitlines()[-1]) from None
+
+    def shown_view(found: dict[str, Any]) -> dict[str, Any]:
+        if kind != "environment":
+            return found
+        return found | {"spec": masked_environment(found["spec"])}
+
+    @router.post(
+        f"/{plural}", status_code=201, responses=CONFLICT, tags=[plural], dependencies=OPERATOR
+    )
+    async def create_spec(sup: Sup, body: create) -> view:  # type: ignore[valid-type]
+        """Create (version 1). 409 if the name is taken. Admin token only."""
+        return shown_view(await put(sup, body.model_dump(mode="json"), 0))
+
+    @router.get(f"/{plural}", tags=[plural])
+    async def list_spec(sup: Sup, include_archived: bool = False) -> listing:  # type: ignore[valid-type]
+        """Environment variables are listed by name; their values read `***`."""
+        found = await sup.list_specs(kind, include_archived)
+        return {"data": [shown_view(v) for v in found]}
+
+    @router.get(f"/{plural}/{{name}}", responses=NOT_FOUND, tags=[plural])
+    async def get_spec(sup: Sup, name: str) -> view:  # type: ignore[valid-type]
+        return shown_view(await get_view(sup, name))
+
+    @router.post(
+        f"/{plural}/{{name}}",
+        responses={**NOT_FOUND, **CONFLICT},
+        tags=[plural],
+        dependencies=OPERATOR,
+    )
+    async def update_spec(sup: Sup, name: str, body: update) -> view:  # type: ignore[valid-type]
+        """Replace the spec: it becomes the next version (409 if `version` is stale).
+        Admin token only."""
+        current = await get_view(sup, name)
+        if current.get("archived"):
+            raise HTTPException(404, f"{kind} {name!r} is archived")
+        spec = body.model_dump(mode="json", exclude={"version"}) | {"name": name}
+        return shown_view(await put(sup, spec, body.version))
+
+    @router.post(
+        f"/{plural}/{{name}}/archive",
+        responses={**NOT_FOUND, **CONFLICT},
+        tags=[plural],
+        dependencies=OPERATOR,
+    )
+    async def archive_spec(sup: Sup, name: str) -> view:  # type: ignore[valid-type]
+        """New tasks can no longer name it; it stays readable. Admin token only."""
+        current = await get_view(sup, name)
+        if current.get("archived"):
+            return shown_view(current)
+        if not await sup.archive_spec(kind, name):
+            raise HTTPException(409, f"{kind} {name!r} cannot be archived")
+        return shown_view(await get_view(sup, name))
+
+
+add_routes(router, "agent", "agents", m.AgentCreate, m.AgentUpdate, m.AgentView, m.AgentList)
+add_routes(
+    router,
+    "environment",
+    "environments",
+    m.EnvironmentCreate,
+    m.EnvironmentUpdate,
+    m.EnvironmentView,
+    m.EnvironmentList,
+)

@@ -1,0 +1,374 @@
+"""An in-process fleet for the HTTP routes' tests: a :class:`serve.ports.SupervisorPort`
+without Ray.
+
+It is built on the real plain parts: :class:`actors.scheduler.Scheduler` decides,
+:class:`actors.registry.Registry` keeps agents and environments, :class:`fleet.eventlog.
+EventLog` writes Parquet (the reports read it), :class:`actors.session.SessionRunner` runs
+sessions in local sandboxes with :class:`fleet.hooks.InboxHooks` (steer, interrupt, tool
+confirmations), :class:`actors.artifacts.ArtifactStore` keeps parked loop states. What it
+leaves out of :class:`actors.supervisor.Supervisor`: Ray actors (workers are coroutines),
+recovery, the manager agent, memory, heartbeats and time limits.
+
+Like an actor it has a thread and an event loop of its own: every port method runs there,
+whichever loop (a TestClient's) awaits it. ``calls`` counts the calls by method name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from actors.artifacts import ArtifactStore
+from actors.registry import Registry
+from actors.scheduler import Scheduler, TaskRejected
+from actors.session import SessionRunner, carry_late_decision
+from actors.supervisor import _asks_now
+from fleet.eventlog import EventLog
+from fleet.events import Event, EventType
+from fleet.hooks import Decision, InboxHooks
+from fleet.records import Assignment, SessionResult, TaskRecord
+from fleet.settings import FleetSettings, PoolSpec
+from fleet.specs import EnvironmentSpec, FleetConfig, TaskSpec, TaskState
+from sandboxes import create_sandbox
+from sandboxes.base import Sandbox
+
+T = TypeVar("T")
+
+
+def on_fleet_loop(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """A port method: counted, and run on the fake's own loop (as an actor call would)."""
+
+    @functools.wraps(method)
+    async def call(self: FakeSupervisor, *args: Any) -> T:
+        self.calls[method.__name__] += 1
+        future = asyncio.run_coroutine_threadsafe(method(self, *args), self.loop)
+        return await asyncio.wrap_future(future)
+
+    return call
+
+
+class FakeSupervisor:
+    def __init__(self, settings: FleetSettings, config: FleetConfig | None = None) -> None:
+        self.settings = settings
+        self.config = config or FleetConfig()
+        self.sched = Scheduler(self.config, settings)
+        self.registry = Registry(self.config)
+        self.log = EventLog(settings.events_dir, settings.wal_dir, writer=settings.name)
+        self.artifacts = ArtifactStore(f"{settings.events_dir.rstrip('/')}/_artifacts")
+        self.runner = SessionRunner(settings, "fake", self._sandbox)
+        self.history: dict[str, list[Event]] = {}
+        self.stream: list[Event] = []
+        self.running: dict[str, str] = {}
+        """worker id -> task id"""
+        self.sessions: dict[str, tuple[asyncio.Task[SessionResult], InboxHooks]] = {}
+        """worker id -> its running session and the hooks that reach it"""
+        self.calls: Counter[str] = Counter()
+        self.started_at = time.time()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._changed = asyncio.Event()  # bound to the loop that first waits on it
+        pools = [(f"w{n}", pool) for pool in settings.pool_specs() for n in range(pool.workers)]
+        self.pools = {f"{name}-{pool.name}": pool for name, pool in pools}
+        self._workers = [
+            asyncio.run_coroutine_threadsafe(self._work(w, p), self.loop)
+            for w, p in self.pools.items()
+        ]
+
+    def close(self) -> None:
+        """Stop the sessions and the loop."""
+        for worker in self._workers:
+            worker.cancel()
+        for session, _ in list(self.sessions.values()):
+            self.loop.call_soon_threadsafe(session.cancel)
+        time.sleep(0.2)  # let cancelled sessions close their sandboxes
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.log.close()
+
+    # -- the port (shapes as actors.supervisor.Supervisor's) -----------------------------
+    @on_fleet_loop
+    async def get_settings(self) -> FleetSettings:
+        return self.settings
+
+    @on_fleet_loop
+    async def get(self, task_ids: list[str]) -> list[TaskRecord | None]:
+        return [self.sched.tasks.get(i) for i in task_ids]
+
+    @on_fleet_loop
+    async def submit(self, tasks: list[dict[str, Any]], batch: str | None) -> dict[str, Any]:
+        accepted: list[str] = []
+        rejected: list[dict[str, str]] = []
+        for raw in tasks:
+            try:
+                spec = TaskSpec.model_validate(raw)
+                self._record([self.sched.submit(spec, batch)])
+            except TaskRejected as exc:
+                rejected.append({"task_id": exc.task_id, "field": exc.field, "error": exc.message})
+                continue
+            except ValueError as exc:
+                rejected.append(
+                    {"task_id": str(raw.get("id", "?")), "field": "", "error": str(exc)}
+                )
+                continue
+            accepted.append(spec.id)
+        return {"accepted": accepted, "rejected": rejected, "batch": batch}
+
+    @on_fleet_loop
+    async def list_tasks(
+        self, state: str | None, label: str | None, limit: int, offset: int
+    ) -> list[TaskRecord]:
+        picked = [
+            r
+            for r in reversed(self.sched.tasks.values())
+            if (state is None or r.state == state) and (label is None or label in r.spec.labels)
+        ]
+        return picked[offset : offset + limit]
+
+    @on_fleet_loop
+    async def cancel(self, task_id: str) -> bool:
+        events = self.sched.cancel(task_id)
+        self._record(events)
+        worker = self._worker_of(task_id)
+        if events and worker is not None:
+            self.sessions[worker][0].cancel()
+        return bool(events)
+
+    @on_fleet_loop
+    async def review(self, task_id: str, approve: bool, message: str) -> bool:
+        events = self.sched.review(task_id, approve, message)
+        self._record(events)
+        return bool(events)
+
+    @on_fleet_loop
+    async def steer(self, task_id: str, text: str) -> bool:
+        record = self.sched.tasks.get(task_id)
+        if record is None or record.state.terminal:
+            return False
+        worker = self._worker_of(task_id)
+        payload = {"text": text, "delivered": worker is not None}
+        self._record([self._event(record, EventType.user_message, payload)])
+        if worker is not None:
+            self.sessions[worker][1].push_message(text)
+        elif record.state == TaskState.paused:
+            self._record(self.sched.resume(task_id))
+        return True
+
+    @on_fleet_loop
+    async def interrupt(self, task_id: str) -> bool:
+        record = self.sched.tasks.get(task_id)
+        worker = self._worker_of(task_id)
+        if record is None or worker is None:
+            return False
+        self._record([self._event(record, EventType.user_interrupt, {})])
+        self.sessions[worker][1].push_interrupt()
+        return True
+
+    @on_fleet_loop
+    async def decide_approval(self, task_id: str, call_id: str, allow: bool, message: str) -> bool:
+        record = self.sched.tasks.get(task_id)
+        pending = record.pending_approval if record else None
+        if record is None or not pending or pending.get("call_id") != call_id:
+            return False
+        if pending.get("decision") is not None or record.state.terminal:
+            return False
+        payload = {"call_id": call_id, "allow": allow, "message": message, "by": "user"}
+        self._record([self._event(record, EventType.approval_decided, payload)])
+        worker = self._worker_of(task_id)
+        if worker is not None:
+            decision = Decision(allow, message, recorded=True)
+            self.sessions[worker][1].push_decision(call_id, decision)
+        elif record.state == TaskState.awaiting_approval:
+            self._record(self.sched.resume(task_id))
+        return True
+
+    @on_fleet_loop
+    async def events_since(
+        self, task_id: str, after_seq: int, timeout_s: float, limit: int
+    ) -> list[Event]:
+        def found() -> list[Event]:
+            return [e for e in self.history.get(task_id, []) if e.seq > after_seq]
+
+        if task_id not in self.sched.tasks:
+            return []
+        await self._wait_for(lambda: bool(found()), timeout_s)
+        return found()[:limit]
+
+    @on_fleet_loop
+    async def stream_since(
+        self, cursor: int, timeout_s: float, limit: int
+    ) -> tuple[list[Event], int]:
+        """Keeps every event: no ring, so no gaps."""
+        if cursor < 0 or cursor > len(self.stream):
+            cursor = len(self.stream)
+        if limit > 0:
+            await self._wait_for(lambda: len(self.stream) > cursor, timeout_s)
+        events = self.stream[cursor : cursor + max(0, limit)]
+        return events, cursor + len(events)
+
+    @on_fleet_loop
+    async def status(self) -> dict[str, Any]:
+        now = time.time()
+        running = [
+            {
+                "task_id": task_id,
+                "worker": worker,
+                "attempt": self.sched.tasks[task_id].attempts,
+                "age_s": None,
+                "last_event": self.sched.tasks[task_id].last_event,
+                "last_event_age_s": 0.0,
+            }
+            for worker, task_id in sorted(self.running.items())
+        ]
+        waiting = (TaskState.awaiting_approval, TaskState.awaiting_review, TaskState.paused)
+        blocked = [
+            {
+                "task_id": r.id,
+                "state": r.state.value,
+                "call_id": (r.pending_approval or {}).get("call_id"),
+                "tool": (r.pending_approval or {}).get("tool"),
+                "reason": r.reason,
+            }
+            for r in self.sched.tasks.values()
+            if r.state in waiting or _asks_now(r)
+        ][:50]
+        recent = [self.sched.tasks[i] for i in self.sched.finished[-10:]]
+        return {
+            "fleet": self.settings.name,
+            "workers": len(self.pools),
+            "counts": self.sched.counts(),
+            "queued": self.sched.queue.ids(limit=50),
+            "running": running,
+            "blocked": blocked,
+            "recent": [
+                {"task_id": r.id, "state": r.state.value, "reason": r.reason} for r in recent
+            ],
+            "events_dir": self.settings.events_dir,
+            "uptime_s": round(now - self.started_at, 1),
+        }
+
+    @on_fleet_loop
+    async def flush(self) -> int:
+        pending = self.log.start_roll()
+        if pending is None:
+            return 0
+        await asyncio.to_thread(self.log.finish_roll, *pending)
+        return len(pending[1])
+
+    @on_fleet_loop
+    async def put_spec(
+        self, kind: str, spec: dict[str, Any], expected_version: int | None
+    ) -> dict[str, Any]:
+        return self.registry.put(kind, spec, expected_version)
+
+    @on_fleet_loop
+    async def get_spec(self, kind: str, name: str) -> dict[str, Any] | None:
+        return self.registry.get(kind, name)
+
+    @on_fleet_loop
+    async def list_specs(self, kind: str, include_archived: bool) -> list[dict[str, Any]]:
+        return self.registry.list(kind, include_archived)
+
+    @on_fleet_loop
+    async def archive_spec(self, kind: str, name: str) -> bool:
+        return self.registry.archive(kind, name)
+
+    # -- the fleet's loop ----------------------------------------------------------------
+    def _record(self, events: list[Event]) -> None:
+        """Number, apply, log and keep events, then wake whoever waits (all on the loop)."""
+        for event in events:
+            record = self.sched.tasks.get(event.task_id)
+            event.seq = record.seq + 1 if record else 0
+            self.sched.apply(event)
+            self.history.setdefault(event.task_id, []).append(event)
+        self.log.append(events)
+        self.stream.extend(events)
+        if events:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def _wait_for(self, ready: Callable[[], bool], timeout_s: float) -> None:
+        """Until ``ready()`` (checked after each recorded change) or ``timeout_s`` passed."""
+        deadline = time.monotonic() + timeout_s
+        while not ready() and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+
+    @staticmethod
+    def _event(record: TaskRecord, type_: EventType, payload: dict[str, Any]) -> Event:
+        return Event(task_id=record.id, type=type_, session_id=record.session_id, payload=payload)
+
+    def _worker_of(self, task_id: str) -> str | None:
+        return next((w for w, t in self.running.items() if t == task_id), None)
+
+    async def _sandbox(self, environment: EnvironmentSpec, name: str) -> Sandbox:
+        sandbox = create_sandbox(self.settings.sandbox, environment, name=name)
+        await sandbox.start()
+        return sandbox
+
+    async def _work(self, worker: str, pool: PoolSpec) -> None:
+        """A worker: take the next task that fits, run its session, report, again."""
+        while True:
+            running = [self.sched.tasks[t] for t in self.running.values()]
+            got = self.sched.assign(worker, pool, running)
+            if got is None:  # backoffs end unannounced: look again now and then
+                await self._wait_for(lambda: False, 0.1)
+                continue
+            assignment, event = got
+            if assignment is not None:  # a parked session resumes where it stopped
+                record = self.sched.tasks[assignment.task.id]
+                if record.workspace_ref:  # (read before the assignment clears it)
+                    assignment.workspace = self.artifacts.get(record.workspace_ref)
+                    if record.loop_state_ref:
+                        assignment.loop_state = self.artifacts.get_json(record.loop_state_ref)
+            self._record([event])
+            if assignment is not None:
+                await self._session(assignment, worker)
+
+    async def _session(self, a: Assignment, worker: str) -> None:
+        hooks = InboxHooks()
+        session = asyncio.create_task(self.runner.run(a, lambda e: self._record([e]), hooks))
+        self.running[worker] = a.task.id
+        self.sessions[worker] = (session, hooks)
+        try:
+            result = await session
+            carry_late_decision(result, hooks)
+        except asyncio.CancelledError:
+            reason = "session stopped by the supervisor"
+            result = SessionResult(
+                task_id=a.task.id,
+                session_id=a.session_id,
+                attempt=a.attempt,
+                worker=worker,
+                status="failed",
+                reason=reason,
+            )
+        finally:
+            del self.running[worker], self.sessions[worker]
+        decided = self.sched.complete(result)
+        outcome = result.outcome
+        parked = outcome is not None and outcome.status in ("parked", "interrupted")
+        if parked and outcome.state:
+            sid = result.session_id
+            refs = {
+                "loop_state_ref": self.artifacts.put_json(
+                    a.task.id, f"{sid}.state.json", outcome.state
+                )
+            }
+            if result.workspace is not None:
+                refs["workspace_ref"] = self.artifacts.put(
+                    a.task.id, f"{sid}.tar", result.workspace
+                )
+            for event in decided:
+                if event.type == EventType.task_parked:
+                    event.payload.update(refs)
+        self._record(decided)
+        parked_now = any(e.type == EventType.task_parked for e in decided)
+        if parked_now and (self.sched.tasks[a.task.id].pending_approval or {}).get("decision"):
+            self._record(self.sched.resume(a.task.id))  # decided as it parked
