@@ -25,6 +25,7 @@ from actors.manager import MANAGER_INSTRUCTIONS, ManagerRound
 from actors.memory import Memory
 from actors.registry import Registry
 from actors.scheduler import Scheduler, TaskRejected
+from actors.status import fleet_status
 from actors.worker import Worker
 from fleet.agent import AgentLoop
 from fleet.eventlog import EventLog, partition_files
@@ -44,12 +45,6 @@ TERMINAL_EVENTS = {
     EventType.task_needs_human,
     EventType.task_cancelled,
 }
-
-
-def _asks_now(record: TaskRecord) -> bool:
-    """A running session waits on a person for a tool call (before it parks)."""
-    pending = record.pending_approval
-    return record.state == TaskState.running and bool(pending) and not pending.get("decision")
 
 
 IDLE_RECHECK_S = 5.0
@@ -311,50 +306,9 @@ class Supervisor:
         return True
 
     def status(self) -> dict[str, Any]:
-        now = time.time()
-        running = []
-        for worker, task_id in sorted(self.running.items()):
-            record = self.sched.tasks[task_id]
-            started = record.last_event_at.timestamp() if record.last_event_at else now
-            running.append(
-                {
-                    "task_id": task_id,
-                    "worker": worker,
-                    "attempt": record.attempts,
-                    "age_s": round(now - (record.started_at or record.submitted_at).timestamp(), 2)
-                    if (record.started_at or record.submitted_at)
-                    else None,
-                    "last_event": record.last_event,
-                    "last_event_age_s": round(now - started, 2),
-                }
-            )
-        recent = [self.sched.tasks[i] for i in self.sched.finished[-10:]]
-        waiting = (TaskState.awaiting_approval, TaskState.awaiting_review, TaskState.paused)
-        blocked = [
-            {
-                "task_id": r.id,
-                "state": r.state.value,
-                "call_id": (r.pending_approval or {}).get("call_id"),
-                "tool": (r.pending_approval or {}).get("tool"),
-                "reason": r.reason,
-            }
-            for r in self.sched.tasks.values()
-            if r.state in waiting or _asks_now(r)
-        ][:50]
-        return {
-            "fleet": self.settings.name,
-            "workers": len(self.workers),
-            "sandbox": self.settings.sandbox,  # the backend sessions run in: docker or local
-            "counts": self.sched.counts(),
-            "queued": self.sched.queue.ids(limit=50),
-            "running": running,
-            "blocked": blocked,
-            "recent": [
-                {"task_id": r.id, "state": r.state.value, "reason": r.reason} for r in recent
-            ],
-            "events_dir": self.settings.events_dir,
-            "uptime_s": round(now - self.started_at, 1),
-        }
+        return fleet_status(
+            self.sched, self.running, len(self.workers), self.settings, self.started_at, time.time()
+        )
 
     async def events(self, task_id: str) -> list[Event]:
         """A task's events so far, in ``seq`` order (rolled files plus the buffer)."""

@@ -28,7 +28,7 @@ from actors.artifacts import ArtifactStore
 from actors.registry import Registry
 from actors.scheduler import Scheduler, TaskRejected
 from actors.session import SessionRunner, carry_late_decision
-from actors.supervisor import _asks_now
+from actors.status import fleet_status
 from fleet.eventlog import EventLog
 from fleet.events import Event, EventType
 from fleet.hooks import Decision, InboxHooks
@@ -214,44 +214,10 @@ class FakeSupervisor:
 
     @on_fleet_loop
     async def status(self) -> dict[str, Any]:
-        now = time.time()
-        running = [
-            {
-                "task_id": task_id,
-                "worker": worker,
-                "attempt": self.sched.tasks[task_id].attempts,
-                "age_s": None,
-                "last_event": self.sched.tasks[task_id].last_event,
-                "last_event_age_s": 0.0,
-            }
-            for worker, task_id in sorted(self.running.items())
-        ]
-        waiting = (TaskState.awaiting_approval, TaskState.awaiting_review, TaskState.paused)
-        blocked = [
-            {
-                "task_id": r.id,
-                "state": r.state.value,
-                "call_id": (r.pending_approval or {}).get("call_id"),
-                "tool": (r.pending_approval or {}).get("tool"),
-                "reason": r.reason,
-            }
-            for r in self.sched.tasks.values()
-            if r.state in waiting or _asks_now(r)
-        ][:50]
-        recent = [self.sched.tasks[i] for i in self.sched.finished[-10:]]
-        return {
-            "fleet": self.settings.name,
-            "workers": len(self.pools),
-            "counts": self.sched.counts(),
-            "queued": self.sched.queue.ids(limit=50),
-            "running": running,
-            "blocked": blocked,
-            "recent": [
-                {"task_id": r.id, "state": r.state.value, "reason": r.reason} for r in recent
-            ],
-            "events_dir": self.settings.events_dir,
-            "uptime_s": round(now - self.started_at, 1),
-        }
+        workers = len(self.pools)
+        return fleet_status(
+            self.sched, self.running, workers, self.settings, self.started_at, time.time()
+        )
 
     @on_fleet_loop
     async def flush(self) -> int:

@@ -1,0 +1,69 @@
+"""The fleet's status view: a plain function of the scheduler's state and the clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.scheduler import Scheduler
+from fleet.records import TaskRecord
+from fleet.settings import FleetSettings
+from fleet.specs import TaskState
+
+WAITING_ON_A_PERSON = (TaskState.awaiting_approval, TaskState.awaiting_review, TaskState.paused)
+
+
+def asks_now(record: TaskRecord) -> bool:
+    """A running session waits on a person for a tool call (before it parks)."""
+    pending = record.pending_approval
+    return record.state == TaskState.running and bool(pending) and not pending.get("decision")
+
+
+def fleet_status(
+    sched: Scheduler,
+    running: dict[str, str],
+    workers: int,
+    settings: FleetSettings,
+    started_at: float,
+    now: float,
+) -> dict[str, Any]:
+    """Counts, queue, running sessions (``running``: worker id -> task id), what waits on a
+    person, and the latest outcomes."""
+    sessions = []
+    for worker, task_id in sorted(running.items()):
+        record = sched.tasks[task_id]
+        began = record.started_at or record.submitted_at
+        last = record.last_event_at.timestamp() if record.last_event_at else now
+        sessions.append(
+            {
+                "task_id": task_id,
+                "worker": worker,
+                "attempt": record.attempts,
+                "age_s": round(now - began.timestamp(), 2) if began else None,
+                "last_event": record.last_event,
+                "last_event_age_s": round(now - last, 2),
+            }
+        )
+    blocked = [
+        {
+            "task_id": r.id,
+            "state": r.state.value,
+            "call_id": (r.pending_approval or {}).get("call_id"),
+            "tool": (r.pending_approval or {}).get("tool"),
+            "reason": r.reason,
+        }
+        for r in sched.tasks.values()
+        if r.state in WAITING_ON_A_PERSON or asks_now(r)
+    ][:50]
+    recent = [sched.tasks[i] for i in sched.finished[-10:]]
+    return {
+        "fleet": settings.name,
+        "workers": workers,
+        "sandbox": settings.sandbox,  # the backend sessions run in: docker or local
+        "counts": sched.counts(),
+        "queued": sched.queue.ids(limit=50),
+        "running": sessions,
+        "blocked": blocked,
+        "recent": [{"task_id": r.id, "state": r.state.value, "reason": r.reason} for r in recent],
+        "events_dir": settings.events_dir,
+        "uptime_s": round(now - started_at, 1),
+    }
