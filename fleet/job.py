@@ -159,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
     info = fleet.status()
     wal = f" (write-ahead log {fleet.settings.wal_dir})" if fleet.settings.wal_dir else ""
     log(
-        f"fleet {info['fleet']!r} on Ray at {settings.ray_address}: {info['workers']} workers, "
-        f"{fleet.settings.sandbox} sandbox, events at {fleet.settings.events_dir}{wal}"
+        f"fleet {info['fleet']!r}: {info['workers']} workers, {fleet.settings.sandbox} sandbox, "
+        f"events at {fleet.settings.events_dir}{wal}, on Ray at {settings.ray_address}"
     )
 
     batch = f"b-{uuid.uuid4().hex[:8]}"
