@@ -285,9 +285,12 @@ class Scheduler:
         inline = record.spec.agent
         if isinstance(inline, AgentSpec) and name == inline.name and record.stage == 0:
             return inline
+        return self._named_agent(name, "agent")
+
+    def _named_agent(self, name: str, role: str) -> AgentSpec:
         agent = self.config.agents.get(name)
         if agent is None:  # archived (or lost) since submit: never another agent instead
-            raise UnknownSpec(f"agent {name!r} no longer exists")
+            raise UnknownSpec(f"{role} {name!r} no longer exists")
         return agent
 
     def resolve_environment(self, record: TaskRecord) -> EnvironmentSpec:
@@ -345,9 +348,7 @@ class Scheduler:
             environment = self.resolve_environment(record)
             reviewer = None
             if spec.reviewer and last_stage:
-                reviewer = self.config.agents.get(spec.reviewer)
-                if reviewer is None:
-                    raise UnknownSpec(f"reviewer agent {spec.reviewer!r} no longer exists")
+                reviewer = self._named_agent(spec.reviewer, "reviewer agent")
         except UnknownSpec as exc:
             payload = {"reason": f"cannot run: {exc}", "attempts": record.attempts}
             return None, Event(task_id=task_id, type=EventType.task_failed, payload=payload)

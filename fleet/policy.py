@@ -100,8 +100,8 @@ def client_agent(agent: AgentSpec, operator: OperatorSpecs) -> AgentSpec:
     """A client's inline agent, on top of the operator's default agent."""
     base = operator.agents["default"]
     asked = agent.model_fields_set
-    for field in sorted(asked - CLIENT_AGENT_FIELDS):
-        raise PolicyError(f"agent.{field}", SET_BY_OPERATOR)
+    if refused := sorted(asked - CLIENT_AGENT_FIELDS):
+        raise PolicyError(f"agent.{refused[0]}", SET_BY_OPERATOR)
     caps = operator.settings
     if "name" in asked:
         if not re.fullmatch(SPEC_NAME_PATTERN, agent.name):
@@ -157,9 +157,10 @@ def client_agent(agent: AgentSpec, operator: OperatorSpecs) -> AgentSpec:
 def client_environment(environment: EnvironmentSpec, operator: OperatorSpecs) -> EnvironmentSpec:
     """A client's inline environment, on top of the operator's default environment."""
     asked = environment.model_fields_set
-    for field in sorted(asked - CLIENT_ENVIRONMENT_FIELDS):
+    if refused := sorted(asked - CLIENT_ENVIRONMENT_FIELDS):
         raise PolicyError(
-            f"environment.{field}", SET_BY_OPERATOR + " (name an operator environment instead)"
+            f"environment.{refused[0]}",
+            SET_BY_OPERATOR + " (name an operator environment instead)",
         )
     for path in environment.files:
         try:

@@ -356,9 +356,7 @@ def test_a_queued_task_whose_spec_is_gone_fails_with_the_reason_and_the_next_one
 
 def test_a_reviewer_that_is_gone_fails_the_task_rather_than_skipping_the_review():
     h = Harness()
-    h.s.config.agents["critic"] = h.s.config.agents["default"].model_copy(
-        update={"name": "critic"}
-    )
+    h.s.config.agents["critic"] = h.s.config.agents["default"].model_copy(update={"name": "critic"})
     h.submit(id="t", prompt="x", reviewer="critic")
     del h.s.config.agents["critic"]
     assignment, event = h.s.assign("w1")
