@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fleet.tools import Tool, ToolBox, ToolContext, ToolOutput, tool
+from harness.tools import Tool, ToolBox, ToolContext, ToolOutput, tool
 
 MANAGER_INSTRUCTIONS = (
     "You manage a fleet of coding agents. Look at the queued tasks and the idle workers, "

@@ -18,9 +18,9 @@ from typing import Any
 
 import duckdb
 
-from fleet.analytics import AnalyticsError, connect
-from fleet.settings import FleetSettings
-from fleet.specs import TaskSpec
+from core.analytics import AnalyticsError, connect
+from core.settings import FleetSettings
+from core.specs import TaskSpec
 
 FINISHED = "('succeeded', 'failed', 'needs_human')"
 

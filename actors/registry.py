@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet.specs import AgentSpec, EnvironmentSpec, FleetConfig
+from core.specs import AgentSpec, EnvironmentSpec, FleetConfig
 
 KINDS: dict[str, type[AgentSpec] | type[EnvironmentSpec]] = {
     "agent": AgentSpec,

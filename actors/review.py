@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleet.tools import BUILTINS, Tool, ToolBox, ToolContext, ToolOutput, tool
+from harness.tools import BUILTINS, Tool, ToolBox, ToolContext, ToolOutput, tool
 
 REVIEW_INSTRUCTIONS = (
     "You review another agent's change. Read the diff and the files, run checks if useful, "

@@ -35,10 +35,10 @@ import time
 import uuid
 from collections.abc import Callable
 
-from fleet.events import Event, EventType
-from fleet.records import Assignment, SessionResult, TaskRecord
-from fleet.settings import FleetSettings, PoolSpec
-from fleet.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
+from core.events import Event, EventType
+from core.records import Assignment, SessionResult, TaskRecord
+from core.settings import FleetSettings, PoolSpec
+from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
 
 MAX_WORKER_LOSSES = 3
 

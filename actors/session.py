@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from actors.review import REVIEW_INSTRUCTIONS, Verdict, review_prompt, review_toolbox
-from fleet.agent import AgentLoop, SessionOutcome, StateFn, carry_decision
-from fleet.diffs import workspace_diff
-from fleet.events import Event, EventType
-from fleet.hooks import Decision, InboxHooks, SessionHooks
-from fleet.models import close_model, make_model
-from fleet.records import Assignment, SessionResult
-from fleet.settings import FleetSettings
-from fleet.skills import Skill, install_skills, load_skills
-from fleet.specs import EnvironmentSpec
-from fleet.tools import ToolContext, truncate
+from core.events import Event, EventType
+from core.records import Assignment, SessionResult
+from core.settings import FleetSettings
+from core.specs import EnvironmentSpec
+from harness.diffs import workspace_diff
+from harness.hooks import Decision, InboxHooks, SessionHooks
+from harness.loop import AgentLoop, SessionOutcome, StateFn, carry_decision
+from harness.models import close_model, make_model
+from harness.skills import Skill, install_skills, load_skills
+from harness.tools import ToolContext, truncate
 from sandboxes.base import Sandbox, SandboxLost, tar_directory, tar_files
 
 log = logging.getLogger("fleet.session")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from actors.scheduler import Scheduler
-from fleet.records import TaskRecord
-from fleet.settings import FleetSettings
-from fleet.specs import TaskState
+from core.records import TaskRecord
+from core.settings import FleetSettings
+from core.specs import TaskState
 
 WAITING_ON_A_PERSON = (TaskState.awaiting_approval, TaskState.awaiting_review, TaskState.paused)
 

@@ -27,14 +27,14 @@ from actors.registry import Registry
 from actors.scheduler import Scheduler, TaskRejected
 from actors.status import fleet_status
 from actors.worker import Worker
-from fleet.agent import AgentLoop
-from fleet.eventlog import EventLog, partition_files
-from fleet.events import Event, EventType
-from fleet.models import close_model, make_model
-from fleet.records import Assignment, SessionResult, TaskRecord
-from fleet.settings import FleetSettings, PoolSpec
-from fleet.specs import FleetConfig, TaskSpec, TaskState
-from fleet.tools import ToolContext
+from core.eventlog import EventLog, partition_files
+from core.events import Event, EventType
+from core.records import Assignment, SessionResult, TaskRecord
+from core.settings import FleetSettings, PoolSpec
+from core.specs import FleetConfig, TaskSpec, TaskState
+from harness.loop import AgentLoop
+from harness.models import close_model, make_model
+from harness.tools import ToolContext
 from sandboxes.local import LocalSandbox
 
 log = logging.getLogger("fleet.supervisor")

@@ -17,11 +17,11 @@ from typing import Any
 import ray
 
 from actors.session import SessionRunner, carry_late_decision
-from fleet.events import Event, EventType
-from fleet.hooks import Decision, InboxHooks
-from fleet.records import Assignment, SessionResult
-from fleet.settings import FleetSettings
-from fleet.specs import EnvironmentSpec
+from core.events import Event, EventType
+from core.records import Assignment, SessionResult
+from core.settings import FleetSettings
+from core.specs import EnvironmentSpec
+from harness.hooks import Decision, InboxHooks
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
 from sandboxes.pool import WarmPool

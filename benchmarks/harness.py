@@ -18,15 +18,15 @@ import time
 from typing import Any
 
 from actors.session import Checkpointer
-from fleet.agent import AgentLoop, Checkpoint
-from fleet.compaction import estimate_tokens
-from fleet.events import EventType
-from fleet.hooks import InboxHooks
-from fleet.models.base import ModelTurn
-from fleet.models.scripted import ScriptedModel
-from fleet.settings import FleetSettings
-from fleet.specs import ScriptStep
-from fleet.tools import BUILTINS, Tool, ToolBox, ToolContext, ToolOutput, tool
+from core.events import EventType
+from core.settings import FleetSettings
+from core.specs import ScriptStep
+from harness.compaction import estimate_tokens
+from harness.hooks import InboxHooks
+from harness.loop import AgentLoop, Checkpoint
+from harness.models.base import ModelTurn
+from harness.models.scripted import ScriptedModel
+from harness.tools import BUILTINS, Tool, ToolBox, ToolContext, ToolOutput, tool
 
 OVERHEAD_TURNS = 2000
 LONG_TURNS = 200

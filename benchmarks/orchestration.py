@@ -16,8 +16,8 @@ import time
 
 import ray
 
+from core.analytics import connect
 from fleet import Fleet
-from fleet.analytics import connect
 
 ONE_TURN = [{"tool": "finish", "args": {"summary": "done"}}]
 

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 
-from fleet.specs import EnvironmentSpec
+from core.specs import EnvironmentSpec
 from sandboxes import docker_available
 from sandboxes.docker import DockerSandbox
 from sandboxes.images import client, ensure_base_image
@@ -118,8 +118,8 @@ def fleet_batch(
     ``probes`` single tasks sent one at a time to the idle fleet afterwards."""
     import tempfile
 
+    from core.analytics import connect
     from fleet import Fleet
-    from fleet.analytics import connect
 
     events_dir = tempfile.mkdtemp(prefix="fleet-bench-docker-")
     steps = [{"tool": "shell", "args": {"command": f"echo step {i} > s{i}.txt"}} for i in range(5)]

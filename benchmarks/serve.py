@@ -28,9 +28,9 @@ from typing import Any
 import httpx
 from ray import serve
 
+from core.settings import PoolSpec
+from core.specs import FleetConfig
 from fleet import Fleet
-from fleet.settings import PoolSpec
-from fleet.specs import FleetConfig
 from serve.app import ServeSettings
 from serve.deployment import run
 

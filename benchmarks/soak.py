@@ -488,8 +488,8 @@ async def progress(run: Run, done: asyncio.Event) -> None:
 # -- checks -------------------------------------------------------------------------------
 def read_log(run: Run) -> list[tuple[str, int, str, str | None, int | None]]:
     """Every event of the soak's tasks, after replaying a WAL a crash may have left."""
-    from fleet.analytics import AnalyticsError, sql
-    from fleet.eventlog import EventLog
+    from core.analytics import AnalyticsError, sql
+    from core.eventlog import EventLog
 
     EventLog(str(run.events_dir), writer=run.name, lock_wait_s=30).close()
     try:

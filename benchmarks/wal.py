@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fleet.eventlog import EventLog
-from fleet.events import Event, EventType
+from core.eventlog import EventLog
+from core.events import Event, EventType
 
 MODES = ["always", "1ms", "10ms", "100ms", "off"]
 

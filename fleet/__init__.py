@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fleet.events import Event, EventType
-from fleet.settings import FleetSettings
-from fleet.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
+from core.events import Event, EventType
+from core.settings import FleetSettings
+from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
+from fleet.api import Fleet, FleetError, SubmitResult
 
 __all__ = [
     "AgentSpec",
@@ -21,12 +20,3 @@ __all__ = [
     "TaskSpec",
     "TaskState",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # The driver API imports the actors, which import fleet's plain modules: load it lazily.
-    if name in ("Fleet", "FleetError", "SubmitResult"):
-        from fleet import api
-
-        return getattr(api, name)
-    raise AttributeError(name)

@@ -23,10 +23,10 @@ from typing import Any
 import ray
 
 from actors.supervisor import Supervisor, supervisor_name
-from fleet.events import Event
-from fleet.records import TaskRecord
-from fleet.settings import FleetSettings
-from fleet.specs import FleetConfig, TaskSpec
+from core.events import Event
+from core.records import TaskRecord
+from core.settings import FleetSettings
+from core.specs import FleetConfig, TaskSpec
 from sandboxes import SandboxError, describe_kind, resolve_kind
 
 

@@ -1,4 +1,4 @@
-"""The ``fleet`` command line. Built on :class:`fleet.api.Fleet` and :mod:`fleet.analytics`."""
+"""The ``fleet`` command line. Built on :class:`fleet.api.Fleet` and :mod:`core.analytics`."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from fleet.analytics import AnalyticsError, Table, report, sql
-from fleet.settings import FleetSettings
-from fleet.specs import TaskSpec
-from fleet.taskfile import InputError, LineError, load_config, load_tasks
+from core.analytics import AnalyticsError, Table, report, sql
+from core.settings import FleetSettings
+from core.specs import TaskSpec
+from core.taskfile import InputError, LineError, load_config, load_tasks
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run many coding agents on Ray.")
 
@@ -265,7 +265,7 @@ def demo(
         settings = _settings(workers, sandbox, events, None)
     except CliError as exc:
         _fail(str(exc), debug, exc)
-    from fleet.taskfile import parse_tasks
+    from core.taskfile import parse_tasks
 
     tasks, line_errors = parse_tasks(source.read_text(encoding="utf-8"), "demo/tasks.jsonl")
     tasks = _prefixed(tasks, f"demo{uuid.uuid4().hex[:4]}")

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fleet.settings import FleetSettings
+from core.settings import FleetSettings
 
 EXIT_TASKS_FAILED = 1
 EXIT_USAGE = 2
@@ -131,9 +131,9 @@ def log(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.taskfile import InputError, load_config, load_tasks
     from fleet.api import Fleet, FleetError
     from fleet.cli import _print_summary, print_batch_report
-    from fleet.taskfile import InputError, load_config, load_tasks
 
     settings = build_settings(args)
     try:

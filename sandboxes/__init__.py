@@ -15,7 +15,7 @@ from sandboxes.local import LocalSandbox
 from sandboxes.pool import WarmPool
 
 if TYPE_CHECKING:
-    from fleet.specs import EnvironmentSpec
+    from core.specs import EnvironmentSpec
 
 __all__ = [
     "CappedOutput",

@@ -47,7 +47,7 @@ from sandboxes.local import SAFE_PATH
 if TYPE_CHECKING:
     import docker
 
-    from fleet.specs import EnvironmentSpec
+    from core.specs import EnvironmentSpec
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from sandboxes.base import SandboxError
 if TYPE_CHECKING:
     import docker
 
-    from fleet.specs import EnvironmentSpec
+    from core.specs import EnvironmentSpec
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from sandboxes.base import Sandbox, SandboxError
 
 if TYPE_CHECKING:
-    from fleet.specs import EnvironmentSpec
+    from core.specs import EnvironmentSpec
 
 log = logging.getLogger(__name__)
 

@@ -31,4 +31,5 @@ else
 fi
 
 ruff check .
+lint-imports  # the layers in pyproject.toml: fleet > serve > actors > harness > sandboxes > core
 python3 -m pytest -q "$@"

@@ -1,5 +1,5 @@
 """What an API client may send and see. Sending: a client's tasks pass the operator's
-policy (:mod:`fleet.policy`) and its token's queue quota; the operator's tasks only
+policy (:mod:`serve.policy`) and its token's queue quota; the operator's tasks only
 ``allow_repo``. Seeing: environment variable values are masked in records and events."""
 
 import asyncio
@@ -7,12 +7,12 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from fleet.events import Event, EventType
-from fleet.policy import SECRET_MASK, OperatorSpecs, PolicyError, client_task, masked_task
-from fleet.records import TaskRecord
-from fleet.settings import FleetSettings
-from fleet.specs import AgentSpec, EnvironmentSpec, TaskSpec
+from core.events import Event, EventType
+from core.records import TaskRecord
+from core.settings import FleetSettings
+from core.specs import AgentSpec, EnvironmentSpec, TaskSpec
 from serve.auth import Caller
+from serve.policy import SECRET_MASK, OperatorSpecs, PolicyError, client_task, masked_task
 from serve.ports import SupervisorPort
 from serve.settings import ServeSettings
 

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 
-from fleet.records import TaskRecord
-from fleet.settings import FleetSettings
+from core.records import TaskRecord
+from core.settings import FleetSettings
 from serve.clients import Admission
 from serve.ports import SupervisorPort
 from serve.settings import ServeSettings

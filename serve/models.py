@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.events import Event
-from fleet.records import TaskRecord
-from fleet.specs import SPEC_NAME_PATTERN, AgentSpec, EnvironmentSpec, ScriptStep, TaskState
+from core.events import Event
+from core.records import TaskRecord
+from core.specs import SPEC_NAME_PATTERN, AgentSpec, EnvironmentSpec, ScriptStep, TaskState
 
 NAME_PATTERN = SPEC_NAME_PATTERN
 """Agent and environment names: they appear in URLs, so no slashes or spaces."""

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
-from fleet.specs import TaskSpec
+from core.specs import TaskSpec
 from serve import models as m
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -6,9 +6,9 @@ from typing import Any, Protocol
 
 import ray
 
-from fleet.events import Event
-from fleet.records import TaskRecord
-from fleet.settings import FleetSettings
+from core.events import Event
+from core.records import TaskRecord
+from core.settings import FleetSettings
 
 
 class SupervisorPort(Protocol):

@@ -5,7 +5,7 @@ from typing import Any, TypeVar
 
 from fastapi.responses import StreamingResponse
 
-from fleet.events import Event
+from core.events import Event
 from serve.plumbing import field_error
 
 

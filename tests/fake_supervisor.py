@@ -2,9 +2,9 @@
 without Ray.
 
 It is built on the real plain parts: :class:`actors.scheduler.Scheduler` decides,
-:class:`actors.registry.Registry` keeps agents and environments, :class:`fleet.eventlog.
+:class:`actors.registry.Registry` keeps agents and environments, :class:`core.eventlog.
 EventLog` writes Parquet (the reports read it), :class:`actors.session.SessionRunner` runs
-sessions in local sandboxes with :class:`fleet.hooks.InboxHooks` (steer, interrupt, tool
+sessions in local sandboxes with :class:`harness.hooks.InboxHooks` (steer, interrupt, tool
 confirmations), :class:`actors.artifacts.ArtifactStore` keeps parked loop states. What it
 leaves out of :class:`actors.supervisor.Supervisor`: Ray actors (workers are coroutines),
 recovery, the manager agent, memory, heartbeats and time limits.
@@ -29,12 +29,12 @@ from actors.registry import Registry
 from actors.scheduler import Scheduler, TaskRejected
 from actors.session import SessionRunner, carry_late_decision
 from actors.status import fleet_status
-from fleet.eventlog import EventLog
-from fleet.events import Event, EventType
-from fleet.hooks import Decision, InboxHooks
-from fleet.records import Assignment, SessionResult, TaskRecord
-from fleet.settings import FleetSettings, PoolSpec
-from fleet.specs import EnvironmentSpec, FleetConfig, TaskSpec, TaskState
+from core.eventlog import EventLog
+from core.events import Event, EventType
+from core.records import Assignment, SessionResult, TaskRecord
+from core.settings import FleetSettings, PoolSpec
+from core.specs import EnvironmentSpec, FleetConfig, TaskSpec, TaskState
+from harness.hooks import Decision, InboxHooks
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
 

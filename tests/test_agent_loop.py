@@ -1,12 +1,12 @@
 import asyncio
 import json
 
-from fleet.agent import AgentLoop
-from fleet.events import EventType
-from fleet.models.base import ModelTurn, ToolCall
-from fleet.models.scripted import ScriptedModel
-from fleet.specs import ScriptStep
-from fleet.tools import ToolBox, ToolContext, truncate
+from core.events import EventType
+from core.specs import ScriptStep
+from harness.loop import AgentLoop
+from harness.models.base import ModelTurn, ToolCall
+from harness.models.scripted import ScriptedModel
+from harness.tools import ToolBox, ToolContext, truncate
 from sandboxes.local import LocalSandbox
 
 

@@ -189,7 +189,7 @@ def test_a_person_works_a_running_fleet_from_the_command_line(fleet_factory, tmp
     """status, approve, review and memory, each from its own process, on a live fleet."""
     import ray
 
-    from fleet.specs import FleetConfig, TaskState
+    from core.specs import FleetConfig, TaskState
     from tests.conftest import wait_state
 
     config = FleetConfig.model_validate(

@@ -407,7 +407,7 @@ def test_ray_job_submit_runs_a_batch(cluster: Cluster, tmp_path: Path) -> None:
 def test_job_events_on_a_uri(cluster: Cluster, tmp_path: Path) -> None:
     """--events takes a pyarrow URI (here file://) with the write-ahead log on a local disk;
     the analytics read the log back from the same URI."""
-    from fleet.analytics import report, sql
+    from core.analytics import report, sql
 
     tasks = write_tasks(tmp_path / "tasks.jsonl", [scripted(i, sleep_s=0.2) for i in range(3)])
     uri, wal = (tmp_path / "events").as_uri(), tmp_path / "wal"
@@ -431,7 +431,7 @@ def test_job_keeps_the_write_ahead_log_of_object_storage_on_the_head(
 ) -> None:
     """Object storage needs only --events: the write-ahead log goes to ~/fleet-wal/ (the
     supervisor's home, on the head) unless FLEET_WAL_DIR says where."""
-    from fleet.eventlog import EventLog
+    from core.eventlog import EventLog
     from fleet.job import build_settings, parse_args
 
     for name in ("FLEET_WAL_DIR", "FLEET_EVENTS_DIR", "FLEET_NAME"):
@@ -478,7 +478,7 @@ README_DRIVER = (
     + """
 import json, sys, time
 from fleet import Fleet
-from fleet.specs import FleetConfig
+from core.specs import FleetConfig
 
 spec = json.loads(open(sys.argv[1]).read())
 client_init(spec["address"])  # Fleet.start and Fleet.connect below reuse this connection

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from fleet.events import EventType
-from fleet.specs import TaskState
+from core.events import EventType
+from core.specs import TaskState
 from sandboxes import docker_available
 from tests.conftest import script, wait_state
 

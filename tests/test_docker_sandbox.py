@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fleet.specs import EnvironmentSpec
+from core.specs import EnvironmentSpec
 from sandboxes import LocalSandbox, Sandbox, SandboxError, SandboxLost, docker_available
 
 pytestmark = [

@@ -3,7 +3,7 @@
 import asyncio
 
 from actors.worker import EventBatcher
-from fleet.events import Event, EventType
+from core.events import Event, EventType
 
 
 class Ingest:

@@ -7,8 +7,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from fleet.eventlog import EventLog, EventLogError
-from fleet.events import Event, EventType
+from core.eventlog import EventLog, EventLogError
+from core.events import Event, EventType
 
 
 def ev(task: str, seq: int, ts: datetime | None = None, **kw) -> Event:
@@ -116,8 +116,8 @@ def test_replay_keeps_each_tasks_seq_order_when_clocks_disagree(tmp_path):
 
 def test_a_uri_event_log_needs_no_wal_option_and_reads_back_through_duckdb(tmp_path, monkeypatch):
     from actors.memory import Memory
-    from fleet.analytics import AnalyticsError, report, sql
-    from fleet.settings import FleetSettings
+    from core.analytics import AnalyticsError, report, sql
+    from core.settings import FleetSettings
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     uri = f"file://{tmp_path}/remote"
@@ -158,8 +158,8 @@ class FsyncRecorder:
 def test_wal_fsync_setting_is_checked_and_parsed(monkeypatch):
     from pydantic import ValidationError
 
-    from fleet.eventlog import parse_wal_fsync
-    from fleet.settings import FleetSettings
+    from core.eventlog import parse_wal_fsync
+    from core.settings import FleetSettings
 
     assert FleetSettings().wal_fsync == "100ms"
     monkeypatch.setenv("FLEET_WAL_FSYNC", "always")

@@ -9,9 +9,9 @@ import duckdb
 import pytest
 import ray
 
-from fleet.analytics import report, sql
-from fleet.events import EventType
-from fleet.specs import FleetConfig, TaskState
+from core.analytics import report, sql
+from core.events import EventType
+from core.specs import FleetConfig, TaskState
 from tests.conftest import script
 
 pytestmark = pytest.mark.ray

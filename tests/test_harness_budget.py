@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from actors.scheduler import Scheduler
-from fleet.agent import SessionOutcome
-from fleet.events import Event, EventType
-from fleet.records import Assignment, SessionResult
-from fleet.settings import FleetSettings
-from fleet.specs import FleetConfig, TaskSpec, TaskState
+from core.events import Event, EventType
+from core.records import Assignment, SessionResult
+from core.settings import FleetSettings
+from core.specs import FleetConfig, TaskSpec, TaskState
+from harness.loop import SessionOutcome
 from sandboxes.local import LocalSandbox
 from tests.test_harness_support import Events, Priced, make_loop
 

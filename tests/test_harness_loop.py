@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from fleet.agent import AgentLoop, handoff_history
-from fleet.compaction import estimate_tokens
-from fleet.events import EventType
-from fleet.hooks import Decision, InboxHooks, SessionHooks
-from fleet.models.base import ModelError, ModelTurn, ToolCall, Usage
-from fleet.models.scripted import ScriptedModel
-from fleet.skills import SkillError, install_skills, load_skills, parse_skill_md
-from fleet.specs import AgentSpec
-from fleet.tools import ToolContext
+from core.events import EventType
+from core.specs import AgentSpec
+from harness.compaction import estimate_tokens
+from harness.hooks import Decision, InboxHooks, SessionHooks
+from harness.loop import AgentLoop, handoff_history
+from harness.models.base import ModelError, ModelTurn, ToolCall, Usage
+from harness.models.scripted import ScriptedModel
+from harness.skills import SkillError, install_skills, load_skills, parse_skill_md
+from harness.tools import ToolContext
 from sandboxes.local import LocalSandbox
 from tests.test_harness_support import Events, Priced, Recording, make_loop, scripted, steps
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from fleet.events import EventType
-from fleet.hooks import Decision, InboxHooks
-from fleet.models.openai_client import ChatCompletionsModel, ResponsesModel, RetryPolicy
+from core.events import EventType
+from harness.hooks import Decision, InboxHooks
+from harness.models.openai_client import ChatCompletionsModel, ResponsesModel, RetryPolicy
 from sandboxes.local import LocalSandbox
 from tests.fake_openai import ErrorReply, FakeOpenAI, Reply
 from tests.fake_openai import fake_server_fixture as fake_server_fixture

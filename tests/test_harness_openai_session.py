@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from actors.session import SessionRunner
-from fleet.events import Event, EventType
-from fleet.specs import BUILTIN_TOOLS, AgentSpec
+from core.events import Event, EventType
+from core.specs import BUILTIN_TOOLS, AgentSpec
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.fake_openai import fake_server_fixture as fake_server_fixture
 from tests.test_harness_support import assignment, factory, run_session, settings

@@ -8,8 +8,8 @@ import time
 import pytest
 import ray
 
-from fleet.events import EventType
-from fleet.specs import FleetConfig, TaskState
+from core.events import EventType
+from core.specs import FleetConfig, TaskState
 from tests.conftest import wait_state
 
 pytestmark = pytest.mark.ray

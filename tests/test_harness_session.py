@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from actors.session import Checkpointer, SessionRunner
-from fleet.agent import AgentLoop
-from fleet.events import EventType
-from fleet.hooks import Decision, InboxHooks
-from fleet.skills import load_skills
-from fleet.specs import AgentSpec
-from fleet.tools import ToolBox, ToolContext
+from core.events import EventType
+from core.specs import AgentSpec
+from harness.hooks import Decision, InboxHooks
+from harness.loop import AgentLoop
+from harness.skills import load_skills
+from harness.tools import ToolBox, ToolContext
 from sandboxes.base import tar_files
 from sandboxes.local import LocalSandbox
 from tests.test_harness_support import (

@@ -9,15 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.session import SessionRunner
-from fleet.agent import AgentLoop
-from fleet.events import Event, EventType
-from fleet.hooks import InboxHooks
-from fleet.models.base import ModelTurn, ToolCall, Usage
-from fleet.models.scripted import ScriptedModel
-from fleet.records import Assignment, SessionResult
-from fleet.settings import FleetSettings
-from fleet.specs import AgentSpec, EnvironmentSpec, ScriptStep, TaskSpec
-from fleet.tools import CODING_TOOLS, ToolBox, ToolContext
+from core.events import Event, EventType
+from core.records import Assignment, SessionResult
+from core.settings import FleetSettings
+from core.specs import AgentSpec, EnvironmentSpec, ScriptStep, TaskSpec
+from harness.hooks import InboxHooks
+from harness.loop import AgentLoop
+from harness.models.base import ModelTurn, ToolCall, Usage
+from harness.models.scripted import ScriptedModel
+from harness.tools import CODING_TOOLS, ToolBox, ToolContext
 from sandboxes.base import Sandbox
 from sandboxes.local import LocalSandbox
 

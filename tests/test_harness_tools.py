@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from fleet.compaction import CompactionPolicy, compact, estimate_tokens
-from fleet.events import EventType
-from fleet.tools import BUILTINS, ToolBox, ToolContext, ToolOutput, approval_needed, tool
+from core.events import EventType
+from harness.compaction import CompactionPolicy, compact, estimate_tokens
+from harness.tools import BUILTINS, ToolBox, ToolContext, ToolOutput, approval_needed, tool
 from sandboxes.base import SandboxLost
 from sandboxes.local import LocalSandbox
 from tests.test_harness_support import Events, make_loop, scripted

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.specs import EnvironmentSpec
+from core.specs import EnvironmentSpec
 from sandboxes.images import ImageBuildError, check_packages, ensure_environment_image
 
 GOOD_APT = ["jq", "libssl-dev", "g++", "python3.11", "libc6:amd64", "curl=7.88.1-10+deb12u5"]

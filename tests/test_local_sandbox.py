@@ -142,7 +142,7 @@ def test_commands_get_a_clean_environment(monkeypatch):
 
 
 def test_create_sandbox_takes_only_a_resolved_kind():
-    from fleet.specs import EnvironmentSpec
+    from core.specs import EnvironmentSpec
     from sandboxes import create_sandbox, describe_kind
 
     with pytest.raises(SandboxError, match="'auto' is not a backend: resolve it once"):

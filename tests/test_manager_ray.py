@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 import ray
 
-from fleet.events import EventType
-from fleet.specs import FleetConfig, TaskState
+from core.events import EventType
+from core.specs import FleetConfig, TaskState
 from tests.conftest import script, wait_state
 
 pytestmark = pytest.mark.ray
@@ -236,7 +236,7 @@ def test_supervisor_killed_with_tasks_queued_and_running(fleet_factory):
     assert all(r.state == TaskState.succeeded for r in records)
     assert ray.get(fleet.supervisor.pid.remote()) != pid
     fleet.flush()
-    from fleet.analytics import sql
+    from core.analytics import sql
 
     rows = sql(
         fleet.settings.events_dir,

@@ -3,10 +3,10 @@
 from datetime import UTC, datetime, timedelta
 
 from actors.memory import Memory
-from fleet.eventlog import EventLog
-from fleet.events import Event, EventType
-from fleet.settings import FleetSettings
-from fleet.specs import TaskSpec
+from core.eventlog import EventLog
+from core.events import Event, EventType
+from core.settings import FleetSettings
+from core.specs import TaskSpec
 
 
 def history(root: str, runs: list[tuple[str, str, list[str], bool, float]]) -> None:

@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from fleet.models.base import ModelError, ModelTurn, Usage
-from fleet.models.openai_client import (
+from core.specs import AgentSpec, ScriptStep
+from harness.models.base import ModelError, ModelTurn, Usage
+from harness.models.openai_client import (
     PLACEHOLDER_API_KEY,
     ChatCompletionsModel,
     ResponsesModel,
     RetryPolicy,
     make_model,
 )
-from fleet.models.pricing import cost_usd
-from fleet.models.scripted import ScriptedModel
-from fleet.specs import AgentSpec, ScriptStep
+from harness.models.pricing import cost_usd
+from harness.models.scripted import ScriptedModel
 from tests.fake_openai import ErrorReply, FakeOpenAI, Reply
 from tests.fake_openai import fake_server_fixture as fake_server_fixture
 

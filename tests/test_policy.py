@@ -1,4 +1,4 @@
-"""What an API client may ask for (fleet/policy.py) and validation at the door (TaskSpec,
+"""What an API client may ask for (serve/policy.py) and validation at the door (TaskSpec,
 AgentSpec, resolve_api_key, the scheduler's prompt cap): plain functions, no Ray."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from actors.scheduler import Scheduler, TaskRejected
-from fleet.models.base import ModelError
-from fleet.models.openai_client import resolve_api_key
-from fleet.policy import (
+from core.settings import FleetSettings
+from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec
+from harness.models.base import ModelError
+from harness.models.openai_client import resolve_api_key
+from serve.policy import (
     CLIENT_AGENT_FIELDS,
     CLIENT_ENVIRONMENT_FIELDS,
     OperatorSpecs,
@@ -21,8 +23,6 @@ from fleet.policy import (
     masked_environment,
     masked_task,
 )
-from fleet.settings import FleetSettings
-from fleet.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec
 
 BASE_AGENT = AgentSpec(
     model="gpt-operator",

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import ray
 
-from fleet.analytics import sql
-from fleet.specs import FleetConfig
+from core.analytics import sql
+from core.specs import FleetConfig
 from sandboxes import docker_available
 from tests.conftest import script
 

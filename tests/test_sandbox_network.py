@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fleet.specs import EnvironmentSpec
+from core.specs import EnvironmentSpec
 from sandboxes import SandboxError, docker_available
 
 pytestmark = [

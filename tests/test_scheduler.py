@@ -1,10 +1,10 @@
 import pytest
 
 from actors.scheduler import Scheduler, TaskQueue, TaskRejected
-from fleet.events import Event, EventType
-from fleet.records import SessionResult
-from fleet.settings import FleetSettings
-from fleet.specs import FleetConfig, TaskSpec, TaskState
+from core.events import Event, EventType
+from core.records import SessionResult
+from core.settings import FleetSettings
+from core.specs import FleetConfig, TaskSpec, TaskState
 
 
 def test_queue_orders_by_priority_then_age_and_skips_what_does_not_fit():
@@ -132,8 +132,8 @@ def test_cancel_ends_a_queued_task():
 
 
 # -- issue 6: routing, limits, backoff, triage, stages, review --------------------------
-from fleet.agent import SessionOutcome  # noqa: E402
-from fleet.settings import PoolSpec  # noqa: E402
+from core.settings import PoolSpec  # noqa: E402
+from harness.loop import SessionOutcome  # noqa: E402
 
 
 def make(**settings):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from fleet.settings import FleetSettings, PoolSpec
+from core.settings import FleetSettings, PoolSpec
 from serve.app import ServeSettings, create_app
 from tests.conftest import script
 from tests.fake_supervisor import FakeSupervisor
@@ -895,7 +895,7 @@ class _GappyStream:
 
 
 def test_fleet_stream_reports_a_gap() -> None:
-    from fleet.events import Event, EventType
+    from core.events import Event, EventType
 
     sup = _GappyStream()
     events = [Event(task_id="t", type=EventType.task_submitted, seq=n) for n in range(2)]

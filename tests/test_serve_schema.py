@@ -13,7 +13,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis import checks  # noqa: E402
 
-from fleet.settings import PoolSpec  # noqa: E402
+from core.settings import PoolSpec  # noqa: E402
 from serve.app import ServeSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.ray

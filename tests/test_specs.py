@@ -1,8 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from fleet.events import ARROW_SCHEMA, Event, EventType
-from fleet.specs import AgentSpec, FleetConfig, TaskSpec, TaskState
+from core.events import ARROW_SCHEMA, Event, EventType
+from core.specs import AgentSpec, FleetConfig, TaskSpec, TaskState
 
 
 def test_only_prompt_is_required_and_defaults_apply():

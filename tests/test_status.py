@@ -2,9 +2,9 @@
 
 from actors.scheduler import Scheduler
 from actors.status import fleet_status
-from fleet.events import Event, EventType
-from fleet.settings import FleetSettings
-from fleet.specs import FleetConfig, TaskSpec
+from core.events import Event, EventType
+from core.settings import FleetSettings
+from core.specs import FleetConfig, TaskSpec
 
 
 def test_status_lists_running_sessions_and_what_waits_on_a_person():

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from fleet.specs import FleetConfig
-from fleet.taskfile import InputError, load_config, load_tasks, parse_tasks
+from core.specs import FleetConfig
+from core.taskfile import InputError, load_config, load_tasks, parse_tasks
 
 
 def test_bad_lines_are_reported_with_line_and_field_and_do_not_sink_the_batch():

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fleet.specs import EnvironmentSpec
+from core.specs import EnvironmentSpec
 from sandboxes import LocalSandbox, SandboxError
 from sandboxes.pool import WarmPool
 

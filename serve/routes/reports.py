@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import HTTPException, Query
 
-from fleet import analytics
+from core import analytics
 from serve import models as m
 from serve.deps import Fleet, Sup
 from serve.openapi import NOT_FOUND

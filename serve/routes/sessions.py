@@ -9,8 +9,7 @@ from fastapi import Depends, Header, HTTPException, Query
 from pydantic import ValidationError
 
 from actors.supervisor import TERMINAL_EVENTS
-from fleet.policy import PolicyError
-from fleet.specs import TaskSpec, TaskState
+from core.specs import TaskSpec, TaskState
 from serve import models as m
 from serve import sse
 from serve.auth import ClientCaller
@@ -18,6 +17,7 @@ from serve.clients import shown_event
 from serve.deps import Admit, Settings, Sup, page_limit, record_of
 from serve.openapi import CONFLICT, NOT_FOUND, TOO_MANY
 from serve.plumbing import field_error, validation_error
+from serve.policy import PolicyError
 from serve.ports import SupervisorPort
 from serve.routes import v1_router
 

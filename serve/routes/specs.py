@@ -6,11 +6,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException
 
 from actors.registry import SpecConflict
-from fleet.policy import masked_environment
 from serve import models as m
 from serve.auth import operator
 from serve.deps import Sup
 from serve.openapi import CONFLICT, NOT_FOUND
+from serve.policy import masked_environment
 from serve.ports import SupervisorPort
 from serve.routes import v1_router
 

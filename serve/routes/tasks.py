@@ -6,15 +6,15 @@ from typing import Annotated, Any
 from fastapi import HTTPException, Query, Request
 from pydantic import ValidationError
 
-from fleet.policy import PolicyError
-from fleet.records import TaskRecord
-from fleet.specs import TaskSpec
+from core.records import TaskRecord
+from core.specs import TaskSpec
 from serve import models as m
 from serve.auth import ClientCaller
 from serve.clients import shown
 from serve.deps import Admit, Settings, Sup, record_of
 from serve.openapi import CONFLICT, NOT_FOUND, TOO_MANY, VALIDATION
 from serve.plumbing import field_error, loads_strict
+from serve.policy import PolicyError
 from serve.routes import v1_router
 
 router = v1_router(tags=["tasks"])

@@ -42,26 +42,25 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
-
-from fleet.compaction import (
+from core.events import EventType
+from core.records import RESUMABLE, OutcomeStatus, SessionOutcome
+from harness.compaction import (
     CHARS_PER_TOKEN,
     CompactionPolicy,
     compact,
     estimate_tokens,
     message_chars,
 )
-from fleet.events import EventType
-from fleet.hooks import Decision, SessionHooks
-from fleet.models.base import ModelClient, ModelError, ToolCall
-from fleet.tools import ToolBox, ToolContext, ToolOutput, approval_needed, truncate
+from harness.hooks import Decision, SessionHooks
+from harness.models.base import ModelClient, ModelError, ToolCall
+from harness.tools import ToolBox, ToolContext, ToolOutput, approval_needed, truncate
 from sandboxes.base import SandboxLost
 
 if TYPE_CHECKING:
-    from fleet.skills import Skill
-    from fleet.specs import AgentSpec
+    from core.specs import AgentSpec
+    from harness.skills import Skill
 
 Emit = Callable[..., None]
 """``emit(event_type, payload, **typed_columns)``"""
@@ -75,41 +74,6 @@ NUDGE = "No tool was called. Use a tool to make progress, or call finish when th
 STATE_VERSION = 1
 DEFAULT_APPROVAL_WAIT_S = 30.0
 HANDOFF_HISTORY_CHARS = 12_000
-
-
-OutcomeStatus = Literal[
-    "finished",  # the agent called finish
-    "handoff",  # the agent handed the task to another agent (handoff_to, handoff_note)
-    "max_turns",
-    "timeout",
-    "budget",  # a token or cost budget ran out
-    "error",  # the model failed (after its retries)
-    "cancelled",
-    "interrupted",  # stopped at a safe point on request; ``state`` resumes it
-    "parked",  # waiting on an approval decision; ``state`` resumes it
-]
-RESUMABLE: frozenset[str] = frozenset(
-    {"parked", "interrupted", "budget", "max_turns", "timeout", "error"}
-)
-
-
-class SessionOutcome(BaseModel):
-    status: OutcomeStatus
-    reason: str = ""
-    summary: str = ""
-    turns: int = 0
-    tool_calls: int = 0
-    handoff_to: str | None = None
-    handoff_note: str = ""
-    handoff_history: list[dict[str, Any]] = Field(default_factory=list)
-    """For a handoff: the messages to give the target agent's ``run(prompt, history=...)``."""
-    followups: list[dict[str, Any]] = Field(default_factory=list)
-    """Follow-up tasks the agent asked for (TaskSpec fields); the supervisor creates them."""
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-    state: dict[str, Any] | None = None
-    """The loop's serialised state when it can be resumed (see ``RESUMABLE``)."""
 
 
 class AgentLoop:
@@ -201,7 +165,7 @@ class AgentLoop:
         handoff targets, and instructions with the skills section appended. ``kwargs`` go to
         the constructor (hooks, approval_wait_s, checkpoint) and override the spec's (e.g.
         ``max_tokens``: what is left of the task's budget)."""
-        from fleet.skills import with_skills
+        from harness.skills import with_skills
 
         if agent.handoffs:
             ctx.handoff_targets = list(agent.handoffs)

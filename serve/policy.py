@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.settings import FleetSettings
-from fleet.specs import SPEC_NAME_PATTERN, AgentSpec, EnvironmentSpec, TaskSpec, workspace_path
+from core.settings import FleetSettings
+from core.specs import SPEC_NAME_PATTERN, AgentSpec, EnvironmentSpec, TaskSpec, workspace_path
 
 CLIENT_AGENT_FIELDS = frozenset(
     {

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from fleet.specs import FleetConfig, TaskSpec
+from core.specs import FleetConfig, TaskSpec
 
 
 class InputError(ValueError):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fleet.models.base import ModelError, ModelTurn, ToolCall
-from fleet.specs import ScriptStep
+from core.specs import ScriptStep
+from harness.models.base import ModelError, ModelTurn, ToolCall
 
 
 class ScriptedModel:

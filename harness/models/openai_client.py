@@ -38,10 +38,10 @@ try:
 except ImportError:  # openai < 3 is built on httpx
     import httpx as _http  # type: ignore[no-redef]
 
-from fleet.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
-from fleet.models.pricing import cost_usd, load_prices
-from fleet.models.scripted import ScriptedModel
-from fleet.specs import PLAIN_NAME, AgentSpec, ScriptStep
+from core.specs import PLAIN_NAME, AgentSpec, ScriptStep
+from harness.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
+from harness.models.pricing import cost_usd, load_prices
+from harness.models.scripted import ScriptedModel
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,42 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from fleet.agent import SessionOutcome
-from fleet.events import Event
-from fleet.specs import AgentSpec, EnvironmentSpec, ScriptStep, TaskSpec, TaskState
+from core.events import Event
+from core.specs import AgentSpec, EnvironmentSpec, ScriptStep, TaskSpec, TaskState
+
+OutcomeStatus = Literal[
+    "finished",  # the agent called finish
+    "handoff",  # the agent handed the task to another agent (handoff_to, handoff_note)
+    "max_turns",
+    "timeout",
+    "budget",  # a token or cost budget ran out
+    "error",  # the model failed (after its retries)
+    "cancelled",
+    "interrupted",  # stopped at a safe point on request; ``state`` resumes it
+    "parked",  # waiting on an approval decision; ``state`` resumes it
+]
+RESUMABLE: frozenset[str] = frozenset(
+    {"parked", "interrupted", "budget", "max_turns", "timeout", "error"}
+)
+
+
+class SessionOutcome(BaseModel):
+    status: OutcomeStatus
+    reason: str = ""
+    summary: str = ""
+    turns: int = 0
+    tool_calls: int = 0
+    handoff_to: str | None = None
+    handoff_note: str = ""
+    handoff_history: list[dict[str, Any]] = Field(default_factory=list)
+    """For a handoff: the messages to give the target agent's ``run(prompt, history=...)``."""
+    followups: list[dict[str, Any]] = Field(default_factory=list)
+    """Follow-up tasks the agent asked for (TaskSpec fields); the supervisor creates them."""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    state: dict[str, Any] | None = None
+    """The loop's serialised state when it can be resumed (see ``RESUMABLE``)."""
 
 
 class Assignment(BaseModel):

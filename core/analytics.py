@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from fleet.eventlog import partition_files
-from fleet.events import ARROW_SCHEMA
+from core.eventlog import partition_files
+from core.events import ARROW_SCHEMA
 
 TERMINAL = "('task.succeeded', 'task.failed', 'task.needs_human', 'task.cancelled')"
 

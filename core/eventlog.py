@@ -60,7 +60,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fleet.events import ARROW_SCHEMA, Event, rows_to_table
+from core.events import ARROW_SCHEMA, Event, rows_to_table
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fleet.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
-from fleet.models.scripted import ScriptedModel
-from fleet.specs import AgentSpec, ScriptStep
+from core.specs import AgentSpec, ScriptStep
+from harness.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
+from harness.models.scripted import ScriptedModel
 
 __all__ = [
     "ModelClient",
@@ -31,6 +31,6 @@ def make_model(
     """The client an agent asks for: the scripted model, or an OpenAI-compatible API."""
     if agent.model == "scripted":
         return ScriptedModel(script, attempt, agent=agent.name)
-    from fleet.models.openai_client import make_model as make_api_model
+    from harness.models.openai_client import make_model as make_api_model
 
     return make_api_model(agent, script=script, attempt=attempt)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.models.base import Usage
+from harness.models.base import Usage
 
 PRICES_ENV = "FLEET_PRICES"
 

@@ -14,7 +14,7 @@ description. At session start the skill's files are copied into the workspace un
 the agent reads ``SKILL.md`` when it needs the details (so unused skills cost few tokens).
 
 Skills are looked up by folder name in ``search_dirs`` (``FleetSettings.skill_dirs``), then
-in the package's own library ``fleet/skill_library``: the first match wins, so a folder of
+in the package's own library ``harness/skill_library``: the first match wins, so a folder of
 yours can replace a built-in skill of the same name.
 """
 

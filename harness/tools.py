@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from sandboxes.base import Sandbox, SandboxError, SandboxLost, workspace_relative
 
-log = logging.getLogger("fleet.tools")
+log = logging.getLogger("harness.tools")
 
 
 @dataclass
