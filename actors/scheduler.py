@@ -257,18 +257,19 @@ class Scheduler:
             raise TaskRejected(
                 spec.id, "environment", f"unknown environment {spec.environment!r} (known: {known})"
             )
-        if not any(self._pool_could_take(pool, spec) for pool in self.settings.pool_specs()):
-            raise TaskRejected(spec.id, "requires", "no worker pool can run this task")
+        first = (plan or {}).get("agent") or spec.agent_name
+        for agent in [first] + [st.agent for st in spec.stages]:
+            if not any(
+                pool.takes(spec.requires, spec.environment_name, agent)
+                for pool in self.settings.pool_specs()
+            ):
+                raise TaskRejected(
+                    spec.id, "requires", f"no worker pool can run this task as agent {agent!r}"
+                )
         payload = {"task": spec.model_dump(mode="json", exclude_none=True), "batch": batch}
         if plan:
             payload["plan"] = plan
         return Event(task_id=spec.id, type=EventType.task_submitted, payload=payload)
-
-    def _pool_could_take(self, pool: PoolSpec, spec: TaskSpec) -> bool:
-        env = spec.environment_name
-        return set(spec.requires) <= set(pool.labels) and (
-            not pool.environments or env in pool.environments
-        )
 
     def agent_name(self, record: TaskRecord) -> str:
         """The agent of the task's current stage."""

@@ -169,6 +169,17 @@ def test_a_pool_split_by_agent_takes_only_its_agents_tasks():
     assert h.s.assign("w3", PoolSpec(name="rest"))[0].task.id == "code"
 
 
+def test_a_task_no_pool_takes_for_its_agent_is_refused_at_submit():
+    h = make(pools=[{"name": "docs", "agents": ["docs"]}])
+    with pytest.raises(TaskRejected, match="as agent 'coder'"):
+        h.s.submit(TaskSpec(id="code", prompt="x", agent="coder"))
+    with pytest.raises(TaskRejected, match="as agent 'coder'"):  # a later stage's agent too
+        h.s.submit(
+            TaskSpec(id="two", prompt="x", agent="docs", stages=[{"agent": "coder", "prompt": "y"}])
+        )
+    assert h.s.submit(TaskSpec(id="write", prompt="x", agent="docs")).task_id == "write"
+
+
 def test_routing_by_required_labels_and_environment():
     h = make(pools=[{"name": "py", "labels": ["python"]}, {"name": "gpu", "environments": ["gpu"]}])
     h.submit(id="needs-py", prompt="x", requires=["python"])
