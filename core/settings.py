@@ -143,7 +143,9 @@ class FleetSettings(BaseSettings):
         description="Who assigns work: the rules (priority, memory, fit) or a manager agent.",
     )
     manager_agent: str = Field("manager", description="The agent that routes when routing=manager.")
-    max_running: int | None = Field(None, ge=1, description="Sessions running at once, in all.")
+    max_running: int | None = Field(
+        None, ge=0, description="Sessions running at once, in all (0 pauses: tasks stay queued)."
+    )
     label_limits: dict[str, int] = Field(
         default_factory=dict, description="Sessions running at once per task label."
     )

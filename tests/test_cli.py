@@ -135,6 +135,7 @@ def test_two_environment_variables_run_tasks_on_a_real_model_server(tmp_path):
         server.stop()
 
 
+@pytest.mark.fast
 def test_demo_runs_every_task_and_its_events_answer_sql(tmp_path):
     """The README's first command, and the foundation issue's 'done when' query."""
     proc = fleet("demo", "--sandbox", "local", "--events", "ev", cwd=tmp_path)

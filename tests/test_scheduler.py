@@ -381,3 +381,10 @@ def test_an_id_from_the_logs_history_is_refused():
         h.submit(id="old", prompt="x")
     assert caught.value.field == "id"
     h.submit(id="new", prompt="x")
+
+
+def test_max_running_zero_pauses_the_fleet():
+    h = make(max_running=0)
+    h.submit(id="held", prompt="x")
+    assert h.s.assign("w1", PoolSpec(), []) is None
+    assert [r.id for r in h.s.tasks.values() if r.state == TaskState.queued] == ["held"]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from core.settings import FleetSettings, PoolSpec
+from core.settings import FleetSettings
 from serve.app import ServeSettings, create_app
 from tests.conftest import script
 from tests.fake_supervisor import FakeSupervisor
@@ -730,9 +730,8 @@ def test_hostile_input_elsewhere_is_never_a_500(client: TestClient) -> None:
 
 @pytest.fixture
 def held(tmp_path: Any) -> Iterator[FakeSupervisor]:
-    """A fleet whose only pool takes no agent: every task stays queued."""
-    pools = [PoolSpec(name="hold", workers=1, agents=["__nobody__"])]
-    sup = fake_fleet(tmp_path / "events", max_queued_per_token=3, pools=pools)
+    """A paused fleet (``max_running=0``): every task stays queued."""
+    sup = fake_fleet(tmp_path / "events", max_running=0, max_queued_per_token=3)
     yield sup
     sup.close()
 

@@ -13,7 +13,6 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis import checks  # noqa: E402
 
-from core.settings import PoolSpec  # noqa: E402
 from serve.app import ServeSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -31,7 +30,7 @@ def held_fleet(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
         events_dir=str(tmp_path_factory.mktemp("schema-events")),
         sandbox="local",
         workers=1,
-        pools=[PoolSpec(name="hold", workers=1, agents=["__nobody__"])],
+        max_running=0,  # paused: every task stays queued
         flush_interval_s=0.5,
         namespace="agent-fleet-tests",
     )
