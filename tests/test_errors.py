@@ -116,6 +116,11 @@ def test_root_cause_finds_what_an_actor_raised(ray_session: None) -> None:
         def nested(self, other: object) -> None:
             ray.get(other.method.remote())  # type: ignore[attr-defined]
 
+        def conflict(self) -> None:
+            from actors.registry import SpecConflict
+
+            raise SpecConflict("agent 'coder' is at version 2, not 1")
+
     ok = Fails.remote(False)
     with pytest.raises(ray.exceptions.RayTaskError) as info:
         ray.get(ok.method.remote())
@@ -127,6 +132,13 @@ def test_root_cause_finds_what_an_actor_raised(ray_session: None) -> None:
         ray.get(Fails.remote(False).nested.remote(ok))
     cause = root_cause(info.value)
     assert type(cause) is Refused and str(cause) == "bad setting in a method"
+
+    from actors.registry import SpecConflict  # a class with a builtin mixin base
+
+    with pytest.raises(SpecConflict) as conflict:
+        ray.get(ok.conflict.remote())
+    assert isinstance(conflict.value, ray.exceptions.RayTaskError)
+    assert one_line(root_cause(conflict.value)) == "agent 'coder' is at version 2, not 1"
 
     broken = Fails.remote(True)
     with pytest.raises(ray.exceptions.ActorDiedError) as died:
