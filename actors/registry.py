@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import StateError
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig
 
 KINDS: dict[str, type[AgentSpec] | type[EnvironmentSpec]] = {
@@ -18,7 +19,7 @@ KINDS: dict[str, type[AgentSpec] | type[EnvironmentSpec]] = {
 }
 
 
-class SpecConflict(ValueError):
+class SpecConflict(StateError, ValueError):
     """The spec changed since the version the caller read."""
 
 

@@ -35,6 +35,9 @@ import time
 import uuid
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
+from core.errors import InputError, StateError
 from core.events import Event, EventType
 from core.records import Assignment, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
@@ -43,7 +46,9 @@ from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskSt
 MAX_WORKER_LOSSES = 3
 
 
-class TaskRejected(ValueError):
+class TaskRejected(InputError):
+    """A submitted task is refused; ``field`` names what is wrong with it."""
+
     def __init__(self, task_id: str, field: str, message: str) -> None:
         super().__init__(f"task {task_id}: {field}: {message}")
         self.task_id = task_id
@@ -51,8 +56,16 @@ class TaskRejected(ValueError):
         self.message = message
 
 
-class UnknownSpec(LookupError):
+class UnknownSpec(StateError, LookupError):
     """A queued task names an agent or environment the fleet no longer has."""
+
+
+def _refusal(exc: TaskRejected | ValidationError) -> str:
+    """Why a task was refused, in one line: the rejection, or the first invalid field."""
+    if isinstance(exc, TaskRejected):
+        return str(exc)
+    first = exc.errors()[0]
+    return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
 
 
 class TaskQueue:
@@ -479,8 +492,8 @@ class Scheduler:
             fields["parent"] = record.id
             try:
                 child = self.submit(TaskSpec.model_validate(fields))
-            except (TaskRejected, ValueError) as exc:
-                payload = {"error": str(exc).splitlines()[0], "request": request}
+            except (TaskRejected, ValidationError) as exc:
+                payload = {"error": _refusal(exc), "request": request}
                 events.append(
                     Event(task_id=record.id, type=EventType.task_followup, payload=payload)
                 )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.review import REVIEW_INSTRUCTIONS, Verdict, review_prompt, review_toolbox
+from core.errors import FleetError
 from core.events import Event, EventType
 from core.records import Assignment, SessionResult
 from core.settings import FleetSettings
@@ -373,5 +374,5 @@ class SessionRunner:
             await sandbox.restore(tar_files({k: v.encode() for k, v in files.items()}))
 
 
-class AgentStartError(RuntimeError):
-    pass
+class AgentStartError(FleetError, RuntimeError):
+    """An agent's model client or loop cannot be built (its spec or environment is wrong)."""

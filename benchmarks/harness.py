@@ -72,8 +72,6 @@ class TimedModel:
     def __init__(self, inner: ScriptedModel) -> None:
         self.inner = inner
         self.name = inner.name
-        self.max_request_tokens = 0
-        self.schema_tokens = 0
 
     @property
     def position(self) -> int:

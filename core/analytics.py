@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from core.errors import StorageError
 from core.eventlog import partition_files
 from core.events import ARROW_SCHEMA
 
@@ -49,8 +50,8 @@ FROM per_task
 """
 
 
-class AnalyticsError(RuntimeError):
-    pass
+class AnalyticsError(StorageError):
+    """There is no event history to query there, or the query failed."""
 
 
 @dataclass

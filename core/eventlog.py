@@ -60,13 +60,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from core.errors import StorageError
 from core.events import ARROW_SCHEMA, Event, rows_to_table
 
 log = logging.getLogger(__name__)
 
 
-class EventLogError(RuntimeError):
-    pass
+class EventLogError(StorageError):
+    """The event log cannot be written, or another live fleet of the same name writes it."""
 
 
 def writer_name(name: str) -> str:

@@ -17,7 +17,6 @@ from pydantic import BaseModel, Field
 
 class EventType(StrEnum):
     task_submitted = "task.submitted"
-    task_rejected = "task.rejected"
     task_assigned = "task.assigned"
     task_retried = "task.retried"
     task_succeeded = "task.succeeded"
@@ -43,10 +42,8 @@ class EventType(StrEnum):
     memory_decision = "memory.decision"
     manager_decision = "manager.decision"
     artifact_saved = "artifact.saved"
-    worker_heartbeat_lost = "worker.heartbeat_lost"
     handoff = "handoff"
     usage = "usage"
-    worker_started = "worker.started"
     worker_lost = "worker.lost"
 
 

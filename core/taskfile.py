@@ -1,7 +1,8 @@
 """Reading task files (JSONL) and fleet config files (YAML), with errors a person can act on.
 
 One bad line never sinks the batch: it becomes a :class:`LineError` naming the file, the line
-and the field at fault, and every other line is still read.
+and the field at fault, and every other line is still read. A whole file that is unusable
+(missing, unreadable, not YAML, an invalid config) raises :class:`~core.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from core.errors import InputError
 from core.specs import FleetConfig, TaskSpec
 
-
-class InputError(ValueError):
-    """A whole input file is unusable (missing, unreadable, not YAML)."""
+__all__ = ["InputError", "LineError", "load_config", "load_tasks", "parse_tasks"]
 
 
 @dataclass

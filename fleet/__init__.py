@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from core.errors import FleetError
 from core.events import Event, EventType
 from core.settings import FleetSettings
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
-from fleet.api import Fleet, FleetError, SubmitResult
+from fleet.api import Fleet, FleetUnavailable, SubmitResult
 
 __all__ = [
     "AgentSpec",
@@ -16,6 +17,7 @@ __all__ = [
     "FleetConfig",
     "FleetError",
     "FleetSettings",
+    "FleetUnavailable",
     "SubmitResult",
     "TaskSpec",
     "TaskState",

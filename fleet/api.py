@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -23,14 +22,15 @@ from typing import Any
 import ray
 
 from actors.supervisor import Supervisor, supervisor_name
+from core.errors import FleetError, one_line, root_cause
 from core.events import Event
 from core.records import TaskRecord
 from core.settings import FleetSettings
 from core.specs import FleetConfig, TaskSpec
-from sandboxes import SandboxError, describe_kind, resolve_kind
+from sandboxes import describe_kind, resolve_kind
 
 
-class FleetError(RuntimeError):
+class FleetUnavailable(FleetError, RuntimeError):
     """The fleet could not be started, reached or asked (one clear line for a person)."""
 
 
@@ -74,7 +74,7 @@ class Fleet:
         ``docker`` when an engine answers there, else ``local``. ``refuse_auto_local`` refuses
         a ``local`` backend that was not asked for by name (``auto`` without Docker, or a
         running fleet's): a server for API clients must not quietly run their tasks on the
-        host. Raises FleetError.
+        host. Raises FleetUnavailable (a FleetError).
         """
         settings = settings or FleetSettings()
         if overrides:  # validated, unlike model_copy(update=...)
@@ -94,10 +94,10 @@ class Fleet:
             )
             if refuse_auto_local:
                 _refuse_local_fallback(requested, settings.sandbox)
-        except (FleetError, SandboxError, ray.exceptions.RayError) as exc:
+        except (FleetError, ray.exceptions.RayError) as exc:
             if owns_ray:
                 ray.shutdown()
-            raise FleetError(_first_line(exc)) from exc
+            raise FleetUnavailable(one_line(root_cause(exc))) from exc
         options: dict[str, Any] = {
             "name": supervisor_name(settings.name),
             "namespace": settings.namespace,
@@ -113,7 +113,8 @@ class Fleet:
             # A fleet that was running already keeps its own settings (sandbox included).
             running = ray.get(handle.get_settings.remote())
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
-            raise FleetError(f"the supervisor failed to start: {_root_cause(exc)}") from exc
+            cause = one_line(root_cause(exc))
+            raise FleetUnavailable(f"the supervisor failed to start: {cause}") from exc
         why = ""
         if running.sandbox == settings.sandbox == "local":
             why = "no Docker engine answered" if requested == "auto" else "asked for"
@@ -121,7 +122,7 @@ class Fleet:
         if refuse_auto_local and running.sandbox == "local" and requested != "local":
             if owns_ray:
                 fleet.shutdown()
-            raise FleetError(
+            raise FleetUnavailable(
                 f"fleet {settings.name!r} is already running with local sandboxes (not "
                 "isolated): pass --sandbox local (or FLEET_SANDBOX=local) to serve it anyway"
             )
@@ -136,7 +137,7 @@ class Fleet:
         try:
             handle = ray.get_actor(supervisor_name(name), namespace=namespace)
         except ValueError:
-            raise FleetError(f"no fleet named {name!r} is running at {address}") from None
+            raise FleetUnavailable(f"no fleet named {name!r} is running at {address}") from None
         settings = ray.get(handle.get_settings.remote())
         return cls(handle, settings, owns_ray)
 
@@ -160,7 +161,7 @@ class Fleet:
             )
         except Exception as exc:
             where = address or "a local Ray"
-            raise FleetError(f"cannot start or reach {where}: {_first_line(exc)}") from exc
+            raise FleetUnavailable(f"cannot start or reach {where}: {one_line(exc)}") from exc
         # ray.init() with no address joins a cluster started by `ray start` when one runs:
         # that Ray (and its fleet) is not ours to stop.
         node = getattr(ray._private.worker, "_global_node", None)
@@ -298,25 +299,8 @@ def _resolve_on_head(kind: str, on_head: bool) -> str:
 
 def _refuse_local_fallback(requested: str, kind: str) -> None:
     if kind == "local" and requested != "local":
-        raise FleetError(
+        raise FleetUnavailable(
             "refusing to serve with local sandboxes: no Docker engine answered on the head, "
             "so client tasks would run as host processes, not isolated; start Docker, or pass "
             "--sandbox local (or FLEET_SANDBOX=local) to accept that"
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-_RAISED = re.compile(r"^(?:[\w]+\.)*(\w+(?:Error|Exception)): (.+)$")
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The error an actor raised, from the traceback text Ray wraps it in."""
-    for line in reversed(str(exc).splitlines()):
-        found = _RAISED.match(line.strip())
-        if found and not found.group(1).startswith("Ray"):
-            return found.group(2)
-    return _first_line(exc)

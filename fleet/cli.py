@@ -18,9 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as RichTable
 
 from core.analytics import AnalyticsError, Table, report, sql
+from core.errors import InputError
 from core.settings import FleetSettings
 from core.specs import TaskSpec
-from core.taskfile import InputError, LineError, load_config, load_tasks
+from core.taskfile import LineError, load_config, load_tasks
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run many coding agents on Ray.")
 
@@ -43,7 +44,7 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 DEFAULT_EVENTS = FleetSettings().events_dir
 
 
-class CliError(Exception):
+class CliError(InputError):
     """A problem the user can fix, shown as one line."""
 
 

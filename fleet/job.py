@@ -33,6 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from core.errors import InputError
 from core.settings import FleetSettings
 
 EXIT_TASKS_FAILED = 1
@@ -41,7 +42,7 @@ DEFAULT_EVENTS = "~/fleet-events"
 """On the node the job's driver runs on: the head, for ``ray submit`` and ``ray job submit``."""
 
 
-class JobError(Exception):
+class JobError(InputError):
     """A usage or setup problem, shown as one line."""
 
 
@@ -131,7 +132,7 @@ def log(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.taskfile import InputError, load_config, load_tasks
+    from core.taskfile import load_config, load_tasks
     from fleet.api import Fleet, FleetError
     from fleet.cli import _print_summary, print_batch_report
 

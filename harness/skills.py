@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from core.errors import InputError
 from sandboxes.base import Sandbox
 
 SKILLS_DIR = ".skills"
@@ -38,7 +39,7 @@ SKIP_NAMES = {"__pycache__", ".git", ".DS_Store"}
 MAX_SKILL_BYTES = 5_000_000
 
 
-class SkillError(ValueError):
+class SkillError(InputError):
     """A skill is missing or malformed."""
 
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from core.errors import FleetError
 
-class SandboxError(RuntimeError):
+
+class SandboxError(FleetError, RuntimeError):
     """A sandbox could not do what was asked (start, a path outside the workspace, ...)."""
 
 

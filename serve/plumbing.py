@@ -19,10 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import FleetError, one_line, root_cause
+
 
 # -- body size ----------------------------------------------------------------------------
-class BodyTooLarge(StarletteHTTPException):
-    """413; an HTTPException so that FastAPI's own body parsing passes it on."""
+class BodyTooLarge(FleetError, StarletteHTTPException):
+    """413; an HTTPException (and not a ValueError) so that FastAPI's own body parsing
+    passes it on."""
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"body over {max_bytes} bytes")
@@ -179,5 +182,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ray.exceptions.RayActorError)
     @app.exception_handler(ray.exceptions.ActorUnavailableError)
     async def _fleet_down(_: Request, exc: Exception) -> JSONResponse:
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return JSONResponse({"detail": f"fleet unavailable: {line}"}, 503)
+        return JSONResponse({"detail": f"fleet unavailable: {one_line(root_cause(exc))}"}, 503)

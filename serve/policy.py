@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import InputError
 from core.settings import FleetSettings
 from core.specs import SPEC_NAME_PATTERN, AgentSpec, EnvironmentSpec, TaskSpec, workspace_path
 
@@ -51,7 +52,7 @@ OPERATOR_TASK_FIELDS = frozenset({"repo"})
 SET_BY_OPERATOR = "set by the operator; API clients may not set it"
 
 
-class PolicyError(ValueError):
+class PolicyError(InputError):
     """A client asked for something the operator did not allow."""
 
     def __init__(self, field: str, message: str) -> None:

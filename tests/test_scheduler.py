@@ -388,3 +388,32 @@ def test_max_running_zero_pauses_the_fleet():
     h.submit(id="held", prompt="x")
     assert h.s.assign("w1", PoolSpec(), []) is None
     assert [r.id for r in h.s.tasks.values() if r.state == TaskState.queued] == ["held"]
+
+
+def test_a_refused_followup_is_recorded_with_the_field_at_fault():
+    h = Harness()
+    h.submit(id="p", prompt="x")
+    h.submit(id="taken", prompt="x")
+    a = h.assign()
+    requests = [
+        {"prompt": "ok"},
+        {"prompt": "bad", "priority": "high"},
+        {"id": "taken", "prompt": "y"},
+    ]
+    outcome = SessionOutcome(status="finished", followups=requests)
+    h.record(
+        h.s.complete(
+            SessionResult(
+                task_id="p",
+                session_id=a.session_id,
+                attempt=a.attempt,
+                worker="w1",
+                status="succeeded",
+                outcome=outcome,
+            )
+        )
+    )
+    noted = [e.payload for e in h.log if e.type == EventType.task_followup]
+    assert noted[0] == {"child": "p.f1", "prompt": "ok"}
+    assert noted[1]["error"].startswith("priority: Input should be a valid integer")
+    assert noted[2]["error"] == "task taken: id: a task with this id already exists"

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from core.errors import FleetError
 
-class ModelError(RuntimeError):
+
+class ModelError(FleetError, RuntimeError):
     """The model could not produce a turn (after retries, or a script that ran out)."""
 
 

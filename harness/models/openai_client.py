@@ -38,6 +38,7 @@ try:
 except ImportError:  # openai < 3 is built on httpx
     import httpx as _http  # type: ignore[no-redef]
 
+from core.errors import FleetError
 from core.specs import PLAIN_NAME, AgentSpec, ScriptStep
 from harness.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
 from harness.models.pricing import cost_usd, load_prices
@@ -230,7 +231,7 @@ def _retry_after_s(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class _Transient(Exception):
+class _Transient(FleetError):
     """A failure worth retrying; ``reason`` is safe to show."""
 
     def __init__(self, reason: str, retry_after_s: float | None = None) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException
 
 from actors.registry import SpecConflict
+from core.errors import one_line, root_cause
 from serve import models as m
 from serve.auth import operator
 from serve.deps import Sup
@@ -41,7 +42,7 @@ def add_routes(
         try:
             return await sup.put_spec(kind, spec, expected)
         except SpecConflict as exc:
-            raise HTTPException(409, str(exc).strip().splitlines()[-1]) from None
+            raise HTTPException(409, one_line(root_cause(exc))) from None
 
     def shown_view(found: dict[str, Any]) -> dict[str, Any]:
         if kind != "environment":
