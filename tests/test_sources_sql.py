@@ -366,6 +366,32 @@ def test_a_missing_table_is_a_source_error(table: Table) -> None:
         run(_closing(broken, broken.list_ready()))
 
 
+def test_a_dropped_connection_is_a_source_error_then_the_source_reconnects(table: Table) -> None:
+    if table.backend != "postgresql":
+        pytest.skip("SQLite opens a connection per operation")
+    item = table.insert("survive a restart")
+    source = table.source(poll_interval_s=30)
+    kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+    kill += " AND datname = current_database() AND backend_type = 'client backend'"
+
+    async def scenario() -> None:
+        assert [i.id for i in await source.list_ready()] == [item]  # both connections open
+        await asyncio.to_thread(table.sql, kill)  # as a restart or a network cut would
+        with pytest.raises(SourceError, match=r"^source 'tickets': query failed"):
+            await source.list_ready()
+        assert [i.id for i in await source.list_ready()] == [item]
+        assert await source.claim(item)
+        # The listening connection was cut too: it comes back, and NOTIFY still wakes.
+        with pytest.raises(SourceError, match="waiting for notifications failed"):
+            await source.wait_for_work()
+        waiter = asyncio.create_task(source.wait_for_work())
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(table.sql, f"NOTIFY agent_fleet_{table.name}")
+        assert await asyncio.wait_for(waiter, 10) is True
+
+    run(_closing(source, scenario()))
+
+
 class MemoryOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompts: list[str]
