@@ -269,11 +269,38 @@ class TaskSpec(Strict):
         return self.environment if isinstance(self.environment, str) else self.environment.name
 
 
+class SourceSpec(Strict):
+    """A place teams keep work (a SQL table, an issue tracker) that a watcher picks tasks from.
+
+    ``kind`` names the class that reads it: a built-in kind (``sql``), a Python entry point
+    in the group ``agent_fleet.sources``, or an import path ``package.module:ClassName``.
+    ``options`` are that class's own settings, validated by it when the source is built
+    (``sources.build_source``); secrets such as a DSN are never written here, only the name
+    of the variable or file that holds them.
+    """
+
+    name: str = Field(pattern=SPEC_NAME_PATTERN, description="Unique among the sources.")
+    kind: str = Field(min_length=1, description="'sql', an entry point name, or 'module:Class'.")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class FleetConfig(Strict):
     """Named agents and environments, usually read from a YAML file."""
 
     agents: dict[str, AgentSpec] = Field(default_factory=dict)
     environments: dict[str, EnvironmentSpec] = Field(default_factory=dict)
+    sources: list[SourceSpec] = Field(
+        default_factory=list, description="Where work is picked up from (see sources/)."
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names_unique(cls, value: list[SourceSpec]) -> list[SourceSpec]:
+        names = [source.name for source in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two sources are named {name!r}")
+        return value
 
     def model_post_init(self, _context: Any) -> None:
         for name, agent in self.agents.items():

@@ -30,6 +30,13 @@ else
     bash scripts/ci-sshd.sh || echo "warning: no loopback sshd; the cluster launcher test will be skipped"
 fi
 
+# The SQL source tests start their own PostgreSQL server; the binaries must be installed.
+if [ "${CI:-}" = "true" ]; then
+    bash scripts/ci-postgres.sh
+else
+    bash scripts/ci-postgres.sh || echo "warning: no PostgreSQL; the PostgreSQL source tests will be skipped"
+fi
+
 ruff check .
-lint-imports  # the layers in pyproject.toml: fleet > serve > actors > harness > sandboxes > core
+lint-imports  # the layers in pyproject.toml: fleet > sources > serve > actors > harness > sandboxes > core
 python3 -m pytest -q "$@"

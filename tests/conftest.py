@@ -160,3 +160,22 @@ def outside_server() -> Iterator[str]:
             server.wait()
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A PostgreSQL server of this test session (tests/postgres.py), as a DSN. Skipped when
+    PostgreSQL is not installed, except under CI=true (scripts/ci-postgres.sh installs it)."""
+    from tests.postgres import PostgresServer, pg_bin_dir
+
+    bin_dir = pg_bin_dir()
+    if bin_dir is None:
+        message = "PostgreSQL (initdb, pg_ctl) is not installed: run scripts/ci-postgres.sh"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer.start(bin_dir)
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
