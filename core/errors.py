@@ -13,7 +13,9 @@ also a ``ValueError``, ``UnknownSpec`` also a ``LookupError``, ...). The tree::
     │   │                                             allows (field)
     │   ├── SkillError               harness.skills   a skill is missing or malformed
     │   ├── CliError                 fleet.cli        a command line or setting is wrong
-    │   └── JobError                 fleet.job        a batch job's arguments or setup are wrong
+    │   ├── JobError                 fleet.job        a batch job's arguments or setup are wrong
+    │   ├── SourceConfigError        sources.base     a source's config entry is unusable (field)
+    │   └── RowError                 sources.sql      a table row cannot become a task (reason)
     ├── StateError                   core.errors      the request does not fit the fleet's state
     │   ├── SpecConflict (ValueError)  actors.registry  a spec changed since the caller read it
     │   └── UnknownSpec (LookupError)  actors.scheduler a task names a spec that is gone
@@ -24,6 +26,7 @@ also a ``ValueError``, ``UnknownSpec`` also a ``LookupError``, ...). The tree::
     │   ├── SandboxLost              sandboxes.base   the sandbox is gone; the session cannot go on
     │   └── ImageBuildError          sandboxes.images an environment image cannot be built
     ├── ModelError (RuntimeError)    harness.models   the model could not produce a turn
+    ├── SourceError                  sources.base     a work source cannot be reached (back off)
     ├── _Transient                   harness.models.openai_client  a retryable model failure
     │                                                 (never leaves the client)
     ├── AgentStartError (RuntimeError)  actors.session  an agent's model or loop cannot be built

@@ -37,10 +37,11 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.errors import FleetError, InputError
 from core.specs import SourceSpec
 
 
-class SourceError(Exception):
+class SourceError(FleetError):
     """A source cannot be reached or refused a query (the one error a watcher backs off on).
 
     The message starts with the source's name and never contains a DSN or other secret.
@@ -51,7 +52,7 @@ class SourceError(Exception):
         self.source = source
 
 
-class SourceConfigError(ValueError):
+class SourceConfigError(InputError):
     """A source's entry in the config is unusable: unknown kind, bad or missing option, a
     secret that cannot be read. The message names the source and the field."""
 

@@ -57,6 +57,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.errors import InputError
 from core.specs import plain_name
 from sources.base import ItemState, Outcome, Source, SourceConfigError, SourceError, WorkItem
 
@@ -378,7 +379,7 @@ def _sqlite_path(dsn: str) -> str:
     return rest[2:] if rest.startswith("//") else rest
 
 
-class RowError(ValueError):
+class RowError(InputError):
     """A row that cannot become a task; the message is the reason written to it."""
 
 

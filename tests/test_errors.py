@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -14,7 +15,10 @@ import pytest
 import core.errors
 from core.errors import FleetError, InputError, StateError, StorageError, one_line, root_cause
 
-PACKAGES = ["fleet", "serve", "actors", "harness", "sandboxes", "core"]
+# The project's packages, as the layer contract lists them (a new package is walked too).
+PACKAGES = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"][
+    "importlinter"
+]["root_packages"]
 
 
 def project_exception_classes() -> list[type[BaseException]]:
