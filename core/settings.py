@@ -6,12 +6,20 @@ Values come from (highest first): explicit arguments, environment variables pref
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SandboxKind = Literal["local", "docker", "auto"]
+
+
+def absolute_location(path: str) -> str:
+    """``path`` as an absolute local path (``~`` expanded), or unchanged if it is a URI."""
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 class PoolSpec(BaseModel):
@@ -61,7 +69,12 @@ class FleetSettings(BaseSettings):
     )
 
     # Event log.
-    events_dir: str = Field("fleet-events", description="Event log root: a path or a pyarrow URI.")
+    events_dir: str = Field(
+        "~/fleet-events",
+        description="Event log root: a path or a pyarrow URI. One default for `fleet run`, "
+        "`fleet demo`, the batch job and `Fleet.start`; a path is made absolute where the "
+        "settings are made (`~` is the home there).",
+    )
     wal_dir: str | None = Field(
         None,
         description="Write-ahead log directory (a local disk); default: <events_dir>/_wal, "
@@ -201,6 +214,12 @@ class FleetSettings(BaseSettings):
         default_factory=dict,
         description="Custom Ray resources per pool name, added to `worker_resources`.",
     )
+
+    @field_validator("events_dir", "wal_dir", "artifacts_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        """A local path made absolute (``~`` expanded) now; a URI is kept as it is."""
+        return None if value is None else absolute_location(value)
 
     def pool_specs(self) -> list[PoolSpec]:
         return self.pools or [PoolSpec(name="default", workers=self.workers)]

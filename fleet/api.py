@@ -41,12 +41,6 @@ class SubmitResult:
     batch: str | None = None
 
 
-def _absolute_events_dir(settings: FleetSettings) -> FleetSettings:
-    if "://" in settings.events_dir:
-        return settings
-    return settings.model_copy(update={"events_dir": os.path.abspath(settings.events_dir)})
-
-
 class Fleet:
     def __init__(
         self, supervisor: Any, settings: FleetSettings, owns_ray: bool, sandbox_why: str = ""
@@ -79,7 +73,6 @@ class Fleet:
         settings = settings or FleetSettings()
         if overrides:  # validated, unlike model_copy(update=...)
             settings = FleetSettings(**{**settings.model_dump(), **overrides})
-        settings = _absolute_events_dir(settings)
         config = config or FleetConfig()
         if settings.model and config.agents["default"].model == "scripted":
             default = config.agents["default"].model_copy(
