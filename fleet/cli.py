@@ -325,7 +325,6 @@ def serve_cmd(
     from ray import serve
 
     from fleet.api import Fleet, FleetError
-    from serve.app import ServeSettings
     from serve.deployment import run as run_api
     from serve.deployment import stop as stop_api
 
@@ -339,7 +338,9 @@ def serve_cmd(
             resume=resume,
         )
         fleet_config = load_config(config)
-        api_settings = ServeSettings(**({"token_file": token_file} if token_file else {}))
+        api_settings = settings.api
+        if token_file:
+            api_settings = api_settings.model_copy(update={"token_file": token_file})
         api_settings.resolve_token()
         api_settings.resolve_admin_token()
     except (InputError, CliError, ValueError, OSError) as exc:

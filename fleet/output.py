@@ -3,7 +3,6 @@ report (summary table, then the DuckDB report). Used by the CLI and the batch dr
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -11,13 +10,13 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from core.analytics import AnalyticsError, Table, report
-from core.settings import FleetSettings
+from core.settings import FleetSettings, host_variable
 
 
 def console(stderr: bool = False) -> Console:
     """A console that does not fold tables to 80 columns when output goes to a file or pipe."""
     stream = sys.stderr if stderr else sys.stdout
-    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    wide = not stream.isatty() and host_variable("COLUMNS") is None
     return Console(stderr=stderr, width=160 if wide else None)
 
 
