@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from core.errors import InputError, StateError
 from core.events import Event, EventType
 from core.records import Assignment, SessionResult, TaskRecord
-from core.settings import FleetSettings, PoolSpec
+from core.settings import FleetSettings, PoolSpec, resolve
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
 
 MAX_WORKER_LOSSES = 3
@@ -367,7 +367,6 @@ class Scheduler:
             payload = {"reason": f"cannot run: {exc}", "attempts": record.attempts}
             return None, Event(task_id=task_id, type=EventType.task_failed, payload=payload)
         attempt = record.attempts + 1
-        time_limit = spec.time_limit_s or record.plan.get("time_limit_s")
         tokens_left, cost_left = self._budget_left(record, agent)
         assignment = Assignment(
             task=spec,
@@ -375,8 +374,8 @@ class Scheduler:
             environment=environment,
             attempt=attempt,
             session_id=f"s-{uuid.uuid4().hex[:12]}",
-            max_turns=spec.max_turns or agent.max_turns or self.settings.default_max_turns,
-            time_limit_s=time_limit or self.settings.default_time_limit_s,
+            max_turns=resolve("max_turns", spec, record.plan, self.settings, agent.max_turns),
+            time_limit_s=resolve("time_limit_s", spec, record.plan, self.settings),
             stage=record.stage,
             prompt=self._prompt(record, stage.prompt if stage and stage.prompt else spec.prompt),
             gate=(stage.gate if stage and stage.gate else spec.gate),
@@ -511,11 +510,7 @@ class Scheduler:
             reason = f"budget spent: {spent} (last attempt: {result.reason})"
             return self._give_up(record, reason, common)
         spec = record.spec
-        max_attempts = (
-            spec.max_attempts
-            or record.plan.get("max_attempts")
-            or self.settings.default_max_attempts
-        )
+        max_attempts = resolve("max_attempts", spec, record.plan, self.settings)
         if result.attempt < max_attempts:
             delay = min(
                 self.settings.retry_backoff_max_s,

@@ -260,7 +260,8 @@ class SessionRunner:
         if outcome.status != "finished":
             return await finish("failed", outcome.reason)
         if a.gate:
-            gate = await sandbox.exec(a.gate, timeout_s=min(a.time_limit_s, 600.0))
+            gate_timeout_s = min(a.time_limit_s, self.settings.gate_timeout_s)
+            gate = await sandbox.exec(a.gate, timeout_s=gate_timeout_s)
             output = truncate(gate.stdout + gate.stderr, self.settings.tool_output_limit)
             passed = gate.exit_code == 0
             rec.emit(
@@ -291,11 +292,11 @@ class SessionRunner:
         skills: list[Skill],
     ) -> SessionOutcome:
         try:
-            model = make_model(a.agent, script=a.script, attempt=a.attempt)
+            model = make_model(a.agent, script=a.script, attempt=a.attempt, settings=self.settings)
             loop = AgentLoop.from_spec(
                 a.agent,
                 model=model,
-                ctx=ToolContext(sandbox=sandbox, output_limit=self.settings.tool_output_limit),
+                ctx=self._tool_context(sandbox),
                 emit=rec.emit,
                 max_turns=a.max_turns,
                 time_limit_s=a.time_limit_s,
@@ -314,6 +315,15 @@ class SessionRunner:
             return await loop.run(a.prompt or a.task.prompt, history=a.history)
         finally:
             await close_model(model)
+
+    def _tool_context(self, sandbox: Sandbox) -> ToolContext:
+        """What the tools of a session (agent or reviewer) may do, from the fleet's settings."""
+        return ToolContext(
+            sandbox=sandbox,
+            output_limit=self.settings.tool_output_limit,
+            command_timeout_s=self.settings.command_timeout_s,
+            max_followups=self.settings.max_followups,
+        )
 
     def _checkpointer(self, a: Assignment, sandbox: Sandbox) -> Checkpointer | None:
         interval = self.settings.checkpoint_interval_s
@@ -335,12 +345,14 @@ class SessionRunner:
                 type_, {**(payload or {}), "role": "reviewer", "agent": reviewer.name}, **typed
             )
 
-        model = make_model(reviewer, script=a.task.review_script, attempt=a.attempt)
+        model = make_model(
+            reviewer, script=a.task.review_script, attempt=a.attempt, settings=self.settings
+        )
         loop = AgentLoop(
             instructions=reviewer.instructions + "\n\n" + REVIEW_INSTRUCTIONS,
             model=model,
             toolbox=review_toolbox(verdict),
-            ctx=ToolContext(sandbox=sandbox, output_limit=self.settings.tool_output_limit),
+            ctx=self._tool_context(sandbox),
             emit=emit,
             max_turns=reviewer.max_turns or self.settings.default_max_turns,
             time_limit_s=a.time_limit_s,

@@ -1,17 +1,34 @@
 """Every setting of the fleet, with its default, in one place.
 
-Values come from (highest first): explicit arguments, environment variables prefixed
-``FLEET_`` (e.g. ``FLEET_WORKERS=8``), then the defaults below.
+Values come from (highest first): explicit arguments (command-line options), environment
+variables prefixed ``FLEET_`` (e.g. ``FLEET_WORKERS=8``; the HTTP endpoint's are
+``FLEET_API_*``, see :class:`ServeSettings`), then the defaults below.
+
+This module is the only one that reads the environment (besides the exec agent inside a
+container): other code takes a :class:`FleetSettings` (the fleet's, or ``FleetSettings()``
+for this process's environment) or calls :func:`host_variable` for other tools' variables.
+The README's settings table is :func:`settings_table` (``python -m core.settings``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SandboxKind = Literal["local", "docker", "auto"]
+
+
+def absolute_location(path: str) -> str:
+    """``path`` as an absolute local path (``~`` expanded), or unchanged if it is a URI."""
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 class PoolSpec(BaseModel):
@@ -35,7 +52,66 @@ class PoolSpec(BaseModel):
         )
 
 
+class ServeSettings(BaseSettings):
+    """Settings of the HTTP endpoint; environment variables are prefixed ``FLEET_API_``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_API_", extra="forbid", populate_by_name=True
+    )
+
+    token: SecretStr | None = Field(None, description="API clients' token (FLEET_API_TOKEN).")
+    token_file: str | None = Field(None, description="File whose first line is the token.")
+    admin_token: SecretStr | None = Field(
+        None,
+        validation_alias="FLEET_ADMIN_TOKEN",
+        description="The operator's token (FLEET_ADMIN_TOKEN): it may also edit agents and "
+        "environments and send full specs. None: nobody is operator over HTTP.",
+    )
+    admin_token_file: str | None = Field(
+        None,
+        validation_alias="FLEET_ADMIN_TOKEN_FILE",
+        description="File whose first line is the admin token.",
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="Empty: CORS off.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    max_page: int = Field(1000, ge=1, description="Largest `limit` a list route accepts.")
+    max_batch: int = Field(10_000, ge=1, description="Most tasks in one POST /v1/tasks.")
+    stream_poll_s: float = Field(
+        15.0, gt=0, description="Long-poll wait of SSE streams (a keep-alive after each idle one)."
+    )
+    allow_repo: bool = Field(
+        False,
+        description="Accept tasks naming a server-side `repo` path from the admin token "
+        "(never from API clients; off: 422 for everyone).",
+    )
+
+    def resolve_token(self) -> str:
+        token = _read_token(self.token, self.token_file)
+        if token is None:
+            raise ValueError("no API token: set FLEET_API_TOKEN or give a token file")
+        return token
+
+    def resolve_admin_token(self) -> str | None:
+        """The operator's token, or None when none is configured."""
+        admin = _read_token(self.admin_token, self.admin_token_file)
+        if admin is not None and admin == self.resolve_token():
+            raise ValueError("the admin token must differ from the API token")
+        return admin
+
+
+def _read_token(value: SecretStr | None, file: str | None) -> str | None:
+    if value is not None and value.get_secret_value():
+        return value.get_secret_value()
+    if file:
+        lines = Path(file).read_text().strip().splitlines()
+        if lines and lines[0].strip():
+            return lines[0].strip()
+    return None
+
+
 class FleetSettings(BaseSettings):
+    """Every setting of a fleet; each field ``x`` is also the variable ``FLEET_X``."""
+
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="forbid")
 
     # Where and how Ray runs.
@@ -61,7 +137,12 @@ class FleetSettings(BaseSettings):
     )
 
     # Event log.
-    events_dir: str = Field("fleet-events", description="Event log root: a path or a pyarrow URI.")
+    events_dir: str = Field(
+        "~/fleet-events",
+        description="Event log root: a path or a pyarrow URI. One default for `fleet run`, "
+        "`fleet demo`, the batch job and `Fleet.start`; a path is made absolute where the "
+        "settings are made (`~` is the home there).",
+    )
     wal_dir: str | None = Field(
         None,
         description="Write-ahead log directory (a local disk); default: <events_dir>/_wal, "
@@ -99,9 +180,15 @@ class FleetSettings(BaseSettings):
     tool_output_limit: int = Field(
         10_000, ge=200, description="Characters of tool output kept (head + tail) per call."
     )
-    default_max_turns: int = Field(50, ge=1)
-    default_time_limit_s: float = Field(600.0, gt=0)
-    default_max_attempts: int = Field(2, ge=1)
+    default_max_turns: int = Field(
+        50, ge=1, description="Model turns per attempt when neither the task nor its agent says."
+    )
+    default_time_limit_s: float = Field(
+        600.0, gt=0, description="Time limit of an attempt when neither the task nor memory says."
+    )
+    default_max_attempts: int = Field(
+        2, ge=1, description="Attempts before a task goes to a person, unless the task says."
+    )
 
     resume: bool = Field(
         False, description="On start, rebuild unfinished tasks from the event log and run them."
@@ -150,7 +237,7 @@ class FleetSettings(BaseSettings):
         default_factory=dict, description="Sessions running at once per task label."
     )
     retry_backoff_s: float = Field(1.0, ge=0, description="Base of exponential retry backoff.")
-    retry_backoff_max_s: float = Field(300.0, ge=0)
+    retry_backoff_max_s: float = Field(300.0, ge=0, description="Longest retry backoff.")
     exhausted_state: Literal["needs_human", "failed"] = Field(
         "needs_human", description="Where a task goes when its attempts run out."
     )
@@ -184,7 +271,9 @@ class FleetSettings(BaseSettings):
 
     # Memory of past runs.
     memory: bool = Field(True, description="Use run history for time limits, order, agents.")
-    memory_refresh_s: float = Field(60.0, gt=0)
+    memory_refresh_s: float = Field(
+        60.0, gt=0, description="How often memory re-reads the run history."
+    )
     memory_min_runs: int = Field(3, ge=1, description="Runs of a label before history counts.")
     memory_escalate_below: float = Field(
         0.2, ge=0, le=1, description="Labels succeeding less often go to a human after one try."
@@ -204,5 +293,151 @@ class FleetSettings(BaseSettings):
         description="Custom Ray resources per pool name, added to `worker_resources`.",
     )
 
+    # Proof of work and tools.
+    gate_timeout_s: float = Field(
+        600.0, gt=0, description="Longest a gate command runs (also bounded by the time limit)."
+    )
+    command_timeout_s: float = Field(
+        120.0, gt=0, description="Longest an agent's command runs, whatever timeout it asks for."
+    )
+    max_followups: int = Field(
+        10, ge=0, description="Follow-up task requests one session may make."
+    )
+
+    # Model clients (the key of an agent comes from its api_key_env, see secrets_dir).
+    model_timeout_s: float = Field(
+        300.0, gt=0, description="Timeout of one HTTP request to a model server."
+    )
+    prices: str | None = Field(
+        None,
+        description="JSON file of model prices (USD per 1M tokens) laid over the built-in "
+        'table: {"my-model": {"input": 0.5, "cached_input": 0.05, "output": 1.5}}.',
+    )
+    secrets_dir: str | None = Field(
+        None,
+        description="Directory of secret files: an agent's key is the file named after its "
+        "api_key_env when that variable is not set (e.g. a mounted secret).",
+    )
+
+    # Docker images (read where the image is built: the worker's node).
+    debian_mirror: str = Field(
+        "http://deb.debian.org/debian",
+        description="Debian mirror debootstrap uses when the base image is built locally.",
+    )
+    base_source: Literal["auto", "pull", "debootstrap"] = Field(
+        "auto",
+        description="How the base image is made: pull python:3.11-slim, debootstrap, or "
+        "auto (pull when a registry answers, else debootstrap).",
+    )
+
+    # The driver.
+    ray_logs: bool = Field(
+        False, description="Show the Ray workers' logs on the driver's terminal."
+    )
+
+    # The HTTP endpoint (`fleet serve`): its variables are FLEET_API_*, as listed.
+    api: ServeSettings = Field(
+        default_factory=ServeSettings, description="Settings of the HTTP endpoint."
+    )
+
+    @field_validator("events_dir", "wal_dir", "artifacts_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        """A local path made absolute (``~`` expanded) now; a URI is kept as it is."""
+        return None if value is None else absolute_location(value)
+
     def pool_specs(self) -> list[PoolSpec]:
         return self.pools or [PoolSpec(name="default", workers=self.workers)]
+
+
+PLAN_DEFAULTS: dict[str, str] = {
+    "time_limit_s": "default_time_limit_s",
+    "max_attempts": "default_max_attempts",
+    "max_turns": "default_max_turns",
+    "stall_timeout_s": "stall_timeout_s",
+}
+"""Per-task values and the setting each falls back to."""
+
+
+def resolve(
+    field: str,
+    spec: Any,
+    plan: Mapping[str, Any],
+    settings: FleetSettings,
+    *fallbacks: Any,
+) -> Any:
+    """A per-task value, in one order everywhere: the task's own ``field``, else memory's plan
+    for the task (``plan[field]``), else each of ``fallbacks`` (e.g. the agent's
+    ``max_turns``), else the fleet's setting (``PLAN_DEFAULTS[field]``). None means unset."""
+    for value in (getattr(spec, field, None), plan.get(field), *fallbacks):
+        if value is not None:
+            return value
+    return getattr(settings, PLAN_DEFAULTS[field])
+
+
+def host_variable(name: str) -> str | None:
+    """A variable of another tool, read here so that one module reads the environment: the
+    key an agent's ``api_key_env`` names, ``OPENAI_BASE_URL``, ``DOCKER_HOST``, pip's CA
+    variables, ``COLUMNS``. Empty counts as unset."""
+    return os.environ.get(name) or None
+
+
+# -- the README's settings table ----------------------------------------------------------
+
+
+def _env_var(model: type[BaseSettings], name: str) -> str:
+    info = model.model_fields[name]
+    if isinstance(info.validation_alias, str):
+        return info.validation_alias
+    return f"{model.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def settings_rows() -> list[tuple[str, str, str, str]]:
+    """(field, environment variable, default, description) for every setting; the fields of
+    the HTTP endpoint are ``api.<name>``."""
+    rows = []
+    for model, prefix in ((FleetSettings, ""), (ServeSettings, "api.")):
+        for name, info in model.model_fields.items():
+            if model is FleetSettings and name == "api":
+                continue
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, SecretStr):
+                default = "***"
+            description = (info.description or "").replace("|", "\\|").replace("\n", " ")
+            rows.append((prefix + name, _env_var(model, name), _shown(default), description))
+    return rows
+
+
+def settings_table() -> str:
+    """The README's settings table (markdown), generated from the models."""
+    lines = ["| setting | variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, env, default, description in settings_rows():
+        lines.append(f"| `{name}` | `{env}` | `{default}` | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_readme_table(readme: Path) -> None:
+    """Replace the table between the README's settings-table markers with the current one."""
+    text = readme.read_text()
+    start = text.index("\n", text.index("<!-- settings-table")) + 1
+    end = text.index("<!-- /settings-table -->")
+    readme.write_text(text[:start] + settings_table() + text[end:])
+
+
+if __name__ == "__main__":  # python -m core.settings [--write README.md]
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        write_readme_table(Path(sys.argv[2] if len(sys.argv) > 2 else "README.md"))
+    else:
+        print(settings_table(), end="")

@@ -12,7 +12,6 @@ The CLI is built on this class and nothing private.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -39,12 +38,6 @@ class SubmitResult:
     accepted: list[str]
     rejected: list[dict[str, str]] = field(default_factory=list)
     batch: str | None = None
-
-
-def _absolute_events_dir(settings: FleetSettings) -> FleetSettings:
-    if "://" in settings.events_dir:
-        return settings
-    return settings.model_copy(update={"events_dir": os.path.abspath(settings.events_dir)})
 
 
 class Fleet:
@@ -79,14 +72,13 @@ class Fleet:
         settings = settings or FleetSettings()
         if overrides:  # validated, unlike model_copy(update=...)
             settings = FleetSettings(**{**settings.model_dump(), **overrides})
-        settings = _absolute_events_dir(settings)
         config = config or FleetConfig()
         if settings.model and config.agents["default"].model == "scripted":
             default = config.agents["default"].model_copy(
                 update={"model": settings.model, "api": settings.api}
             )
             config = config.model_copy(update={"agents": {**config.agents, "default": default}})
-        owns_ray = cls._init_ray(settings.ray_address, settings.namespace)
+        owns_ray = cls._init_ray(settings.ray_address, settings.namespace, settings.ray_logs)
         requested = settings.sandbox
         try:
             settings = settings.model_copy(
@@ -133,7 +125,7 @@ class Fleet:
         cls, address: str = "auto", name: str = "default", namespace: str = "agent-fleet"
     ) -> Fleet:
         """Attach to a running fleet on a Ray cluster (``"auto"`` or ``"ray://host:port"``)."""
-        owns_ray = cls._init_ray(address, namespace)
+        owns_ray = cls._init_ray(address, namespace, FleetSettings().ray_logs)
         try:
             handle = ray.get_actor(supervisor_name(name), namespace=namespace)
         except ValueError:
@@ -142,8 +134,9 @@ class Fleet:
         return cls(handle, settings, owns_ray)
 
     @staticmethod
-    def _init_ray(address: str | None, namespace: str) -> bool:
-        """Returns True when this process started its own local Ray."""
+    def _init_ray(address: str | None, namespace: str, ray_logs: bool) -> bool:
+        """Returns True when this process started its own local Ray. ``ray_logs``: show the
+        Ray workers' logs here (``FLEET_RAY_LOGS``)."""
         if ray.is_initialized():
             return False
         # Ray says at every local start that token authentication is on (the safe default
@@ -157,7 +150,7 @@ class Fleet:
                 namespace=namespace,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
-                log_to_driver=bool(os.environ.get("FLEET_RAY_LOGS")),
+                log_to_driver=ray_logs,
             )
         except Exception as exc:
             where = address or "a local Ray"

@@ -3,45 +3,37 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table as RichTable
 
 from core.analytics import AnalyticsError, Table, report, sql
-from core.errors import InputError
+from core.errors import InputError, one_line, root_cause
 from core.settings import FleetSettings
-from core.specs import TaskSpec
-from core.taskfile import LineError, load_config, load_tasks
+from core.taskfile import load_config, load_tasks, parse_tasks
+from fleet.driver import ExitCode, build_settings, prefixed, run_batch, run_prefix
+from fleet.output import err, out, print_error, print_sandbox, print_table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run many coding agents on Ray.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Run many coding agents on Ray. Exit codes: 0 every task succeeded; 1 some task did "
+    "not succeed, was unfinished or was rejected; 2 a usage or setup error.",
+)
 
-
-def _console(stderr: bool = False) -> Console:
-    """A console that does not fold tables to 80 columns when output goes to a file or pipe."""
-    stream = sys.stderr if stderr else sys.stdout
-    wide = not stream.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=160 if wide else None)
-
-
-out = _console()
-err = _console(stderr=True)
-
-EXIT_TASKS_FAILED = 1
-EXIT_USAGE = 2
-
-EventsOpt = Annotated[str, typer.Option("--events", help="Event log directory or URI.")]
+EventsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--events",
+        help="Event log directory or pyarrow URI (default: $FLEET_EVENTS_DIR, else "
+        "~/fleet-events).",
+    ),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
-DEFAULT_EVENTS = FleetSettings().events_dir
 
 
 class CliError(InputError):
@@ -49,170 +41,22 @@ class CliError(InputError):
 
 
 def _fail(message: str, debug: bool, exc: BaseException | None = None) -> None:
-    if debug and exc is not None:
-        err.print_exception()
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_USAGE)
+    print_error(message, exc, debug)
+    raise typer.Exit(ExitCode.USAGE)
 
 
-def print_table(table: Table, title: str | None = None) -> None:
-    title = title or table.title or None
-    if len(table.rows) == 1 and len(table.columns) > 6:  # one wide row reads better as a list
-        pairs = list(zip(table.columns, table.rows[0], strict=True))
-        table = Table(table.title, ["metric", "value"], pairs)
-    rich_table = RichTable(title=title, title_justify="left")
-    for column in table.columns:
-        rich_table.add_column(column, overflow="fold")
-    for row in table.rows:
-        rich_table.add_row(*("" if v is None else str(v) for v in row))
-    out.print(rich_table)
-
-
-def print_batch_report(events_dir: str, batch: str) -> None:
-    """The DuckDB report of one batch, after its summary table (which lists the tasks)."""
+def _settings(debug: bool, **options: Any) -> FleetSettings:
+    """The fleet's settings from these options (None: not given), or a one-line exit 2."""
     try:
-        tables = report(events_dir, batch=batch)
-    except AnalyticsError as exc:
-        err.print(f"[yellow]report unavailable:[/yellow] {exc}")
-        return
-    out.print(f"Report (DuckDB over {events_dir})", soft_wrap=True, highlight=False)
-    for table in tables:
-        if table.title != "Tasks":
-            print_table(table)
-
-
-def _run_batch(
-    tasks: list[TaskSpec],
-    line_errors: list[LineError],
-    settings: FleetSettings,
-    config_path: str | None,
-    debug: bool,
-    timeout_s: float | None,
-    header: str = "",
-) -> int:
-    from fleet.api import Fleet, FleetError
-
-    for line_error in line_errors:
-        err.print(f"[yellow]rejected[/yellow] {line_error}", highlight=False)
-    if not tasks:
-        _fail("no valid tasks to run", debug)
-    try:
-        config = load_config(config_path)
-    except InputError as exc:
+        return build_settings(**options)
+    except ValueError as exc:
         _fail(str(exc), debug, exc)
-    started = time.monotonic()
-    with out.status(f"starting Ray and {settings.workers} workers"):
-        try:
-            fleet = Fleet.start(settings, config)
-        except FleetError as exc:
-            _fail(str(exc), debug, exc)
-    print_sandbox(fleet)
-    if header:
-        out.print(header)
-    try:
-        batch = f"b-{uuid.uuid4().hex[:8]}"
-        submitted = fleet.submit(tasks, batch=batch)
-        for rejection in submitted.rejected:
-            err.print(
-                f"[yellow]rejected[/yellow] task {rejection['task_id']}: "
-                f"{rejection['field']}: {rejection['error']}",
-                highlight=False,
-            )
-        records = _follow(fleet, submitted.accepted, timeout_s)
-        fleet.flush()
-        _print_summary(records, fleet.settings, time.monotonic() - started)
-        print_batch_report(fleet.settings.events_dir, batch)
-    finally:
-        fleet.shutdown()
-    failed = [r for r in records if r.state != "succeeded"]
-    unfinished = len(submitted.accepted) - len(records)
-    rejected = len(line_errors) + len(submitted.rejected)
-    if failed or rejected or unfinished:
-        err.print(
-            f"[red]{len(failed)} task(s) did not succeed, {unfinished} unfinished, "
-            f"{rejected} rejected[/red]"
-        )
-        return EXIT_TASKS_FAILED
-    out.print(f"[green]all {len(records)} tasks succeeded[/green]")
-    return 0
+        raise  # unreachable: _fail exits
 
 
-def print_sandbox(fleet: Any) -> None:
-    """The sandbox backend, first and loud: local runs commands on the host itself."""
-    colour = "green" if fleet.settings.sandbox == "docker" else "bold yellow"
-    out.print(f"[{colour}]{fleet.sandbox_notice}[/{colour}]", highlight=False, soft_wrap=True)
-    sys.stdout.flush()
-
-
-def _follow(fleet: Any, ids: list[str], timeout_s: float | None) -> list[Any]:
-    records = []
-    counts = {"succeeded": 0, "failed": 0}
-    columns = [
-        TextColumn("[bold]tasks"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, console=out, transient=False) as progress:
-        bar = progress.add_task("", total=len(ids))
-        try:
-            for record in fleet.as_completed(ids, timeout_s=timeout_s):
-                records.append(record)
-                key = "succeeded" if record.state == "succeeded" else "failed"
-                counts[key] += 1
-                progress.update(
-                    bar,
-                    advance=1,
-                    description=f"[green]{counts['succeeded']} ok[/green] "
-                    f"[red]{counts['failed']} not ok[/red]",
-                )
-        except TimeoutError as exc:
-            err.print(f"[red]timed out:[/red] {exc}")
-    return records
-
-
-def _print_summary(records: list[Any], settings: FleetSettings, wall_s: float) -> None:
-    table = RichTable(
-        title=f"Batch summary ({wall_s:.1f}s, {settings.sandbox} sandbox)", title_justify="left"
-    )
-    for column in ("task", "state", "attempts", "turns", "tool calls", "duration s", "reason"):
-        table.add_column(column, overflow="fold")
-    for r in sorted(records, key=lambda r: r.id):
-        colour = "green" if r.state == "succeeded" else "red"
-        duration = f"{r.duration_s:.2f}" if r.duration_s is not None else ""
-        table.add_row(
-            r.id,
-            f"[{colour}]{r.state.value}[/{colour}]",
-            str(r.attempts),
-            str(r.turns),
-            str(r.tool_calls),
-            duration,
-            r.reason,
-        )
-    out.print(table)
-
-
-def _settings(
-    workers: int | None, sandbox: str | None, events: str, name: str | None
-) -> FleetSettings:
-    updates: dict[str, Any] = {"events_dir": events}
-    if workers is not None:
-        updates["workers"] = workers
-    if sandbox is not None:
-        updates["sandbox"] = sandbox
-    if name is not None:
-        updates["name"] = name
-    try:
-        return FleetSettings(**updates)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise CliError(f"setting {where}: {first['msg']}") from None
-
-
-def _prefixed(tasks: list[TaskSpec], prefix: str) -> list[TaskSpec]:
-    return [t.model_copy(update={"id": f"{prefix}.{t.id}"}) for t in tasks]
+def _events(events: str | None, debug: bool) -> str:
+    """The event log this command reads: --events, else FLEET_EVENTS_DIR, else the default."""
+    return _settings(debug, events_dir=events).events_dir
 
 
 WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", help="Worker actors.")]
@@ -232,58 +76,81 @@ def run(
     tasks_file: Annotated[Path, typer.Argument(help="JSONL file, one task per line.")],
     workers: WorkersOpt = None,
     sandbox: SandboxOpt = None,
-    events: EventsOpt = DEFAULT_EVENTS,
+    events: EventsOpt = None,
     config: ConfigOpt = None,
     timeout: TimeoutOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Fleet name.")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray address ('auto', 'ray://...'); default: a local Ray."),
+    ] = None,
+    worker_resources: Annotated[
+        str | None,
+        typer.Option(metavar="JSON", help="Ray resources per worker, e.g. '{\"docker\": 1}'."),
+    ] = None,
+    pools: Annotated[
+        str | None,
+        typer.Option(metavar="JSON", help="Worker pools (FLEET_POOLS in the README)."),
+    ] = None,
+    pool_resources: Annotated[
+        str | None, typer.Option(metavar="JSON", help="Ray resources per pool name.")
+    ] = None,
     keep_ids: Annotated[
         bool, typer.Option("--keep-ids", help="Use task ids as written (no run prefix).")
     ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run a batch of tasks from a JSONL file, then print the report."""
+    settings = _settings(
+        debug,
+        workers=workers,
+        sandbox=sandbox,
+        events_dir=events,
+        name=name,
+        ray_address=address,
+        worker_resources=worker_resources,
+        pools=pools,
+        pool_resources=pool_resources,
+    )
     try:
-        settings = _settings(workers, sandbox, events, None)
         fleet_config = load_config(config)
         tasks, line_errors = load_tasks(tasks_file, fleet_config)
-    except (InputError, CliError) as exc:
+    except InputError as exc:
         _fail(str(exc), debug, exc)
     if not keep_ids:
-        tasks = _prefixed(tasks, f"r{uuid.uuid4().hex[:4]}")
-    raise typer.Exit(_run_batch(tasks, line_errors, settings, config, debug, timeout))
+        tasks = prefixed(tasks, run_prefix("r"))
+    code = run_batch(tasks, line_errors, settings, fleet_config, timeout_s=timeout, debug=debug)
+    raise typer.Exit(code)
 
 
 @app.command()
 def demo(
     workers: WorkersOpt = None,
     sandbox: SandboxOpt = None,
-    events: EventsOpt = DEFAULT_EVENTS,
+    events: EventsOpt = None,
     timeout: TimeoutOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run the bundled demo batch with the scripted model."""
+    settings = _settings(debug, workers=workers, sandbox=sandbox, events_dir=events)
     source = resources.files("fleet") / "demo" / "tasks.jsonl"
-    try:
-        settings = _settings(workers, sandbox, events, None)
-    except CliError as exc:
-        _fail(str(exc), debug, exc)
-    from core.taskfile import parse_tasks
-
     tasks, line_errors = parse_tasks(source.read_text(encoding="utf-8"), "demo/tasks.jsonl")
-    tasks = _prefixed(tasks, f"demo{uuid.uuid4().hex[:4]}")
+    tasks = prefixed(tasks, run_prefix("demo"))
     header = f"[bold]fleet demo[/bold]: {len(tasks)} tasks, scripted model (no API key needed)"
-    raise typer.Exit(_run_batch(tasks, line_errors, settings, None, debug, timeout, header))
+    code = run_batch(tasks, line_errors, settings, timeout_s=timeout, header=header, debug=debug)
+    raise typer.Exit(code)
 
 
 @app.command("report")
 def report_cmd(
-    events: EventsOpt = DEFAULT_EVENTS,
+    events: EventsOpt = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Report over the event log: outcomes, success rate, durations, tool calls."""
     try:
-        tables = report(events, batch=batch)
+        tables = report(_events(events, debug), batch=batch)
     except AnalyticsError as exc:
         _fail(str(exc), debug, exc)
     if as_json:
@@ -296,13 +163,13 @@ def report_cmd(
 @app.command("sql")
 def sql_cmd(
     statement: Annotated[str, typer.Argument(help="SQL over the views events and tasks.")],
-    events: EventsOpt = DEFAULT_EVENTS,
+    events: EventsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run SQL with DuckDB over the event log (views: events, tasks)."""
     try:
-        table = sql(events, statement)
+        table = sql(_events(events, debug), statement)
     except AnalyticsError as exc:
         _fail(str(exc), debug, exc)
     if as_json:
@@ -408,16 +275,17 @@ def steer(
 
 @app.command()
 def memory(
-    events: EventsOpt = DEFAULT_EVENTS,
+    events: EventsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """What the fleet has learned from past runs, per label and per agent."""
     from actors.memory import Memory
 
-    learned = Memory(FleetSettings(events_dir=events))
-    if not learned.refresh(events):
-        _fail(f"no history under {events} yet (run a batch first)", debug)
+    events_dir = _events(events, debug)
+    learned = Memory(FleetSettings(events_dir=events_dir))
+    if not learned.refresh(events_dir):
+        _fail(f"no history under {events_dir} yet (run a batch first)", debug)
     tables = learned.tables()
     if as_json:
         out.print_json(json.dumps(tables))
@@ -438,7 +306,7 @@ def serve_cmd(
     name: Annotated[str | None, typer.Option(help="Fleet name.")] = None,
     workers: WorkersOpt = None,
     sandbox: SandboxOpt = None,
-    events: EventsOpt = DEFAULT_EVENTS,
+    events: EventsOpt = None,
     config: ConfigOpt = None,
     token_file: Annotated[
         str | None, typer.Option(help="File holding the API token (else FLEET_API_TOKEN).")
@@ -458,19 +326,26 @@ def serve_cmd(
     from ray import serve
 
     from fleet.api import Fleet, FleetError
-    from serve.app import ServeSettings
     from serve.deployment import run as run_api
     from serve.deployment import stop as stop_api
 
     try:
-        settings = _settings(workers, sandbox, events, name)
-        settings = settings.model_copy(update={"ray_address": address, "resume": resume})
+        settings = build_settings(
+            workers=workers,
+            sandbox=sandbox,
+            events_dir=events,
+            name=name,
+            ray_address=address,
+            resume=resume,
+        )
         fleet_config = load_config(config)
-        api_settings = ServeSettings(**({"token_file": token_file} if token_file else {}))
+        api_settings = settings.api
+        if token_file:
+            api_settings = api_settings.model_copy(update={"token_file": token_file})
         api_settings.resolve_token()
         api_settings.resolve_admin_token()
     except (InputError, CliError, ValueError, OSError) as exc:
-        _fail(str(exc).splitlines()[0], debug, exc)
+        _fail(one_line(exc), debug, exc)
     try:  # never client tasks on the host unless local was asked for by name
         fleet = Fleet.start(settings, fleet_config, refuse_auto_local=True)
     except FleetError as exc:
@@ -485,7 +360,7 @@ def serve_cmd(
         try:
             run_api(settings.name, settings.namespace, api_settings, host, port, replicas)
         except Exception as exc:  # e.g. the port is taken
-            _fail(f"cannot serve on {host}:{port}: {str(exc).strip().splitlines()[0]}", debug, exc)
+            _fail(f"cannot serve on {host}:{port}: {one_line(root_cause(exc))}", debug, exc)
         url = f"http://{host}:{port}/"
         out.print(f"fleet {settings.name}: API and dashboard on {url} (Ctrl-C stops)")
         sys.stdout.flush()  # a pipe or file must see it now, not at exit
@@ -510,7 +385,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         err.print("interrupted")
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -16,19 +16,25 @@ from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from core.settings import FleetSettings
 from sandboxes.base import Sandbox, SandboxError, SandboxLost, workspace_relative
 
 log = logging.getLogger("harness.tools")
 
 
+_DEFAULTS = FleetSettings.model_fields
+
+
 @dataclass
 class ToolContext:
+    """What the tools of one session work on and may do (defaults: the settings' defaults)."""
+
     sandbox: Sandbox
-    output_limit: int = 10_000
-    command_timeout_s: float = 120.0
+    output_limit: int = _DEFAULTS["tool_output_limit"].default
+    command_timeout_s: float = _DEFAULTS["command_timeout_s"].default
     handoff_targets: list[str] | None = None
     """Agents ``handoff`` may name; None accepts any name (the supervisor checks it)."""
-    max_followups: int = 10
+    max_followups: int = _DEFAULTS["max_followups"].default
     """Follow-up task requests one session may make."""
 
 

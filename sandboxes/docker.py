@@ -33,6 +33,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from core.settings import host_variable
 from sandboxes import images, network
 from sandboxes.base import (
     CappedOutput,
@@ -81,11 +82,11 @@ class _AgentChannel:
 
     @classmethod
     async def attach(cls, api: docker.APIClient, container_id: str, max_body: int) -> _AgentChannel:
-        base = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        base = host_variable("DOCKER_HOST") or "unix:///var/run/docker.sock"
         url = urlparse(base)
         if url.scheme == "unix":
             reader, writer = await asyncio.open_unix_connection(url.path, limit=1 << 22)
-        elif url.scheme in ("tcp", "http") and not os.environ.get("DOCKER_TLS_VERIFY"):
+        elif url.scheme in ("tcp", "http") and not host_variable("DOCKER_TLS_VERIFY"):
             reader, writer = await asyncio.open_connection(url.hostname, url.port, limit=1 << 22)
         else:
             raise SandboxError(f"exec agent attach does not support DOCKER_HOST={base}")

@@ -38,6 +38,8 @@ import tarfile
 import time
 from collections import deque
 
+# Inside the container: the host passes the workspace path in the container's environment
+# (this file runs alone there, without the fleet's packages or core.settings).
 WORKDIR = os.environ.get("FLEET_WORKDIR", "/workspace")
 PREFIX = struct.Struct(">IQ")
 CHUNK = 1 << 20

@@ -4,7 +4,8 @@ Three layers, each tagged by a hash of what went into it, so nothing is rebuilt 
 
 - ``agent-fleet-rootfs:bookworm``: a Debian root filesystem. Pulled (``python:3.11-slim``)
   when a registry answers, else made with ``debootstrap`` and ``docker import``.
-  ``FLEET_BASE_SOURCE`` = ``auto`` (default) | ``pull`` | ``debootstrap`` picks the way.
+  The ``base_source`` setting (``FLEET_BASE_SOURCE``: ``auto``, ``pull`` or ``debootstrap``)
+  picks the way; ``debian_mirror`` (``FLEET_DEBIAN_MIRROR``) is debootstrap's mirror.
 - ``agent-fleet-base:<hash>``: the rootfs plus the uid 1000 user, ``/workspace``, the exec
   agent and the host's CA bundle (so pip works behind a TLS-inspecting proxy).
 - ``agent-fleet-env:<hash>``: an environment's ``image``/``apt``/``pip``/absolute ``files``
@@ -34,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.settings import FleetSettings, host_variable
 from sandboxes.base import SandboxError
 
 if TYPE_CHECKING:
@@ -54,7 +56,6 @@ VENV = "/opt/venv"
 UID = 1000
 LABEL = "agent-fleet"
 LOCK_DIR = Path(tempfile.gettempdir()) / "agent-fleet-locks"
-DEBIAN_MIRROR = os.environ.get("FLEET_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 _known: dict[str, str] = {}
 """Images this process has built or found: spec digest (or "base") -> tag."""
@@ -127,7 +128,7 @@ def forget() -> None:
 @functools.lru_cache(maxsize=1)
 def host_ca_bundle() -> Path | None:
     """The CA bundle this host's pip trusts (it may include a TLS-inspecting proxy's CA)."""
-    candidates = [os.environ.get(v) for v in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")]
+    candidates = [host_variable(v) for v in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")]
     with contextlib.suppress(Exception):
         out = subprocess.run(
             ["pip", "config", "get", "global.cert"], capture_output=True, text=True, timeout=10
@@ -162,7 +163,7 @@ def _pull_rootfs(cli: docker.DockerClient) -> bool:
     return True
 
 
-def _debootstrap_rootfs(cli: docker.DockerClient) -> None:
+def _debootstrap_rootfs(cli: docker.DockerClient, mirror: str) -> None:
     if os.geteuid() != 0:
         raise SandboxError("building the base image with debootstrap needs root")
     if not shutil.which("debootstrap"):
@@ -176,7 +177,7 @@ def _debootstrap_rootfs(cli: docker.DockerClient) -> None:
             "--include=python3,python3-venv,git,ca-certificates",
             "bookworm",
             str(root),
-            DEBIAN_MIRROR,
+            mirror,
         ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -196,19 +197,24 @@ def _debootstrap_rootfs(cli: docker.DockerClient) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def ensure_rootfs(cli: docker.DockerClient | None = None) -> str:
+def ensure_rootfs(
+    cli: docker.DockerClient | None = None, settings: FleetSettings | None = None
+) -> str:
+    """The Debian root filesystem image, made once per host as ``settings`` say (default:
+    this process's environment, ``FleetSettings()``): pulled or debootstrapped."""
     cli = cli or client()
+    settings = settings or FleetSettings()
     if _exists(cli, ROOTFS_IMAGE):
         return ROOTFS_IMAGE
     with _file_lock("rootfs"):
         if _exists(cli, ROOTFS_IMAGE):
             return ROOTFS_IMAGE
-        source = os.environ.get("FLEET_BASE_SOURCE", "auto")
+        source = settings.base_source
         pulled = False
         if source == "pull" or (source == "auto" and _registry_answers()):
             pulled = _pull_rootfs(cli)
         if not pulled:
-            _debootstrap_rootfs(cli)
+            _debootstrap_rootfs(cli, settings.debian_mirror)
     return ROOTFS_IMAGE
 
 

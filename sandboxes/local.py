@@ -73,6 +73,7 @@ class LocalSandbox:
             "GIT_COMMITTER_NAME": "fleet-agent",
             "GIT_COMMITTER_EMAIL": "agent@fleet.local",
         }
+        # Not a setting: the worker's own environment, passed on through the allow-list.
         env.update((k, v) for k, v in os.environ.items() if k in PASSED_ON or k.startswith("LC_"))
         env.update(self._extra_env)  # declared by the environment spec
         env.update(extra or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.settings import FleetSettings
 from core.specs import AgentSpec, ScriptStep
 from harness.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
 from harness.models.scripted import ScriptedModel
@@ -26,11 +27,15 @@ async def close_model(model: ModelClient) -> None:
 
 
 def make_model(
-    agent: AgentSpec, script: list[ScriptStep] | None = None, attempt: int = 1
+    agent: AgentSpec,
+    script: list[ScriptStep] | None = None,
+    attempt: int = 1,
+    settings: FleetSettings | None = None,
 ) -> ModelClient:
-    """The client an agent asks for: the scripted model, or an OpenAI-compatible API."""
+    """The client an agent asks for: the scripted model, or an OpenAI-compatible API
+    (configured by the fleet's ``settings``; default: this process's environment)."""
     if agent.model == "scripted":
         return ScriptedModel(script, attempt, agent=agent.name)
     from harness.models.openai_client import make_model as make_api_model
 
-    return make_api_model(agent, script=script, attempt=attempt)
+    return make_api_model(agent, script=script, attempt=attempt, settings=settings)

@@ -23,7 +23,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +38,7 @@ except ImportError:  # openai < 3 is built on httpx
     import httpx as _http  # type: ignore[no-redef]
 
 from core.errors import FleetError
+from core.settings import FleetSettings, host_variable
 from core.specs import PLAIN_NAME, AgentSpec, ScriptStep
 from harness.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
 from harness.models.pricing import cost_usd, load_prices
@@ -46,10 +46,8 @@ from harness.models.scripted import ScriptedModel
 
 log = logging.getLogger(__name__)
 
-SECRETS_DIR_ENV = "FLEET_SECRETS_DIR"
 PLACEHOLDER_API_KEY = "no-key"
 """Sent to a server named by ``base_url`` when no key is configured (keyless local servers)."""
-DEFAULT_TIMEOUT_S = 300.0
 RETRYABLE_STATUS = frozenset({408, 429})
 CHAT_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 
@@ -73,11 +71,15 @@ class RetryPolicy:
         return delay * (1.0 - self.jitter * random.random())
 
 
-def resolve_api_key(env_name: str, *, keyless_ok: bool) -> str:
+def resolve_api_key(
+    env_name: str, *, keyless_ok: bool, settings: FleetSettings | None = None
+) -> str:
     """The API key for a client, looked up in this order:
 
     1. the environment variable ``env_name`` (the agent's ``api_key_env``);
-    2. the file ``$FLEET_SECRETS_DIR/<env_name>`` (e.g. a mounted secret), stripped;
+    2. the file ``<secrets_dir>/<env_name>`` (e.g. a mounted secret), stripped, where
+       ``secrets_dir`` is the setting (``FLEET_SECRETS_DIR``) of ``settings`` (default: this
+       process's environment);
     3. when ``keyless_ok`` (the client talks to a server named by ``base_url`` or
        ``OPENAI_BASE_URL``), the placeholder ``"no-key"``, for local servers that need none.
 
@@ -87,10 +89,10 @@ def resolve_api_key(env_name: str, *, keyless_ok: bool) -> str:
     """
     if not PLAIN_NAME.fullmatch(env_name):
         raise ModelError(f"api_key_env {env_name[:100]!r} is not a plain variable name")
-    value = os.environ.get(env_name, "").strip()
+    value = (host_variable(env_name) or "").strip()
     if value:
         return value
-    secrets_dir = os.environ.get(SECRETS_DIR_ENV)
+    secrets_dir = (settings or FleetSettings()).secrets_dir
     if secrets_dir:
         root = Path(secrets_dir).resolve()
         path = (root / env_name).resolve()
@@ -254,21 +256,25 @@ class _OpenAIModel:
         temperature: float | None = None,
         stream: bool = False,
         retry: RetryPolicy | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float | None = None,
         sleep: Sleep = asyncio.sleep,
+        settings: FleetSettings | None = None,
     ) -> None:
+        """``settings``: the fleet's (secrets_dir, prices, model_timeout_s); default: this
+        process's environment. ``timeout_s`` overrides ``model_timeout_s``."""
+        self._settings = settings or FleetSettings()
         self.name = model
         self.base_url = base_url
         self.api_key_env = api_key_env
         self.temperature = temperature
         self.stream = stream
         self.retry = retry or RetryPolicy()
-        self.timeout_s = timeout_s
+        self.timeout_s = self._settings.model_timeout_s if timeout_s is None else timeout_s
         self._sleep = sleep
-        keyless_ok = bool(base_url or os.environ.get("OPENAI_BASE_URL"))
-        self._api_key = resolve_api_key(api_key_env, keyless_ok=keyless_ok)
+        keyless_ok = bool(base_url or host_variable("OPENAI_BASE_URL"))
+        self._api_key = resolve_api_key(api_key_env, keyless_ok=keyless_ok, settings=self._settings)
         self._placeholder_key = self._api_key == PLACEHOLDER_API_KEY
-        load_prices()  # a bad FLEET_PRICES file fails here, not in the middle of a run
+        load_prices(self._settings)  # a bad prices file fails here, not in the middle of a run
         self._client: openai.AsyncOpenAI | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self.requests = 0
@@ -305,7 +311,7 @@ class _OpenAIModel:
 
     def _usage(self, input_tokens: int, cached: int, output_tokens: int) -> Usage:
         usage = Usage(input_tokens, cached, output_tokens)
-        usage.cost_usd = cost_usd(self.name, usage)
+        usage.cost_usd = cost_usd(self.name, usage, self._settings)
         return usage
 
     def _classify(self, exc: Exception) -> _Transient | ModelError:
@@ -536,9 +542,13 @@ class ResponsesModel(_OpenAIModel):
 
 
 def make_model(
-    agent: AgentSpec, script: list[ScriptStep] | None = None, attempt: int = 1
+    agent: AgentSpec,
+    script: list[ScriptStep] | None = None,
+    attempt: int = 1,
+    settings: FleetSettings | None = None,
 ) -> ModelClient:
-    """The model client for an agent, from the agent's fields only.
+    """The model client for an agent, from the agent's fields and the fleet's ``settings``
+    (secrets_dir, prices, model_timeout_s; default: this process's environment).
 
     ``model == "scripted"`` replays ``script`` (no network, no key). Otherwise ``api`` picks
     ``ChatCompletionsModel`` or ``ResponsesModel``, the key comes from ``resolve_api_key``
@@ -554,4 +564,5 @@ def make_model(
         api_key_env=agent.api_key_env,
         temperature=agent.temperature,
         stream=agent.stream,
+        settings=settings,
     )

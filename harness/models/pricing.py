@@ -1,8 +1,8 @@
 """What a model turn cost: a small price table in USD per 1M tokens.
 
 The built-in prices are list prices for a few well-known OpenAI models at the time of writing;
-they change, so treat them as defaults. Set ``FLEET_PRICES`` to a JSON file to add or override
-entries::
+they change, so treat them as defaults. Set the ``prices`` setting (``FLEET_PRICES``) to a JSON
+file to add or override entries::
 
     {"my-model": {"input": 0.5, "cached_input": 0.05, "output": 1.5}}
 
@@ -13,10 +13,10 @@ cost 0, so a local or scripted model never shows a made-up figure.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.settings import FleetSettings
 from harness.models.base import Usage
 
 PRICES_ENV = "FLEET_PRICES"
@@ -62,12 +62,13 @@ def _read_overrides(path: str) -> dict[str, Price]:
         raise ValueError(f"bad price file {path} (from ${PRICES_ENV}): {exc!r}") from exc
 
 
-def load_prices() -> dict[str, Price]:
-    """The built-in table with the ``FLEET_PRICES`` file (if set) laid over it.
+def load_prices(settings: FleetSettings | None = None) -> dict[str, Price]:
+    """The built-in table with the ``prices`` file of ``settings`` (default: this process's
+    environment, ``FleetSettings()``), if any, laid over it.
 
     Raises ValueError for an unreadable or malformed file: a wrong bill is worse than none.
     """
-    path = os.environ.get(PRICES_ENV)
+    path = (settings or FleetSettings()).prices
     if not path:
         return dict(DEFAULT_PRICES)
     try:
@@ -99,9 +100,9 @@ def price_for(model: str, prices: dict[str, Price] | None = None) -> Price | Non
     return None
 
 
-def cost_usd(model: str, usage: Usage) -> float:
+def cost_usd(model: str, usage: Usage, settings: FleetSettings | None = None) -> float:
     """USD for one turn; cached input tokens are part of ``usage.input_tokens``."""
-    price = price_for(model)
+    price = price_for(model, load_prices(settings))
     if price is None:
         return 0.0
     cached = min(usage.cached_input_tokens, usage.input_tokens)
