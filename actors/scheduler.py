@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable
 
 from core.events import Event, EventType
-from core.records import Assignment, SessionResult, TaskRecord
+from core.records import Assignment, SessionResult, TaskRecord, resolve_time_limit
 from core.settings import FleetSettings, PoolSpec
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
 
@@ -353,7 +353,6 @@ class Scheduler:
             payload = {"reason": f"cannot run: {exc}", "attempts": record.attempts}
             return None, Event(task_id=task_id, type=EventType.task_failed, payload=payload)
         attempt = record.attempts + 1
-        time_limit = spec.time_limit_s or record.plan.get("time_limit_s")
         tokens_left, cost_left = self._budget_left(record, agent)
         assignment = Assignment(
             task=spec,
@@ -362,7 +361,7 @@ class Scheduler:
             attempt=attempt,
             session_id=f"s-{uuid.uuid4().hex[:12]}",
             max_turns=spec.max_turns or agent.max_turns or self.settings.default_max_turns,
-            time_limit_s=time_limit or self.settings.default_time_limit_s,
+            time_limit_s=resolve_time_limit(spec, record.plan, self.settings),
             stage=record.stage,
             prompt=self._prompt(record, stage.prompt if stage and stage.prompt else spec.prompt),
             gate=(stage.gate if stage and stage.gate else spec.gate),

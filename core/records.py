@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from core.events import Event
+from core.settings import FleetSettings
 from core.specs import AgentSpec, EnvironmentSpec, ScriptStep, TaskSpec, TaskState
 
 OutcomeStatus = Literal[
@@ -150,3 +151,30 @@ class TaskRecord(BaseModel):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+def resolve_time_limit(spec: TaskSpec, plan: dict[str, Any], settings: FleetSettings) -> float:
+    """A session's time limit: the task's own, else the one memory planned at submit (the
+    record's ``plan``), else the fleet's default. The scheduler hands it to the session and
+    the watchdog stops a session that overruns it."""
+    return spec.time_limit_s or plan.get("time_limit_s") or settings.default_time_limit_s
+
+
+class CommandResult(BaseModel):
+    """What a command to the fleet (cancel, steer, review, archive...) did: ``ok``, or
+    ``reason``, why it was refused (said to the person who asked). Truthy when ``ok``, so
+    ``if fleet.cancel(task_id):`` reads as before."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @classmethod
+    def done(cls) -> CommandResult:
+        return cls(ok=True)
+
+    @classmethod
+    def refused(cls, reason: str) -> CommandResult:
+        return cls(ok=False, reason=reason)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Query
 from pydantic import ValidationError
 
-from actors.supervisor import TERMINAL_EVENTS
+from core.events import TERMINAL_EVENTS
 from core.specs import TaskSpec, TaskState
 from serve import models as m
 from serve import sse
