@@ -1,7 +1,7 @@
-"""What people ask of running tasks: cancel, steer, interrupt, resume, decide a tool call,
-review a result. Each is checked against the task's state, recorded as events, and pushed
-to the worker running the session, if one does; each answers a :class:`CommandResult` that
-says why when it was refused.
+"""What people ask of the fleet's tasks: submit them; cancel, steer, interrupt, resume,
+decide a tool call, review a result. Each command is checked against the task's state,
+recorded as events, and pushed to the worker running the session, if one does; each
+answers a :class:`CommandResult` that says why when it was refused.
 
 Plain: events go through ``record`` and pushes through a :class:`SessionLink` (Ray calls in
 the supervisor, in-process hooks in the tests' fake).
@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from actors.scheduler import Scheduler
+from actors.memory import Decision
+from actors.scheduler import Scheduler, TaskRejected
 from core.events import Event, EventType
 from core.records import CommandResult, TaskRecord
-from core.specs import TaskState
+from core.specs import TaskSpec, TaskState
 
 
 class SessionLink(Protocol):
@@ -43,16 +44,46 @@ def is_in(record: TaskRecord, what: str) -> CommandResult:
     return CommandResult.refused(f"task {record.id!r} is {record.state.value}: {what}")
 
 
+Planner = Callable[[TaskSpec], tuple[dict[str, Any], list[Decision]]]
+"""Memory's plan for a new task (see :meth:`actors.memory.Memory.plan`)."""
+
+
 class Commands:
     def __init__(
         self,
         sched: Scheduler,
         record: Callable[[list[Event]], Awaitable[None]],
         link: SessionLink,
+        planner: Planner | None = None,
     ) -> None:
         self.sched = sched
         self.record = record
         self.link = link
+        self.planner = planner
+
+    async def submit(
+        self, tasks: list[dict[str, Any] | TaskSpec], batch: str | None = None
+    ) -> dict[str, Any]:
+        """Queue tasks; each accepted one is recorded before this returns, the others are
+        listed with the field at fault and why."""
+        accepted: list[str] = []
+        rejected: list[dict[str, str]] = []
+        for raw in tasks:
+            try:
+                spec = raw if isinstance(raw, TaskSpec) else TaskSpec.model_validate(raw)
+                plan, decisions = self.planner(spec) if self.planner else ({}, [])
+                event = self.sched.submit(spec, batch, plan)
+            except TaskRejected as exc:
+                rejected.append({"task_id": exc.task_id, "field": exc.field, "error": exc.message})
+                continue
+            except ValueError as exc:
+                task_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
+                rejected.append({"task_id": task_id, "field": "", "error": str(exc)})
+                continue
+            # Apply at once so a duplicate id later in the same batch is caught.
+            await self.record([event, *(d.event(spec.id) for d in decisions)])
+            accepted.append(spec.id)
+        return {"accepted": accepted, "rejected": rejected, "batch": batch}
 
     async def cancel(self, task_id: str) -> CommandResult:
         """End a task that has not ended; its running session is stopped."""

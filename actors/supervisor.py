@@ -38,7 +38,7 @@ from actors.memory import Memory
 from actors.pool import WorkerPool, prewarm_environments, worker_options
 from actors.recovery import ids_in_history, recover
 from actors.registry import Registry
-from actors.scheduler import Scheduler, TaskRejected
+from actors.scheduler import Scheduler
 from actors.status import fleet_status, list_tasks
 from actors.streams import LiveStreams
 from actors.worker import Worker
@@ -46,7 +46,7 @@ from core.eventlog import EventLog
 from core.events import Event
 from core.records import Assignment, CommandResult, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
-from core.specs import FleetConfig, TaskSpec
+from core.specs import FleetConfig
 
 log = logging.getLogger("fleet.supervisor")
 
@@ -106,7 +106,8 @@ class Supervisor:
         self.manager = Manager(
             settings, config, self.sched, self.pool, record, self.submit, self.sessions.stop
         )
-        self.commands = Commands(self.sched, record, self.sessions)
+        planner = self.memory.plan if settings.memory else None
+        self.commands = Commands(self.sched, record, self.sessions, planner)
         self.dispatch = Dispatcher(
             self.sched, self.pool, self.journal, self.artifacts, self.manager, settings
         )
@@ -224,24 +225,7 @@ class Supervisor:
     async def submit(self, tasks: list[dict[str, Any]], batch: str | None = None) -> dict[str, Any]:
         """Queue tasks; each accepted one is in the log before this returns."""
         await self.start()
-        accepted: list[str] = []
-        rejected: list[dict[str, str]] = []
-        for raw in tasks:
-            try:
-                spec = raw if isinstance(raw, TaskSpec) else TaskSpec.model_validate(raw)
-                plan, decisions = self.memory.plan(spec) if self.settings.memory else ({}, [])
-                event = self.sched.submit(spec, batch, plan)
-            except TaskRejected as exc:
-                rejected.append({"task_id": exc.task_id, "field": exc.field, "error": exc.message})
-                continue
-            except ValueError as exc:
-                task_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
-                rejected.append({"task_id": task_id, "field": "", "error": str(exc)})
-                continue
-            # Apply at once so a duplicate id later in the same batch is caught.
-            await self.journal.record([event, *(d.event(spec.id) for d in decisions)])
-            accepted.append(spec.id)
-        return {"accepted": accepted, "rejected": rejected, "batch": batch}
+        return await self.commands.submit(tasks, batch)
 
     async def finished_since(
         self, cursor: int, timeout_s: float = 1.0

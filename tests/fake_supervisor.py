@@ -28,14 +28,14 @@ from typing import Any, TypeVar
 from actors.artifacts import ArtifactStore
 from actors.commands import Commands
 from actors.registry import Registry
-from actors.scheduler import Scheduler, TaskRejected
+from actors.scheduler import Scheduler
 from actors.session import SessionRunner, carry_late_decision
 from actors.status import fleet_status, list_tasks
 from core.eventlog import EventLog
 from core.events import Event, EventType
 from core.records import Assignment, CommandResult, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
-from core.specs import EnvironmentSpec, FleetConfig, TaskSpec
+from core.specs import EnvironmentSpec, FleetConfig
 from harness.hooks import Decision, InboxHooks
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
@@ -106,22 +106,7 @@ class FakeSupervisor:
 
     @on_fleet_loop
     async def submit(self, tasks: list[dict[str, Any]], batch: str | None) -> dict[str, Any]:
-        accepted: list[str] = []
-        rejected: list[dict[str, str]] = []
-        for raw in tasks:
-            try:
-                spec = TaskSpec.model_validate(raw)
-                self._record([self.sched.submit(spec, batch)])
-            except TaskRejected as exc:
-                rejected.append({"task_id": exc.task_id, "field": exc.field, "error": exc.message})
-                continue
-            except ValueError as exc:
-                rejected.append(
-                    {"task_id": str(raw.get("id", "?")), "field": "", "error": str(exc)}
-                )
-                continue
-            accepted.append(spec.id)
-        return {"accepted": accepted, "rejected": rejected, "batch": batch}
+        return await self.commands.submit(tasks, batch)
 
     @on_fleet_loop
     async def list_tasks(
