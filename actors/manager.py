@@ -190,7 +190,13 @@ class Manager:
             self._again = True
             return
         self._again = False
-        self._round = asyncio.create_task(self.run_round())
+        self._round = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        await self.run_round()
+        if self._again:
+            self._round = None
+            self.request()
 
     async def run_round(self) -> None:
         """One round, when a worker is idle and a task queued: decide, then apply."""
@@ -257,7 +263,7 @@ class Manager:
 
     async def apply(self, round_: ManagerRound) -> None:
         """Record what the round decided, stop the sessions of the tasks it ended, submit
-        the tasks it created, wake the workers; then the round asked for meanwhile."""
+        the tasks it created, wake the workers."""
         events, stop = self.plan(round_)
         await self.record(events)
         for worker, task_id in stop:  # its session must not go on once the task is ended
@@ -266,9 +272,6 @@ class Manager:
         if round_.created:
             await self.submit(round_.created, "manager")
         await self.pool.wake()
-        if self._again:
-            self._round = None
-            self.request()
 
     def task_views(self) -> list[dict[str, Any]]:
         """What the agent is shown of the live tasks, highest priority first."""
