@@ -1,6 +1,11 @@
 """Where the supervisor keeps what sessions leave behind: diffs, workspace snapshots, parked
-loop states. Beside the events by default (``<events_dir>/_artifacts``), on any filesystem
-pyarrow supports. Refs are paths relative to the root, safe to put in events."""
+loop states, handoff histories, checkpoints. Beside the events by default
+(``<events_dir>/_artifacts``), on any filesystem pyarrow supports. Refs are paths relative to
+the root, safe to put in events.
+
+:class:`ArtifactStore` reads and writes; the functions below say what of a session's result
+or checkpoint is kept, under which name, and the events that tell of it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+
+from core.events import Event, EventType
+from core.records import Assignment, SessionResult, TaskRecord
 
 
 class ArtifactStore:
@@ -39,3 +47,91 @@ class ArtifactStore:
 
     def path(self, ref: str) -> str:
         return f"{self.root}/{ref}"
+
+
+def has_artifacts(result: SessionResult) -> bool:
+    """Does the result carry anything to keep (a diff, a workspace, a loop state to resume,
+    a handoff's history)?"""
+    outcome = result.outcome
+    return bool(
+        result.diff
+        or result.workspace is not None
+        or (outcome is not None and (outcome.state or outcome.handoff_history))
+    )
+
+
+def store_result(store: ArtifactStore, result: SessionResult) -> dict[str, str]:
+    """Write a session's diff, workspace, parked loop state and handoff history; return
+    their refs (``diff_ref``, ``workspace_ref``, ``loop_state_ref``, ``history_ref``)."""
+    refs: dict[str, str] = {}
+    sid, task_id = result.session_id, result.task_id
+    if result.diff:  # an empty diff (nothing changed) is not worth a file
+        refs["diff_ref"] = store.put(task_id, f"{sid}.diff", result.diff.encode())
+    if result.workspace is not None:
+        refs["workspace_ref"] = store.put(task_id, f"{sid}.tar", result.workspace)
+    outcome = result.outcome
+    if outcome is not None and outcome.status in ("parked", "interrupted") and outcome.state:
+        refs["loop_state_ref"] = store.put_json(task_id, f"{sid}.state.json", outcome.state)
+    if outcome is not None and outcome.status == "handoff" and outcome.handoff_history:
+        refs["history_ref"] = store.put_json(
+            task_id, f"{sid}.history.json", outcome.handoff_history
+        )
+    return refs
+
+
+def diff_event(store: ArtifactStore, result: SessionResult, diff_ref: str) -> Event:
+    """``artifact.saved`` for a session's diff."""
+    return Event(
+        task_id=result.task_id,
+        type=EventType.artifact_saved,
+        session_id=result.session_id,
+        attempt=result.attempt,
+        worker=result.worker,
+        payload={
+            "kind": "diff",
+            "ref": diff_ref,
+            "path": store.path(diff_ref),
+            "changed_files": result.changed_files[:200],
+            "bytes": len(result.diff or ""),
+        },
+    )
+
+
+def load_into(
+    store: ArtifactStore,
+    assignment: Assignment,
+    workspace_ref: str | None,
+    loop_state_ref: str | None,
+    history_ref: str | None,
+) -> None:
+    """Give an assignment what it starts from: a workspace, a loop state, a history."""
+    if workspace_ref:
+        assignment.workspace = store.get(workspace_ref)
+    if loop_state_ref:
+        assignment.loop_state = store.get_json(loop_state_ref)
+    if history_ref:
+        assignment.history = store.get_json(history_ref)
+
+
+def store_checkpoint(
+    store: ArtifactStore, task_id: str, session_id: str, state: dict[str, Any], workspace: bytes
+) -> dict[str, str]:
+    """Write a running session's resume point; return ``workspace_ref`` and
+    ``loop_state_ref``."""
+    return {
+        "workspace_ref": store.put(task_id, f"{session_id}.ckpt.tar", workspace),
+        "loop_state_ref": store.put_json(task_id, f"{session_id}.ckpt.json", state),
+    }
+
+
+def checkpoint_event(
+    record: TaskRecord, session_id: str, refs: dict[str, str], turns: Any, size: int
+) -> Event:
+    """``session.checkpointed``: the task's new resume point."""
+    return Event(
+        task_id=record.id,
+        type=EventType.session_checkpointed,
+        session_id=session_id,
+        attempt=record.attempts,
+        payload={**refs, "turns": turns, "bytes": size},
+    )

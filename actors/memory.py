@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from core.analytics import AnalyticsError, connect
+from core.events import Event, EventType
 from core.settings import FleetSettings
 from core.specs import TaskSpec
 
@@ -68,6 +69,11 @@ class Decision:
     what: str
     value: Any
     reason: str
+
+    def event(self, task_id: str) -> Event:
+        """The ``memory.decision`` event that logs it for the task."""
+        payload = {"decision": self.what, "value": self.value, "reason": self.reason}
+        return Event(task_id=task_id, type=EventType.memory_decision, payload=payload)
 
 
 class Memory:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import StateError
+from core.records import CommandResult
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig
 
 KINDS: dict[str, type[AgentSpec] | type[EnvironmentSpec]] = {
@@ -63,14 +64,20 @@ class Registry:
             views += [v for (k, _), v in sorted(self.archived.items()) if k == kind]
         return views
 
-    def archive(self, kind: str, name: str) -> bool:
+    def archive(self, kind: str, name: str) -> CommandResult:
+        """New tasks may no longer name it; it stays readable. The default cannot go."""
         table = self._table(kind)
-        if name not in table or name == "default":
-            return False
+        if name not in table:
+            archived = (kind, name) in self.archived
+            return CommandResult.refused(
+                f"{kind} {name!r} is archived already" if archived else f"no {kind} {name!r}"
+            )
+        if name == "default":
+            return CommandResult.refused(f"the default {kind} cannot be archived")
         view = self._view(kind, name) | {"archived": True}
         del table[name]
         self.archived[(kind, name)] = view
-        return True
+        return CommandResult.done()
 
     def _view(self, kind: str, name: str) -> dict[str, Any]:
         spec = self._table(kind)[name]

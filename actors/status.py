@@ -67,3 +67,15 @@ def fleet_status(
         "events_dir": settings.events_dir,
         "uptime_s": round(now - started_at, 1),
     }
+
+
+def list_tasks(
+    sched: Scheduler, state: str | None, label: str | None, limit: int, offset: int
+) -> list[TaskRecord]:
+    """Tasks, newest first, optionally only those in ``state`` or carrying ``label``."""
+    picked = [
+        r
+        for r in reversed(sched.tasks.values())
+        if (state is None or r.state == state) and (label is None or label in r.spec.labels)
+    ]
+    return picked[offset : offset + limit]

@@ -14,9 +14,10 @@ import pyarrow.fs as pafs
 
 from core.errors import StorageError
 from core.eventlog import partition_files
-from core.events import ARROW_SCHEMA
+from core.events import ARROW_SCHEMA, TERMINAL_EVENTS
 
-TERMINAL = "('task.succeeded', 'task.failed', 'task.needs_human', 'task.cancelled')"
+TERMINAL = "(" + ", ".join(f"'{t.value}'" for t in sorted(TERMINAL_EVENTS)) + ")"
+"""The terminal event types as an SQL list."""
 
 TASKS_VIEW = f"""
 CREATE OR REPLACE VIEW tasks AS

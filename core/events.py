@@ -47,6 +47,17 @@ class EventType(StrEnum):
     worker_lost = "worker.lost"
 
 
+TERMINAL_EVENTS: frozenset[EventType] = frozenset(
+    {
+        EventType.task_succeeded,
+        EventType.task_failed,
+        EventType.task_needs_human,
+        EventType.task_cancelled,
+    }
+)
+"""The events that end a task: its state is the part after ``task.`` (``TaskState``)."""
+
+
 class Event(BaseModel):
     """One thing that happened. Typed columns hold what analytics asks for often."""
 

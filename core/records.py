@@ -150,3 +150,23 @@ class TaskRecord(BaseModel):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class CommandResult(BaseModel):
+    """What a command to the fleet (cancel, steer, review, archive...) did: ``ok``, or
+    ``reason``, why it was refused (said to the person who asked). Truthy when ``ok``, so
+    ``if fleet.cancel(task_id):`` reads as before."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @classmethod
+    def done(cls) -> CommandResult:
+        return cls(ok=True)
+
+    @classmethod
+    def refused(cls, reason: str) -> CommandResult:
+        return cls(ok=False, reason=reason)

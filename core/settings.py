@@ -269,6 +269,29 @@ class FleetSettings(BaseSettings):
         60.0, gt=0, description="A worker silent this long is replaced (its task retried)."
     )
 
+    # Supervisor policy (the watchdog, idle workers, the manager agent, the head's reaper).
+    watchdog_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="A session still running this long past its time limit is stopped by the "
+        "supervisor (the session stops itself at the limit; this catches one that cannot).",
+    )
+    idle_recheck_s: float = Field(
+        5.0, gt=0, description="An idle worker re-checks the queue this often without a wake-up."
+    )
+    reap_interval_s: float = Field(
+        60.0, gt=0, description="How often the head looks for containers of dead workers."
+    )
+    manager_time_limit_s: float = Field(
+        120.0, gt=0, description="Longest a manager agent's routing round may take."
+    )
+    manager_max_turns: int = Field(
+        20, ge=1, description="Turns of a manager round when its agent sets no max_turns."
+    )
+    manager_backoff_s: float = Field(
+        60.0, ge=0, description="After a failed manager round the rules route this long."
+    )
+
     # Memory of past runs.
     memory: bool = Field(True, description="Use run history for time limits, order, agents.")
     memory_refresh_s: float = Field(

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.events import TERMINAL_EVENTS
+
 BUILTIN_TOOLS = ["shell", "read_file", "write_file", "edit_file", "list_files", "search", "finish"]
 
 SPEC_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -173,9 +175,8 @@ class TaskState(StrEnum):
         return self in TERMINAL_STATES
 
 
-TERMINAL_STATES = frozenset(
-    {TaskState.succeeded, TaskState.failed, TaskState.needs_human, TaskState.cancelled}
-)
+TERMINAL_STATES = frozenset(TaskState(t.value.split(".", 1)[1]) for t in TERMINAL_EVENTS)
+"""The states a task ends in: one per event of ``core.events.TERMINAL_EVENTS``."""
 
 
 class StageSpec(Strict):

@@ -23,7 +23,7 @@ import ray
 from actors.supervisor import Supervisor, supervisor_name
 from core.errors import FleetError, one_line, root_cause
 from core.events import Event
-from core.records import TaskRecord
+from core.records import CommandResult, TaskRecord
 from core.settings import FleetSettings
 from core.specs import FleetConfig, TaskSpec
 from sandboxes import describe_kind, resolve_kind
@@ -218,25 +218,28 @@ class Fleet:
     def get(self, task_id: str) -> TaskRecord | None:
         return ray.get(self.supervisor.get.remote([task_id]))[0]
 
-    def cancel(self, task_id: str) -> bool:
+    # Commands answer a CommandResult: truthy when done, else ``reason`` says why not.
+    def cancel(self, task_id: str) -> CommandResult:
         return ray.get(self.supervisor.cancel.remote(task_id))
 
-    def steer(self, task_id: str, message: str) -> bool:
+    def steer(self, task_id: str, message: str) -> CommandResult:
         """Send a message to the task's session; it reads it before its next turn."""
         return ray.get(self.supervisor.steer.remote(task_id, message))
 
-    def interrupt(self, task_id: str) -> bool:
+    def interrupt(self, task_id: str) -> CommandResult:
         """Stop the running session at a safe point; ``steer`` or ``resume`` continues it."""
         return ray.get(self.supervisor.interrupt.remote(task_id))
 
-    def resume(self, task_id: str) -> bool:
+    def resume(self, task_id: str) -> CommandResult:
         return ray.get(self.supervisor.resume.remote(task_id))
 
-    def approve(self, task_id: str, call_id: str, allow: bool = True, message: str = "") -> bool:
+    def approve(
+        self, task_id: str, call_id: str, allow: bool = True, message: str = ""
+    ) -> CommandResult:
         """Decide on a tool call waiting for approval (a parked session resumes anywhere)."""
         return ray.get(self.supervisor.decide_approval.remote(task_id, call_id, allow, message))
 
-    def review(self, task_id: str, approve: bool, message: str = "") -> bool:
+    def review(self, task_id: str, approve: bool, message: str = "") -> CommandResult:
         """Approve a result awaiting review (it succeeds) or reject it (a new attempt)."""
         return ray.get(self.supervisor.review.remote(task_id, approve, message))
 

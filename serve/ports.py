@@ -7,12 +7,13 @@ from typing import Any, Protocol
 import ray
 
 from core.events import Event
-from core.records import TaskRecord
+from core.records import CommandResult, TaskRecord
 from core.settings import FleetSettings
 
 
 class SupervisorPort(Protocol):
-    """The calls the HTTP routes make (shapes as :class:`actors.supervisor.Supervisor`)."""
+    """The calls the HTTP routes make (shapes as :class:`actors.supervisor.Supervisor`).
+    Commands answer a :class:`CommandResult`: its ``reason`` is the refusal's detail."""
 
     async def get_settings(self) -> FleetSettings: ...
     async def get(self, task_ids: list[str]) -> list[TaskRecord | None]: ...
@@ -20,13 +21,13 @@ class SupervisorPort(Protocol):
     async def list_tasks(
         self, state: str | None, label: str | None, limit: int, offset: int
     ) -> list[TaskRecord]: ...
-    async def cancel(self, task_id: str) -> bool: ...
-    async def review(self, task_id: str, approve: bool, message: str) -> bool: ...
-    async def steer(self, task_id: str, text: str) -> bool: ...
-    async def interrupt(self, task_id: str) -> bool: ...
+    async def cancel(self, task_id: str) -> CommandResult: ...
+    async def review(self, task_id: str, approve: bool, message: str) -> CommandResult: ...
+    async def steer(self, task_id: str, text: str) -> CommandResult: ...
+    async def interrupt(self, task_id: str) -> CommandResult: ...
     async def decide_approval(
         self, task_id: str, call_id: str, allow: bool, message: str
-    ) -> bool: ...
+    ) -> CommandResult: ...
     async def events_since(
         self, task_id: str, after_seq: int, timeout_s: float, limit: int
     ) -> list[Event]: ...
@@ -40,7 +41,7 @@ class SupervisorPort(Protocol):
     ) -> dict[str, Any]: ...
     async def get_spec(self, kind: str, name: str) -> dict[str, Any] | None: ...
     async def list_specs(self, kind: str, include_archived: bool) -> list[dict[str, Any]]: ...
-    async def archive_spec(self, kind: str, name: str) -> bool: ...
+    async def archive_spec(self, kind: str, name: str) -> CommandResult: ...
 
 
 class ActorPort:
@@ -64,19 +65,21 @@ class ActorPort:
     ) -> list[TaskRecord]:
         return await self.handle.list_tasks.remote(state, label, limit, offset)
 
-    async def cancel(self, task_id: str) -> bool:
+    async def cancel(self, task_id: str) -> CommandResult:
         return await self.handle.cancel.remote(task_id)
 
-    async def review(self, task_id: str, approve: bool, message: str) -> bool:
+    async def review(self, task_id: str, approve: bool, message: str) -> CommandResult:
         return await self.handle.review.remote(task_id, approve, message)
 
-    async def steer(self, task_id: str, text: str) -> bool:
+    async def steer(self, task_id: str, text: str) -> CommandResult:
         return await self.handle.steer.remote(task_id, text)
 
-    async def interrupt(self, task_id: str) -> bool:
+    async def interrupt(self, task_id: str) -> CommandResult:
         return await self.handle.interrupt.remote(task_id)
 
-    async def decide_approval(self, task_id: str, call_id: str, allow: bool, message: str) -> bool:
+    async def decide_approval(
+        self, task_id: str, call_id: str, allow: bool, message: str
+    ) -> CommandResult:
         return await self.handle.decide_approval.remote(task_id, call_id, allow, message)
 
     async def events_since(
@@ -106,7 +109,7 @@ class ActorPort:
     async def list_specs(self, kind: str, include_archived: bool) -> list[dict[str, Any]]:
         return await self.handle.list_specs.remote(kind, include_archived)
 
-    async def archive_spec(self, kind: str, name: str) -> bool:
+    async def archive_spec(self, kind: str, name: str) -> CommandResult:
         return await self.handle.archive_spec.remote(kind, name)
 
 

@@ -4,8 +4,9 @@ without Ray.
 It is built on the real plain parts: :class:`actors.scheduler.Scheduler` decides,
 :class:`actors.registry.Registry` keeps agents and environments, :class:`core.eventlog.
 EventLog` writes Parquet (the reports read it), :class:`actors.session.SessionRunner` runs
-sessions in local sandboxes with :class:`harness.hooks.InboxHooks` (steer, interrupt, tool
-confirmations), :class:`actors.artifacts.ArtifactStore` keeps parked loop states. What it
+sessions in local sandboxes with :class:`harness.hooks.InboxHooks`, :class:`actors.commands.
+Commands` answers steer, interrupt, tool confirmations, cancel and review (the fake is its
+session link), :class:`actors.artifacts.ArtifactStore` keeps parked loop states. What it
 leaves out of :class:`actors.supervisor.Supervisor`: Ray actors (workers are coroutines),
 recovery, the manager agent, memory, heartbeats and time limits.
 
@@ -25,15 +26,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from actors.artifacts import ArtifactStore
+from actors.commands import Commands
 from actors.registry import Registry
-from actors.scheduler import Scheduler, TaskRejected
+from actors.scheduler import Scheduler
 from actors.session import SessionRunner, carry_late_decision
-from actors.status import fleet_status
+from actors.status import fleet_status, list_tasks
 from core.eventlog import EventLog
 from core.events import Event, EventType
-from core.records import Assignment, SessionResult, TaskRecord
+from core.records import Assignment, CommandResult, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
-from core.specs import EnvironmentSpec, FleetConfig, TaskSpec, TaskState
+from core.specs import EnvironmentSpec, FleetConfig
 from harness.hooks import Decision, InboxHooks
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
@@ -69,6 +71,7 @@ class FakeSupervisor:
         self.sessions: dict[str, tuple[asyncio.Task[SessionResult], InboxHooks]] = {}
         """worker id -> its running session and the hooks that reach it"""
         self.calls: Counter[str] = Counter()
+        self.commands = Commands(self.sched, self._record_async, self)
         self.started_at = time.time()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -103,90 +106,35 @@ class FakeSupervisor:
 
     @on_fleet_loop
     async def submit(self, tasks: list[dict[str, Any]], batch: str | None) -> dict[str, Any]:
-        accepted: list[str] = []
-        rejected: list[dict[str, str]] = []
-        for raw in tasks:
-            try:
-                spec = TaskSpec.model_validate(raw)
-                self._record([self.sched.submit(spec, batch)])
-            except TaskRejected as exc:
-                rejected.append({"task_id": exc.task_id, "field": exc.field, "error": exc.message})
-                continue
-            except ValueError as exc:
-                rejected.append(
-                    {"task_id": str(raw.get("id", "?")), "field": "", "error": str(exc)}
-                )
-                continue
-            accepted.append(spec.id)
-        return {"accepted": accepted, "rejected": rejected, "batch": batch}
+        return await self.commands.submit(tasks, batch)
 
     @on_fleet_loop
     async def list_tasks(
         self, state: str | None, label: str | None, limit: int, offset: int
     ) -> list[TaskRecord]:
-        picked = [
-            r
-            for r in reversed(self.sched.tasks.values())
-            if (state is None or r.state == state) and (label is None or label in r.spec.labels)
-        ]
-        return picked[offset : offset + limit]
+        return list_tasks(self.sched, state, label, limit, offset)
 
     @on_fleet_loop
-    async def cancel(self, task_id: str) -> bool:
-        events = self.sched.cancel(task_id)
-        self._record(events)
-        worker = self._worker_of(task_id)
-        if events and worker is not None:
-            self.sessions[worker][0].cancel()
-        return bool(events)
+    async def cancel(self, task_id: str) -> CommandResult:
+        return await self.commands.cancel(task_id)
 
     @on_fleet_loop
-    async def review(self, task_id: str, approve: bool, message: str) -> bool:
-        events = self.sched.review(task_id, approve, message)
-        self._record(events)
-        return bool(events)
+    async def review(self, task_id: str, approve: bool, message: str) -> CommandResult:
+        return await self.commands.review(task_id, approve, message)
 
     @on_fleet_loop
-    async def steer(self, task_id: str, text: str) -> bool:
-        record = self.sched.tasks.get(task_id)
-        if record is None or record.state.terminal:
-            return False
-        worker = self._worker_of(task_id)
-        payload = {"text": text, "delivered": worker is not None}
-        self._record([self._event(record, EventType.user_message, payload)])
-        if worker is not None:
-            self.sessions[worker][1].push_message(text)
-        elif record.state == TaskState.paused:
-            self._record(self.sched.resume(task_id))
-        return True
+    async def steer(self, task_id: str, text: str) -> CommandResult:
+        return await self.commands.steer(task_id, text)
 
     @on_fleet_loop
-    async def interrupt(self, task_id: str) -> bool:
-        record = self.sched.tasks.get(task_id)
-        worker = self._worker_of(task_id)
-        if record is None or worker is None:
-            return False
-        self._record([self._event(record, EventType.user_interrupt, {})])
-        self.sessions[worker][1].push_interrupt()
-        return True
+    async def interrupt(self, task_id: str) -> CommandResult:
+        return await self.commands.interrupt(task_id)
 
     @on_fleet_loop
-    async def decide_approval(self, task_id: str, call_id: str, allow: bool, message: str) -> bool:
-        record = self.sched.tasks.get(task_id)
-        pending = record.pending_approval if record else None
-        if record is None or not pending or pending.get("call_id") != call_id:
-            return False
-        if pending.get("decision") is not None or record.state.terminal:
-            return False
-        payload = {"call_id": call_id, "allow": allow, "message": message, "by": "user"}
-        self._record([self._event(record, EventType.approval_decided, payload)])
-        worker = self._worker_of(task_id)
-        if worker is not None:
-            decision = Decision(allow, message, recorded=True)
-            self.sessions[worker][1].push_decision(call_id, decision)
-        elif record.state == TaskState.awaiting_approval:
-            self._record(self.sched.resume(task_id))
-        return True
+    async def decide_approval(
+        self, task_id: str, call_id: str, allow: bool, message: str
+    ) -> CommandResult:
+        return await self.commands.decide_approval(task_id, call_id, allow, message)
 
     @on_fleet_loop
     async def events_since(
@@ -242,10 +190,28 @@ class FakeSupervisor:
         return self.registry.list(kind, include_archived)
 
     @on_fleet_loop
-    async def archive_spec(self, kind: str, name: str) -> bool:
+    async def archive_spec(self, kind: str, name: str) -> CommandResult:
         return self.registry.archive(kind, name)
 
     # -- the fleet's loop ----------------------------------------------------------------
+    async def _record_async(self, events: list[Event]) -> None:
+        self._record(events)
+
+    def deliver(self, worker_id: str, session_id: str | None, kind: str, data: Any) -> None:
+        """The :class:`actors.commands.SessionLink` push: to the session's hooks."""
+        hooks = self.sessions[worker_id][1]
+        if kind == "message":
+            hooks.push_message(str(data))
+        elif kind == "interrupt":
+            hooks.push_interrupt()
+        elif kind == "decision":
+            decision = Decision(bool(data["allow"]), data["message"], recorded=True)
+            hooks.push_decision(data["call_id"], decision)
+
+    def stop(self, worker_id: str, session_id: str | None, reason: str = "") -> None:
+        """The :class:`actors.commands.SessionLink` stop: cancel the session's coroutine."""
+        self.sessions[worker_id][0].cancel()
+
     def _record(self, events: list[Event]) -> None:
         """Number, apply, log and keep events, then wake whoever waits (all on the loop)."""
         for event in events:
@@ -266,11 +232,8 @@ class FakeSupervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
 
-    @staticmethod
-    def _event(record: TaskRecord, type_: EventType, payload: dict[str, Any]) -> Event:
-        return Event(task_id=record.id, type=type_, session_id=record.session_id, payload=payload)
-
-    def _worker_of(self, task_id: str) -> str | None:
+    def worker_of(self, task_id: str) -> str | None:
+        """The :class:`actors.commands.SessionLink` lookup: the worker running the task."""
         return next((w for w, t in self.running.items() if t == task_id), None)
 
     async def _sandbox(self, environment: EnvironmentSpec, name: str) -> Sandbox:

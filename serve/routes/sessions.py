@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Query
 from pydantic import ValidationError
 
-from actors.supervisor import TERMINAL_EVENTS
+from core.events import TERMINAL_EVENTS
+from core.records import CommandResult
 from core.specs import TaskSpec, TaskState
 from serve import models as m
 from serve import sse
@@ -111,23 +112,22 @@ async def list_events(
 async def post_events(sup: Sup, session_id: str, body: m.EventsIn) -> m.EventsPosted:
     """Steer (`user.message`), interrupt, or answer a tool confirmation, in order.
     Stops at the first event the session cannot take (409)."""
-    record = await record_of(sup, session_id)
+    await record_of(sup, session_id)
     for n, event in enumerate(body.events):
         if isinstance(event, m.UserMessageIn):
             done = await sup.steer(session_id, event.text())
-            why = f"session is {record.state.value}"
         elif isinstance(event, m.UserInterruptIn):
             done = await sup.interrupt(session_id)
-            why = "session is not running"
         else:
             pending = (await record_of(sup, session_id)).pending_approval or {}
             call_id = event.tool_use_id or pending.get("call_id")
-            done = bool(call_id) and await sup.decide_approval(
-                session_id, call_id, event.result == "allow", event.deny_message
-            )
-            why = "no tool call waits for approval" + (f" with id {call_id!r}" if call_id else "")
+            if not call_id:
+                done = CommandResult.refused("no tool call waits for approval")
+            else:
+                allow = event.result == "allow"
+                done = await sup.decide_approval(session_id, call_id, allow, event.deny_message)
         if not done:
-            raise HTTPException(409, f"events[{n}] ({event.type}) refused: {why}")
+            raise HTTPException(409, f"events[{n}] ({event.type}) refused: {done.reason}")
     return m.EventsPosted(
         accepted=len(body.events), session=m.SessionView.of(await record_of(sup, session_id))
     )

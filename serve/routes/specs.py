@@ -92,8 +92,9 @@ def add_routes(
         current = await get_view(sup, name)
         if current.get("archived"):
             return shown_view(current)
-        if not await sup.archive_spec(kind, name):
-            raise HTTPException(409, f"{kind} {name!r} cannot be archived")
+        done = await sup.archive_spec(kind, name)
+        if not done:
+            raise HTTPException(409, done.reason)
         return shown_view(await get_view(sup, name))
 
 

@@ -108,9 +108,10 @@ async def get_task(sup: Sup, task_id: str) -> TaskRecord:
 
 @router.post("/tasks/{task_id}/cancel", responses={**NOT_FOUND, **CONFLICT})
 async def cancel_task(sup: Sup, task_id: str) -> TaskRecord:
-    record = await record_of(sup, task_id)
-    if not await sup.cancel(task_id):
-        raise HTTPException(409, f"task {task_id!r} is {record.state.value}: cannot cancel")
+    await record_of(sup, task_id)
+    done = await sup.cancel(task_id)
+    if not done:
+        raise HTTPException(409, done.reason)
     return shown(await record_of(sup, task_id))
 
 
@@ -118,7 +119,8 @@ async def cancel_task(sup: Sup, task_id: str) -> TaskRecord:
 async def review_task(sup: Sup, task_id: str, body: m.ReviewIn) -> TaskRecord:
     """A person's verdict on a result awaiting review: approve (it succeeds) or reject
     (a new attempt, told why)."""
-    record = await record_of(sup, task_id)
-    if not await sup.review(task_id, body.approve, body.message):
-        raise HTTPException(409, f"task {task_id!r} is {record.state.value}: not in review")
+    await record_of(sup, task_id)
+    done = await sup.review(task_id, body.approve, body.message)
+    if not done:
+        raise HTTPException(409, done.reason)
     return shown(await record_of(sup, task_id))

@@ -1,0 +1,145 @@
+"""The single writer of the event log: every event, the supervisor's own or a worker's, is
+numbered here (``seq`` per task), applied to the scheduler's state, appended to the WAL and
+kept for live streams, then whoever waits on what it changed is woken.
+
+Plain asyncio, no Ray: ``spawn`` runs background coroutines (the supervisor keeps them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from actors.pool import WorkerPool
+from actors.scheduler import Scheduler
+from actors.streams import LiveStreams
+from core.eventlog import EventLog
+from core.events import TERMINAL_EVENTS, Event, EventType
+from core.settings import FleetSettings
+from core.specs import TaskState
+
+log = logging.getLogger("fleet.supervisor")
+
+REQUEUES = (EventType.task_submitted, EventType.task_retried, EventType.handoff)
+
+Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+
+
+class Journal:
+    def __init__(
+        self,
+        sched: Scheduler,
+        log: EventLog,
+        streams: LiveStreams,
+        pool: WorkerPool,
+        settings: FleetSettings,
+        spawn: Spawn,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sched = sched
+        self.log = log
+        self.streams = streams
+        self.pool = pool
+        self.settings = settings
+        self.spawn = spawn
+        self.clock = clock
+        self._roll_lock: asyncio.Lock | None = None
+
+    def open(self) -> None:
+        """Allow rolls (on the loop that serves them); before this ``flush`` rolls nothing."""
+        self._roll_lock = asyncio.Lock()
+
+    async def record(self, events: list[Event]) -> None:
+        """Number, apply and log events; wake whoever waits on what they changed."""
+        if not events:
+            return
+        requeued = ended = False
+        now = self.clock()
+        for event in events:
+            record = self.sched.tasks.get(event.task_id)
+            event.seq = record.seq + 1 if record else 0
+            self.sched.apply(event)
+            if event.type in REQUEUES:
+                requeued = True
+                not_before = event.payload.get("not_before", 0)
+                if not_before and not_before > now:
+                    self.wake_at(not_before)
+            elif event.type == EventType.task_assigned and event.session_id:
+                self.pool.session_started[event.session_id] = now
+            elif event.type in TERMINAL_EVENTS:
+                ended = True
+        self.log.append(events)
+        self.streams.remember(events)
+        await self.streams.announce(ended)
+        if self.log.buffered >= self.settings.flush_max_events:
+            self.spawn(self.flush())
+        if requeued:
+            await self.pool.wake()
+
+    def wake_at(self, when: float) -> None:
+        """Wake idle workers when a backoff ends."""
+
+        async def wake() -> None:
+            await asyncio.sleep(max(0.0, when - self.clock()) + 0.01)
+            await self.pool.wake()
+
+        self.spawn(wake())
+
+    def live(self, events: list[Event]) -> list[Event]:
+        """Events of sessions the fleet still counts: the task's current session, while it
+        runs or once it ended (a cancel's tail). A session whose task went back to the queue
+        (its worker lost, the supervisor restarted) has been written off: what it still says
+        must not mix into the task's history."""
+        kept = []
+        for event in events:
+            record = self.sched.tasks.get(event.task_id)
+            if record is None:
+                continue
+            if event.session_id is None or (
+                event.session_id == record.session_id and record.state != TaskState.queued
+            ):
+                kept.append(event)
+        if len(kept) < len(events):
+            log.info("dropped %d events of written-off sessions", len(events) - len(kept))
+        return kept
+
+    async def flush(self, compact: bool = False) -> int:
+        """Roll buffered events into Parquet now; returns how many were written."""
+        assert self._roll_lock is not None or not self.log.buffered
+        if self._roll_lock is None:
+            return 0
+        async with self._roll_lock:
+            pending = self.log.start_roll()
+            written = 0
+            if pending is not None:
+                await asyncio.to_thread(self.log.finish_roll, *pending)
+                written = len(pending[1])
+            if compact:
+                await asyncio.to_thread(self.log.compact)
+        return written
+
+    async def flush_loop(self, stopping: Callable[[], bool]) -> None:
+        """Roll every ``flush_interval_s`` (compacting every 32nd roll) until ``stopping``."""
+        rolls = 0
+        while not stopping():
+            await asyncio.sleep(self.settings.flush_interval_s)
+            try:
+                if await self.flush(compact=rolls % 32 == 31):
+                    rolls += 1
+            except Exception:  # keep the loop alive; the WAL still holds the events
+                log.exception("event log flush failed")
+
+    async def task_events(self, task_id: str) -> list[Event]:
+        """A task's events so far, in ``seq`` order (rolled files plus the buffer)."""
+        await self.flush()
+        files = self.log.files()
+        if not files:
+            return []
+        table = pq.read_table(files, filters=[("task_id", "=", task_id)], filesystem=self.log.fs)
+        events = [Event.from_row(r) for r in table.to_pylist()]
+        return sorted(events, key=lambda e: e.seq)
