@@ -60,17 +60,24 @@ class Dispatcher:
         review, parking, success)."""
         self.pool.running.pop(worker_id, None)
         self.pool.session_started.pop(result.session_id, None)
-        await self.journal.record(self.journal.live(result.events))
         refs: dict[str, str] = {}
-        if art.has_artifacts(result):
+        if art.has_artifacts(result):  # first: what the log will point at exists
             refs = await asyncio.to_thread(art.store_result, self.store, result)
-        decided = self.sched.complete(result)
-        for event in decided:
-            if event.type in (EventType.handoff, EventType.task_parked) and refs:
-                event.payload.update(refs)
-        if refs.get("diff_ref"):
-            decided.insert(0, art.diff_event(self.store, result, refs["diff_ref"]))
-        await self.journal.record(decided)
+
+        decided: list[Event] = []
+
+        def decide() -> list[Event]:
+            decided.extend(self.sched.complete(result))
+            for event in decided:
+                if event.type in (EventType.handoff, EventType.task_parked) and refs:
+                    event.payload.update(refs)
+            if refs.get("diff_ref"):
+                decided.insert(0, art.diff_event(self.store, result, refs["diff_ref"]))
+            return decided
+
+        # The session's events and what follows them, in one append: a supervisor killed
+        # here keeps both or neither (then the task reruns, having left no verdict).
+        await self.journal.record(self.journal.live(result.events), then=decide)
         if any(e.type == EventType.task_parked for e in decided):
             # A decision that reached the worker as the session parked: resume now.
             record = self.sched.tasks[result.task_id]

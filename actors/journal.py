@@ -54,10 +54,32 @@ class Journal:
         """Allow rolls (on the loop that serves them); before this ``flush`` rolls nothing."""
         self._roll_lock = asyncio.Lock()
 
-    async def record(self, events: list[Event]) -> None:
-        """Number, apply and log events; wake whoever waits on what they changed."""
+    async def record(
+        self, events: list[Event], then: Callable[[], list[Event]] | None = None
+    ) -> None:
+        """Number, apply and log events; wake whoever waits on what they changed.
+
+        ``then`` decides more events from the state the first ones made (a session's result,
+        then what follows it): both are logged in one append, so a crash keeps both or
+        neither (never a gate's verdict without the decision it led to)."""
+        flags = self._apply(events)
+        if then is not None:
+            more = then()
+            flags = [a or b for a, b in zip(flags, self._apply(more), strict=True)]
+            events = events + more
         if not events:
             return
+        requeued, ended = flags
+        self.log.append(events)
+        self.streams.remember(events)
+        await self.streams.announce(ended)
+        if self.log.buffered >= self.settings.flush_max_events:
+            self.spawn(self.flush())
+        if requeued:
+            await self.pool.wake()
+
+    def _apply(self, events: list[Event]) -> list[bool]:
+        """Number events and fold them into the state; [requeued, ended]."""
         requeued = ended = False
         now = self.clock()
         for event in events:
@@ -73,13 +95,7 @@ class Journal:
                 self.pool.session_started[event.session_id] = now
             elif event.type in TERMINAL_EVENTS:
                 ended = True
-        self.log.append(events)
-        self.streams.remember(events)
-        await self.streams.announce(ended)
-        if self.log.buffered >= self.settings.flush_max_events:
-            self.spawn(self.flush())
-        if requeued:
-            await self.pool.wake()
+        return [requeued, ended]
 
     def wake_at(self, when: float) -> None:
         """Wake idle workers when a backoff ends."""
