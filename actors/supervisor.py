@@ -294,8 +294,8 @@ class Supervisor:
     def get(self, task_ids: list[str]) -> list[TaskRecord | None]:
         return [self.sched.tasks.get(i) for i in task_ids]
 
-    async def cancel(self, task_id: str) -> bool:
-        events = self.sched.cancel(task_id)
+    async def cancel(self, task_id: str, reason: str = "cancelled by user") -> bool:
+        events = self.sched.cancel(task_id, reason)
         if not events:
             return False
         worker = next((w for w, t in self.running.items() if t == task_id), None)
@@ -304,6 +304,16 @@ class Supervisor:
             record = self.sched.tasks[task_id]
             self.workers[worker].stop_session.remote(record.session_id)
         return True
+
+    async def update_prompt(self, task_id: str, prompt: str, reason: str = "") -> bool:
+        """Replace a queued task's prompt before it starts (``Scheduler.update_prompt``)."""
+        events = self.sched.update_prompt(task_id, prompt, reason)
+        await self._record(events)
+        return bool(events)
+
+    async def source_error(self, source: str, error: str, failures: int, retry_in_s: float) -> None:
+        """Log that a watcher could not reach a source (``Scheduler.source_error``)."""
+        await self._record([self.sched.source_error(source, error, failures, retry_in_s)])
 
     def status(self) -> dict[str, Any]:
         return fleet_status(
@@ -837,8 +847,7 @@ class Supervisor:
         requeued = 0
         ended = False
         for event in events:
-            record = self.sched.tasks.get(event.task_id)
-            event.seq = record.seq + 1 if record else 0
+            event.seq = self.sched.next_seq(event.task_id)
             self.sched.apply(event)
             if event.type in (EventType.task_submitted, EventType.task_retried, EventType.handoff):
                 requeued += 1
