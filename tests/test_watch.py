@@ -306,3 +306,52 @@ def test_fleet_watch_killed_between_claim_and_submit_resumes_without_loss_or_dou
         "select task_id, count(*) from events where type = 'task.submitted' group by 1",
     ).rows
     assert sorted(counts) == sorted((f"tickets-{i}", 1) for i in [*ids, last])
+
+
+@pytest.mark.ray
+def test_fleet_serve_runs_the_config_sources_beside_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from tests.test_serve_cli import AUTH, serve_cmd, serve_env
+    from tests.test_serve_http import free_port
+
+    made = Table("sqlite", f"sqlite://{tmp_path / 'work.db'}", "work", monkeypatch)
+    ddl = COLUMNS.format(priority="priority INTEGER", updated="updated_at TEXT")
+    made.sql(f"CREATE TABLE work (id INTEGER PRIMARY KEY, {ddl})")
+    source = {
+        "name": "tickets",
+        "kind": "sql",
+        "options": {"dsn_env": "WORK_DSN", "table": "work", "poll_interval_s": 0.3},
+        "task": {"script": QUICK},
+    }
+    config = tmp_path / "fleet.yaml"
+    config.write_text(json.dumps({"sources": [source]}))
+    port = free_port()
+    env = serve_env(WORK_DSN=made.dsn, PYTHONPATH=str(ROOT))
+    cmd = serve_cmd(port, tmp_path, "--sandbox", "local", "--config", str(config))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        item = made.insert("picked up by the server")
+        row = final_row(made, item, timeout=180)
+        assert (row["state"], row["summary"]) == ("succeeded", "done by the fleet")
+        status = wait_for(
+            lambda: _get(httpx, f"http://127.0.0.1:{port}/v1/fleet/status", AUTH), 60, "status"
+        )
+        assert status["sources"] == {}  # the source never failed
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def _get(httpx: Any, url: str, headers: dict[str, str]) -> Any:
+    try:
+        answer = httpx.get(url, headers=headers, timeout=5)
+    except httpx.HTTPError:
+        return None
+    return answer.json() if answer.status_code == 200 else None
