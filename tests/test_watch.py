@@ -140,6 +140,39 @@ def test_source_errors_are_numbered_per_source_and_shown_in_the_status() -> None
         sched.submit(TaskSpec(id="source:x", prompt="x"))
 
 
+def test_list_claimed_returns_the_running_rows_of_this_owner(table: Table) -> None:
+    import asyncio
+
+    table.sql(f"ALTER TABLE {table.name} ADD COLUMN claimed_by TEXT")
+    ids = [table.insert(f"task {n}") for n in range(4)]
+    table.insert(None, state="running")  # no prompt: cannot become a task, left out
+    mine, theirs, anyone = (
+        table.source("mine", columns={"claimed_by": "claimed_by"}),
+        table.source("theirs", columns={"claimed_by": "claimed_by"}),
+        table.source("anyone"),
+    )
+    mine.owner, theirs.owner = "fleet-a", "fleet-b"
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        try:
+            assert await mine.claim(ids[0]) and await mine.claim(ids[2])
+            assert await theirs.claim(ids[1])
+            assert not await theirs.claim(ids[0])  # one owner per row
+            return (
+                [i.id for i in await mine.list_claimed()],
+                [i.id for i in await theirs.list_claimed()],
+                [i.id for i in await anyone.list_claimed()],
+            )
+        finally:
+            for source in (mine, theirs, anyone):
+                await source.close()
+
+    held_a, held_b, held_all = asyncio.run(scenario())
+    assert (held_a, held_b, held_all) == ([ids[0], ids[2]], [ids[1]], ids[:3])
+    owners = table.sql(f"SELECT claimed_by FROM {table.name} WHERE id = ?", (ids[0],))
+    assert owners == [("fleet-a",)]
+
+
 # -- with a fleet ------------------------------------------------------------------------
 
 
