@@ -85,18 +85,30 @@ class Commands:
             accepted.append(spec.id)
         return {"accepted": accepted, "rejected": rejected, "batch": batch}
 
-    async def cancel(self, task_id: str) -> CommandResult:
-        """End a task that has not ended; its running session is stopped."""
+    async def cancel(self, task_id: str, reason: str = "cancelled by user") -> CommandResult:
+        """End a task that has not ended (``reason`` goes in its event); its running session
+        is stopped."""
         record = self.sched.tasks.get(task_id)
         if record is None:
             return no_task(task_id)
-        events = self.sched.cancel(task_id)
+        events = self.sched.cancel(task_id, reason)
         if not events:
             return is_in(record, "cannot cancel")
         worker = self.link.worker_of(task_id)
         await self.record(events)
         if worker is not None:
             self.link.stop(worker, record.session_id)
+        return CommandResult.done()
+
+    async def update_prompt(self, task_id: str, prompt: str, reason: str = "") -> CommandResult:
+        """Replace the prompt of a task that has not started (``task.updated``)."""
+        record = self.sched.tasks.get(task_id)
+        if record is None:
+            return no_task(task_id)
+        events = self.sched.update_prompt(task_id, prompt, reason)
+        if not events:
+            return is_in(record, "only a queued task that never started may get a new prompt")
+        await self.record(events)
         return CommandResult.done()
 
     async def steer(self, task_id: str, text: str) -> CommandResult:

@@ -83,8 +83,7 @@ class Journal:
         requeued = ended = False
         now = self.clock()
         for event in events:
-            record = self.sched.tasks.get(event.task_id)
-            event.seq = record.seq + 1 if record else 0
+            event.seq = self.sched.next_seq(event.task_id)
             self.sched.apply(event)
             if event.type in REQUEUES:
                 requeued = True

@@ -34,11 +34,12 @@ import itertools
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import ValidationError
 
 from core.errors import InputError, StateError
-from core.events import Event, EventType
+from core.events import SOURCE_ID_PREFIX, Event, EventType, source_task_id
 from core.records import Assignment, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec, resolve
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
@@ -129,6 +130,18 @@ class Scheduler:
         """Task ids in the order they reached a terminal state (drivers page through it)."""
         self.taken_ids: set[str] = set()
         """Ids of the log's history (other fleets', earlier runs'): never reused."""
+        self.sources: dict[str, dict[str, Any]] = {}
+        """Source name -> its last error (``error``, ``at``, ``failures``), from the
+        ``source.error`` events of watchers (shown by the status)."""
+        self._pseudo_seq: dict[str, int] = {}
+        """Last ``seq`` of each fleet-level pseudo id (``source:<name>``)."""
+
+    def next_seq(self, task_id: str) -> int:
+        """The ``seq`` the next event of ``task_id`` gets (a task's or a pseudo id's)."""
+        record = self.tasks.get(task_id)
+        if record is not None:
+            return record.seq + 1
+        return self._pseudo_seq.get(task_id, -1) + 1
 
     # -- the fold ----------------------------------------------------------------------
     def apply(self, event: Event) -> None:
@@ -144,6 +157,16 @@ class Scheduler:
             )
             self.tasks[spec.id] = record
             self._enqueue(record)
+        elif event.type == EventType.source_error:
+            seen = self._pseudo_seq.get(event.task_id, -1)
+            self._pseudo_seq[event.task_id] = max(seen, event.seq)
+            name = str(p.get("source") or event.task_id.removeprefix(SOURCE_ID_PREFIX))
+            self.sources[name] = {
+                "error": p.get("error", ""),
+                "at": event.ts.isoformat(),
+                "failures": int(p.get("failures", 1)),
+            }
+            return
         record = self.tasks.get(event.task_id)
         if record is None:
             return
@@ -226,6 +249,8 @@ class Scheduler:
                     record.loop_state_ref = p.get("loop_state_ref")
             case EventType.task_awaiting_review:
                 record.state = TaskState.awaiting_review
+            case EventType.task_updated:
+                record.spec = record.spec.model_copy(update={"prompt": p["prompt"]})
             case EventType.task_followup:
                 record.children.append(p.get("child", ""))
             case (
@@ -250,6 +275,8 @@ class Scheduler:
         """Validate a new task against what the fleet knows; return its submitted event."""
         if spec.id in self.tasks or spec.id in self.taken_ids:
             raise TaskRejected(spec.id, "id", "a task with this id already exists")
+        if spec.id.startswith(SOURCE_ID_PREFIX):
+            raise TaskRejected(spec.id, "id", f"{SOURCE_ID_PREFIX!r} starts the ids of sources")
         cap = self.settings.max_prompt_chars
         prompts = [("prompt", spec.prompt)]
         prompts += [(f"stages.{n}.prompt", st.prompt or "") for n, st in enumerate(spec.stages)]
@@ -622,6 +649,28 @@ class Scheduler:
         if record is None or record.state.terminal:
             return []
         return [Event(task_id=task_id, type=EventType.task_cancelled, payload={"reason": reason})]
+
+    def update_prompt(self, task_id: str, prompt: str, reason: str = "") -> list[Event]:
+        """Replace the prompt of a task that has not started yet (queued, no attempt made);
+        refused (no event) once it started, ended, or for a blank or too long prompt."""
+        record = self.tasks.get(task_id)
+        if record is None or record.state != TaskState.queued or record.attempts > 0:
+            return []
+        if record.stage > 0 or not prompt.strip() or len(prompt) > self.settings.max_prompt_chars:
+            return []
+        payload = {"prompt": prompt, "reason": reason}
+        return [Event(task_id=task_id, type=EventType.task_updated, payload=payload)]
+
+    @staticmethod
+    def source_error(source: str, error: str, failures: int, retry_in_s: float) -> Event:
+        """A watcher could not reach ``source``: a fleet-level event under ``source:<name>``."""
+        payload = {
+            "source": source,
+            "error": error,
+            "failures": failures,
+            "retry_in_s": round(retry_in_s, 2),
+        }
+        return Event(task_id=source_task_id(source), type=EventType.source_error, payload=payload)
 
     def next_wakeup(self, now: float) -> float | None:
         """The earliest future time a queued task becomes eligible (end of a backoff)."""

@@ -27,7 +27,7 @@ def fleet_status(
     now: float,
 ) -> dict[str, Any]:
     """Counts, queue, running sessions (``running``: worker id -> task id), what waits on a
-    person, and the latest outcomes."""
+    person, the latest outcomes, and the last error of each source a watcher reported."""
     sessions = []
     for worker, task_id in sorted(running.items()):
         record = sched.tasks[task_id]
@@ -64,6 +64,7 @@ def fleet_status(
         "running": sessions,
         "blocked": blocked,
         "recent": [{"task_id": r.id, "state": r.state.value, "reason": r.reason} for r in recent],
+        "sources": dict(sched.sources),
         "events_dir": settings.events_dir,
         "uptime_s": round(now - started_at, 1),
     }

@@ -291,8 +291,15 @@ class Supervisor:
         await self.start()
         return await self.streams.since(cursor, timeout_s, limit)
 
-    async def cancel(self, task_id: str) -> CommandResult:
-        return await self.commands.cancel(task_id)
+    async def cancel(self, task_id: str, reason: str = "cancelled by user") -> CommandResult:
+        return await self.commands.cancel(task_id, reason)
+
+    async def update_prompt(self, task_id: str, prompt: str, reason: str = "") -> CommandResult:
+        return await self.commands.update_prompt(task_id, prompt, reason)
+
+    async def source_error(self, source: str, error: str, failures: int, retry_in_s: float) -> None:
+        """Log that a watcher could not reach a source (``Scheduler.source_error``)."""
+        await self.journal.record([self.sched.source_error(source, error, failures, retry_in_s)])
 
     async def steer(self, task_id: str, text: str) -> CommandResult:
         return await self.commands.steer(task_id, text)

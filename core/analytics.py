@@ -40,6 +40,7 @@ WITH per_task AS (
         arg_max(json_extract_string(payload, '$.reason'), seq)
             FILTER (WHERE type IN {TERMINAL}) AS reason
     FROM events
+    WHERE type NOT LIKE 'source.%'  -- a source's events (task_id 'source:<name>') are no task
     GROUP BY task_id
 )
 SELECT

@@ -45,6 +45,19 @@ class EventType(StrEnum):
     handoff = "handoff"
     usage = "usage"
     worker_lost = "worker.lost"
+    task_updated = "task.updated"
+    """A queued task's prompt was replaced (its item was edited at the source)."""
+    source_error = "source.error"
+    """A source of work could not be reached. Not a task's event: its ``task_id`` is the
+    fleet-level pseudo id ``source:<source name>`` (see :func:`source_task_id`)."""
+
+
+SOURCE_ID_PREFIX = "source:"
+
+
+def source_task_id(source: str) -> str:
+    """The pseudo task id that a source's fleet-level events (``source.error``) carry."""
+    return f"{SOURCE_ID_PREFIX}{source}"
 
 
 TERMINAL_EVENTS: frozenset[EventType] = frozenset(

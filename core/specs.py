@@ -235,6 +235,10 @@ class TaskSpec(Strict):
     require_approval: bool = Field(False, description="A human approves the result before done.")
     stall_timeout_s: float | None = Field(None, gt=0, description="Stop after this long silent.")
     parent: str | None = Field(None, description="The task that asked for this one.")
+    source: str | None = Field(
+        None,
+        description="Where a watcher picked it up: '<source name>:<item id>' (set by the fleet).",
+    )
 
     @field_validator("id")
     @classmethod
@@ -283,6 +287,11 @@ class SourceSpec(Strict):
     name: str = Field(pattern=SPEC_NAME_PATTERN, description="Unique among the sources.")
     kind: str = Field(min_length=1, description="'sql', an entry point name, or 'module:Class'.")
     options: dict[str, Any] = Field(default_factory=dict)
+    task: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Task fields every item of this source gets (gate, environment, "
+        "max_attempts, time_limit_s, script...); the item's own fields win.",
+    )
 
 
 class FleetConfig(Strict):

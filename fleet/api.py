@@ -218,9 +218,31 @@ class Fleet:
     def get(self, task_id: str) -> TaskRecord | None:
         return ray.get(self.supervisor.get.remote([task_id]))[0]
 
+    def records(self, task_ids: Iterable[str]) -> list[TaskRecord | None]:
+        """The records of several tasks in one call (None for an unknown id)."""
+        return ray.get(self.supervisor.get.remote(list(task_ids)))
+
+    def tasks(
+        self, state: str | None = None, label: str | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, optionally only those in ``state`` or carrying ``label``."""
+        return ray.get(self.supervisor.list_tasks.remote(state, label, limit))
+
     # Commands answer a CommandResult: truthy when done, else ``reason`` says why not.
-    def cancel(self, task_id: str) -> CommandResult:
-        return ray.get(self.supervisor.cancel.remote(task_id))
+    def cancel(self, task_id: str, reason: str = "cancelled by user") -> CommandResult:
+        """Cancel a live task; ``reason`` is logged in its ``task.cancelled`` event."""
+        return ray.get(self.supervisor.cancel.remote(task_id, reason))
+
+    def update_prompt(self, task_id: str, prompt: str, reason: str = "") -> CommandResult:
+        """Replace the prompt of a task still queued that never started (``task.updated``);
+        False once it started or ended."""
+        return ray.get(self.supervisor.update_prompt.remote(task_id, prompt, reason))
+
+    def report_source_error(
+        self, source: str, error: str, failures: int = 1, retry_in_s: float = 0.0
+    ) -> None:
+        """Log a ``source.error`` event (task id ``source:<name>``), shown by the status."""
+        ray.get(self.supervisor.source_error.remote(source, error, failures, retry_in_s))
 
     def steer(self, task_id: str, message: str) -> CommandResult:
         """Send a message to the task's session; it reads it before its next turn."""

@@ -17,6 +17,7 @@ from core.settings import FleetSettings
 from core.taskfile import load_config, load_tasks, parse_tasks
 from fleet.driver import ExitCode, build_settings, prefixed, run_batch, run_prefix
 from fleet.output import err, out, print_error, print_sandbox, print_table
+from sources import build_sources
 
 app = typer.Typer(
     add_completion=False,
@@ -209,6 +210,9 @@ def status(
         print_table(
             Table("Recent", list(info["recent"][0]), [tuple(r.values()) for r in info["recent"]])
         )
+    if info.get("sources"):
+        rows = [(name, s["at"], s["failures"], s["error"]) for name, s in info["sources"].items()]
+        print_table(Table("Sources: last error", ["source", "at", "failures", "error"], rows))
 
 
 AddressOpt = Annotated[str, typer.Option("--address", help="Ray address of the fleet.")]
@@ -295,6 +299,63 @@ def memory(
             print_table(Table(f"By {title[:-1]}", list(rows[0]), [tuple(r.values()) for r in rows]))
 
 
+@app.command()
+def watch(
+    config: Annotated[str, typer.Option("--config", help="YAML file with a sources: section.")],
+    workers: WorkersOpt = None,
+    sandbox: SandboxOpt = None,
+    events: EventsOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Fleet name.")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray address ('auto', 'ray://...'); default: a local Ray."),
+    ] = None,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(help="On SIGTERM/Ctrl-C, seconds to wait for running tasks to end."),
+    ] = 300.0,
+    crash_after_claims: Annotated[int, typer.Option(hidden=True)] = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Pick work up from the config's sources (SQL tables...) and run it until SIGTERM or
+    Ctrl-C: then stop claiming, let running tasks finish, report their outcomes, exit 0."""
+    from fleet.api import Fleet, FleetError
+    from fleet.watch import Watcher, WatchSettings, run_until_signalled
+
+    settings = _settings(
+        debug, workers=workers, sandbox=sandbox, events_dir=events, name=name,
+        ray_address=address, resume=True,
+    )  # fmt: skip
+    try:
+        fleet_config = load_config(config)
+        sources = build_sources(fleet_config)
+    except InputError as exc:
+        _fail(one_line(exc), debug, exc)
+    if not sources:
+        _fail(f"{config}: no sources: to watch (see README, 'From a tracker or a table')", debug)
+    watch_settings = WatchSettings(
+        drain_timeout_s=drain_timeout, crash_after_claims=crash_after_claims
+    )
+    try:
+        fleet = Fleet.start(settings, fleet_config)
+    except FleetError as exc:
+        _fail(str(exc), debug, exc)
+    try:
+        print_sandbox(fleet)
+        names = ", ".join(repr(s) for s in sources)
+        out.print(
+            f"fleet {fleet.settings.name!r}: {fleet.settings.workers} workers, events at "
+            f"{fleet.settings.events_dir}; watching {names} (Ctrl-C stops)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+        run_until_signalled(Watcher(fleet, sources, watch_settings, fleet_config))
+        out.print("stopped: no more claims, running tasks ended and reported")
+    finally:
+        fleet.shutdown()
+
+
 @app.command("serve")
 def serve_cmd(
     host: Annotated[str, typer.Option(help="Address the HTTP proxy listens on.")] = "127.0.0.1",
@@ -326,6 +387,7 @@ def serve_cmd(
     from ray import serve
 
     from fleet.api import Fleet, FleetError
+    from fleet.watch import Watcher, WatcherThread
     from serve.deployment import run as run_api
     from serve.deployment import stop as stop_api
 
@@ -339,6 +401,7 @@ def serve_cmd(
             resume=resume,
         )
         fleet_config = load_config(config)
+        sources = build_sources(fleet_config)
         api_settings = settings.api
         if token_file:
             api_settings = api_settings.model_copy(update={"token_file": token_file})
@@ -356,7 +419,10 @@ def serve_cmd(
         raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C (Ray's handler exits)
 
     signal.signal(signal.SIGTERM, interrupt)
+    watching = None
     try:
+        if sources:  # the config's sources run beside the API, as `fleet watch` runs them
+            watching = WatcherThread(Watcher(fleet, sources, config=fleet_config)).start()
         try:
             run_api(settings.name, settings.namespace, api_settings, host, port, replicas)
         except Exception as exc:  # e.g. the port is taken
@@ -371,6 +437,8 @@ def serve_cmd(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second one must not cut this short
             signal.signal(signum, signal.SIG_IGN)
+        if watching is not None:
+            watching.stop()
         if fleet._owns_ray:  # Ray goes with this command: all of Serve too
             with contextlib.suppress(Exception):
                 serve.shutdown()

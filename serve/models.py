@@ -257,6 +257,14 @@ class BlockedItem(BaseModel):
     reason: str | None = None
 
 
+class SourceHealth(BaseModel):
+    """The last error a watcher met reading a source (``source.error`` events)."""
+
+    error: str
+    at: str = Field(description="When (ISO 8601, UTC).")
+    failures: int = Field(description="Failures in a row at that time.")
+
+
 class FleetStatus(BaseModel):
     fleet: str
     workers: int
@@ -271,6 +279,9 @@ class FleetStatus(BaseModel):
         description="Tasks awaiting approval or review, or paused (at most 50).",
     )
     recent: list[RecentItem]
+    sources: dict[str, SourceHealth] = Field(
+        default_factory=dict, description="Each source a watcher could not reach: its last error."
+    )
     uptime_s: float
 
 

@@ -46,8 +46,9 @@ CLIENT_ENVIRONMENT_FIELDS = frozenset({"files", "cpus", "memory_mb", "pids", "di
 """What a client's inline environment may set. Not: name, image, apt, pip (what runs as root
 at image build), network, env."""
 
-OPERATOR_TASK_FIELDS = frozenset({"repo"})
-"""Task fields only the operator may set (``repo`` copies a directory of the head)."""
+OPERATOR_TASK_FIELDS = frozenset({"repo", "source"})
+"""Task fields only the operator may set (``repo`` copies a directory of the head; ``source``
+says which item of the operator's sources a task came from)."""
 
 SET_BY_OPERATOR = "set by the operator; API clients may not set it"
 

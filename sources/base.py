@@ -15,6 +15,10 @@ queue. A watcher (``fleet watch``, built on this interface) drives one source in
             # a task that ended: await source.report_outcome(item.id, Outcome(...))
             await source.wait_for_work()                   # notification or poll interval
 
+On start (after a restart or a crash, even between a claim and its submit) the watcher asks
+:meth:`Source.list_claimed` for the items it holds and matches them with the fleet's tasks by
+their deterministic task ids (``fleet/watch.py``).
+
 Every method is async and may raise :class:`SourceError` when the backend cannot be reached
 or refuses a query; the watcher then backs off and retries, it never loses its claims (they
 live in the backend). Methods that write (claim, progress, outcome) are conditional: they
@@ -139,6 +143,10 @@ class Source(ABC):
     Options: ClassVar[type[BaseModel]] = NoOptions
     poll_interval_s: float = 10.0
     """How long :meth:`wait_for_work` waits when no notification arrives."""
+    owner: str | None = None
+    """Who claims: the watcher sets its fleet's name. A source that can record it on a claim
+    lets several fleets share one backend (:meth:`list_claimed` then returns only this
+    owner's items)."""
 
     def __init__(self, name: str, options: BaseModel) -> None:
         self.name = name
@@ -192,6 +200,13 @@ class Source(ABC):
         person): the watcher cancels its task. A prompt that differs from the one submitted
         was edited: the watcher replaces a task that has not started yet.
         """
+
+    async def list_claimed(self, limit: int = 10_000) -> list[WorkItem]:
+        """The items claimed (running) by this watcher, or by every watcher when the source
+        cannot tell them apart (see :attr:`owner`), so that a restarted watcher takes up what
+        it held. Items that cannot become a task are left out. A source that cannot list them
+        raises NotImplementedError (the default): its watcher then cannot recover claims."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its claimed items")
 
     async def wait_for_work(self) -> bool:
         """Return when new work may be ready: at a notification from the backend (True) or

@@ -97,6 +97,9 @@ class ColumnMap(BaseModel):
     pr_url: str | None = "pr_url"
     reason: str | None = "reason"
     updated_at: str | None = "updated_at"
+    claimed_by: str | None = None
+    """Optional: the column a claim writes the fleet's name to, so that several fleets can
+    share a table (unmapped: a restarted watcher takes up every running row)."""
 
     @field_validator("*")
     @classmethod
@@ -553,8 +556,31 @@ class SqlSource(Source):
 
     async def claim(self, item_id: str) -> bool:
         cols, states = self.options.columns, self.options.states
-        query, params = self._update(item_id, ItemState.ready, [(cols.state, states.running)])
+        values: list[tuple[str | None, Any]] = [(cols.state, states.running)]
+        if cols.claimed_by is not None:
+            values.append((cols.claimed_by, self.owner))
+        query, params = self._update(item_id, ItemState.ready, values)
         return await self._db.execute(query, params) == 1
+
+    async def list_claimed(self, limit: int = 10_000) -> list[WorkItem]:
+        """Running rows (with ``claimed_by`` mapped: those claimed by :attr:`owner`), in key
+        order. A running row that cannot become a task is left out (not written)."""
+        cols, p = self.options.columns, self._db.placeholder
+        where, params = f"{self._state} = {p}", [self.options.states.running]
+        if cols.claimed_by is not None:
+            where += f" AND {_quote(cols.claimed_by)} = {p}"
+            params.append(self.owner or "")
+        rows = await self._db.fetch(
+            f"SELECT * FROM {self._table} WHERE {where} ORDER BY {self._id} LIMIT {p}",
+            [*params, limit],
+        )
+        items = []
+        for row in rows:
+            if row.get(cols.id) is None:
+                continue
+            with contextlib.suppress(RowError):
+                items.append(self._item(row))
+        return items
 
     async def report_progress(self, item_id: str, note: str | None = None) -> bool:
         cols, states = self.options.columns, self.options.states
