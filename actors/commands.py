@@ -130,7 +130,7 @@ class Commands:
         if worker is not None:
             self.link.deliver(worker, record.session_id, "message", text)
         elif record.state == TaskState.paused:
-            await self.record(self.sched.resume(task_id))
+            await self.record(self.sched.unpark(task_id))
         return CommandResult.done()
 
     async def resume(self, task_id: str) -> CommandResult:
@@ -138,7 +138,7 @@ class Commands:
         record = self.sched.tasks.get(task_id)
         if record is None:
             return no_task(task_id)
-        events = self.sched.resume(task_id)
+        events = self.sched.unpark(task_id)
         if not events:
             return is_in(record, "not paused or waiting on an approval")
         await self.record(events)
@@ -181,7 +181,7 @@ class Commands:
             decision = {"call_id": call_id, "allow": allow, "message": message}
             self.link.deliver(worker, record.session_id, "decision", decision)
         elif record.state == TaskState.awaiting_approval:
-            await self.record(self.sched.resume(task_id))  # parked: any worker picks it up
+            await self.record(self.sched.unpark(task_id))  # parked: any worker picks it up
         return CommandResult.done()
 
     async def review(self, task_id: str, approve: bool, message: str = "") -> CommandResult:

@@ -67,7 +67,7 @@ class Dispatcher:
         decided: list[Event] = []
 
         def decide() -> list[Event]:
-            decided.extend(self.sched.complete(result))
+            decided.extend(self.sched.conclude(result))
             for event in decided:
                 if event.type in (EventType.handoff, EventType.task_parked) and refs:
                     event.payload.update(refs)
@@ -82,7 +82,7 @@ class Dispatcher:
             # A decision that reached the worker as the session parked: resume now.
             record = self.sched.tasks[result.task_id]
             if (record.pending_approval or {}).get("decision"):
-                await self.journal.record(self.sched.resume(result.task_id))
+                await self.journal.record(self.sched.unpark(result.task_id))
 
     async def assign(self, worker_id: str) -> Assignment | None:
         """Wait until a task may run on this worker (the rules pick it, or the manager agent

@@ -444,7 +444,7 @@ class Scheduler:
         notes = "\n".join(f"- {f}" for f in record.feedback[-5:])
         return f"{base}\n\n## Feedback on earlier work\n{notes}"
 
-    def complete(self, result: SessionResult, now: float | None = None) -> list[Event]:
+    def conclude(self, result: SessionResult, now: float | None = None) -> list[Event]:
         """Decide what follows a session: success, next stage, review, parking or retry."""
         now = time.time() if now is None else now
         record = self.tasks.get(result.task_id)
@@ -609,7 +609,7 @@ class Scheduler:
         )
         return [decided, *self._retry_or_give_up(record, result, common, time.time())]
 
-    def resume(self, task_id: str) -> list[Event]:
+    def unpark(self, task_id: str) -> list[Event]:
         """Put a parked or paused task back in the queue (its decision or message arrived)."""
         record = self.tasks.get(task_id)
         if record is None or record.state not in (TaskState.awaiting_approval, TaskState.paused):

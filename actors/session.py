@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from actors.review import REVIEW_INSTRUCTIONS, Verdict, review_prompt, review_toolbox
+from actors.reviewer import REVIEW_INSTRUCTIONS, Verdict, reviewer_prompt, reviewer_toolbox
 from core.errors import FleetError
 from core.events import Event, EventType
 from core.records import Assignment, SessionResult
@@ -351,14 +351,14 @@ class SessionRunner:
         loop = AgentLoop(
             instructions=reviewer.instructions + "\n\n" + REVIEW_INSTRUCTIONS,
             model=model,
-            toolbox=review_toolbox(verdict),
+            toolbox=reviewer_toolbox(verdict),
             ctx=self._tool_context(sandbox),
             emit=emit,
             max_turns=reviewer.max_turns or self.settings.default_max_turns,
             time_limit_s=a.time_limit_s,
         )
         try:
-            outcome = await loop.run(review_prompt(a.prompt or a.task.prompt, diff))
+            outcome = await loop.run(reviewer_prompt(a.prompt or a.task.prompt, diff))
         finally:
             await close_model(model)
         if verdict.approved is None and outcome.status != "finished":

@@ -96,7 +96,7 @@ class Supervisor:
         )
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.pool = WorkerPool(life=f".{uuid.uuid4().hex[:4]}" if restarted else "")
-        self.recovered = recover(self.log, self.sched) if restarted or settings.resume else 0
+        self.recovered = recover(self.log, self.sched) if restarted or settings.recover else 0
         self.sched.taken_ids = ids_in_history(self.log)
         self.streams = LiveStreams(settings.stream_events, settings.recent_tasks, self.recovered)
         self._background: set[asyncio.Task[Any]] = set()
@@ -164,7 +164,7 @@ class Supervisor:
     async def _watch(self, worker_id: str, handle: Any) -> None:
         """Await the worker's main loop; if the worker dies, requeue its task and replace it."""
         try:
-            await handle.run.remote()
+            await handle.work.remote()
             return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {one_line(exc)}"

@@ -152,7 +152,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.supervisor.heartbeat.remote(self.worker_id)
 
-    async def run(self) -> None:
+    async def work(self) -> None:
         """Pull, run, report, until the supervisor says stop (returns None)."""
         if self._prewarm:  # the pool keeps ``warm_pool`` idle in all: warm the first one
             self.pool.fill(self._prewarm[0])

@@ -32,7 +32,7 @@ from core.settings import PoolSpec
 from core.specs import FleetConfig
 from fleet import Fleet
 from serve.app import ServeSettings
-from serve.deployment import run
+from serve.deployment import start
 
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -208,7 +208,7 @@ def main() -> None:
     )
     port = free_port()
     try:
-        run(fleet.settings.name, fleet.settings.namespace, ServeSettings(token=TOKEN), port=port)
+        start(fleet.settings.name, fleet.settings.namespace, ServeSettings(token=TOKEN), port=port)
         print(f"Ray Serve, 1 replica, http://127.0.0.1:{port} (loopback), {args.clients} clients")
         asyncio.run(bench(f"http://127.0.0.1:{port}", args))
     finally:

@@ -190,7 +190,7 @@ class FleetSettings(BaseSettings):
         2, ge=1, description="Attempts before a task goes to a person, unless the task says."
     )
 
-    resume: bool = Field(
+    recover: bool = Field(
         False, description="On start, rebuild unfinished tasks from the event log and run them."
     )
 

@@ -324,7 +324,7 @@ def watch(
 
     settings = _settings(
         debug, workers=workers, sandbox=sandbox, events_dir=events, name=name,
-        ray_address=address, resume=True,
+        ray_address=address, recover=True,
     )  # fmt: skip
     try:
         fleet_config = load_config(config)
@@ -372,7 +372,7 @@ def serve_cmd(
     token_file: Annotated[
         str | None, typer.Option(help="File holding the API token (else FLEET_API_TOKEN).")
     ] = None,
-    resume: Annotated[
+    recover: Annotated[
         bool,
         typer.Option(help="Rebuild unfinished tasks from the event log and run them on."),
     ] = True,
@@ -388,7 +388,7 @@ def serve_cmd(
 
     from fleet.api import Fleet, FleetError
     from fleet.watch import Watcher, WatcherThread
-    from serve.deployment import run as run_api
+    from serve.deployment import start as start_api
     from serve.deployment import stop as stop_api
 
     try:
@@ -398,7 +398,7 @@ def serve_cmd(
             events_dir=events,
             name=name,
             ray_address=address,
-            resume=resume,
+            recover=recover,
         )
         fleet_config = load_config(config)
         sources = build_sources(fleet_config)
@@ -424,7 +424,7 @@ def serve_cmd(
         if sources:  # the config's sources run beside the API, as `fleet watch` runs them
             watching = WatcherThread(Watcher(fleet, sources, config=fleet_config)).start()
         try:
-            run_api(settings.name, settings.namespace, api_settings, host, port, replicas)
+            start_api(settings.name, settings.namespace, api_settings, host, port, replicas)
         except Exception as exc:  # e.g. the port is taken
             _fail(f"cannot serve on {host}:{port}: {one_line(root_cause(exc))}", debug, exc)
         url = f"http://{host}:{port}/"

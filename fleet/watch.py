@@ -23,7 +23,7 @@ and task ids are deterministic, so a watcher that starts asks :meth:`Source.list
 the items it holds and matches them with the fleet's tasks: a missing task is submitted (the
 watcher died between claim and submit), an ended one has its outcome reported, a live one is
 followed again. A live task of this source whose item is no longer claimed (withdrawn while
-the watcher was down) is cancelled. The fleet must replay its event log on start (``resume``,
+the watcher was down) is cancelled. The fleet must replay its event log on start (``recover``,
 which ``fleet watch`` and ``fleet serve`` turn on), or it would not know the tasks it ran.
 
 A source that cannot be reached (:class:`SourceError`) is retried with capped exponential
@@ -177,7 +177,7 @@ class Watcher:
                         waiter, done = None, waiter
                         done.result()  # a SourceError of the wait is handled here
                     if not resumed:
-                        await self._resume(source)
+                        await self._take_up_claims(source)
                         resumed = True
                     await self._track(source)
                     if woken or time.monotonic() >= next_poll:
@@ -264,7 +264,7 @@ class Watcher:
             await asyncio.sleep(self.settings.track_interval_s)
 
     # -- one round ---------------------------------------------------------------------
-    async def _resume(self, source: Source) -> None:
+    async def _take_up_claims(self, source: Source) -> None:
         """Take up the items this watcher held before it (re)started."""
         try:
             items = await source.list_claimed()

@@ -57,7 +57,7 @@ def build(
     return FleetAPI.bind()
 
 
-def run(
+def start(
     fleet_name: str,
     namespace: str,
     settings: ServeSettings,

@@ -280,7 +280,7 @@ class FakeSupervisor:
             )
         finally:
             del self.running[worker], self.sessions[worker]
-        decided = self.sched.complete(result)
+        decided = self.sched.conclude(result)
         outcome = result.outcome
         parked = outcome is not None and outcome.status in ("parked", "interrupted")
         if parked and outcome.state:
@@ -300,4 +300,4 @@ class FakeSupervisor:
         self._record(decided)
         parked_now = any(e.type == EventType.task_parked for e in decided)
         if parked_now and (self.sched.tasks[a.task.id].pending_approval or {}).get("decision"):
-            self._record(self.sched.resume(a.task.id))  # decided as it parked
+            self._record(self.sched.unpark(a.task.id))  # decided as it parked

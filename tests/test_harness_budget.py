@@ -71,7 +71,7 @@ class Harness:
             reason=reason,
             outcome=SessionOutcome(status=outcome, reason=reason, **kw),  # type: ignore[arg-type]
         )
-        self.record(self.s.complete(result))
+        self.record(self.s.conclude(result))
 
 
 def test_usage_adds_up_and_each_session_gets_what_is_left() -> None:

@@ -45,7 +45,7 @@ class Harness:
 
     def finish(self, a, status, reason=""):
         self.record(
-            self.s.complete(
+            self.s.conclude(
                 SessionResult(
                     task_id=a.task.id,
                     session_id=a.session_id,
@@ -215,7 +215,7 @@ def test_backoff_delays_the_retry_and_feedback_reaches_the_next_prompt():
     a = h.assign()
     res = result_for(a, "failed", "gate failed (exit 1)")
     res.feedback = "assert 2 == 3"
-    h.record(h.s.complete(res, now=1000.0))
+    h.record(h.s.conclude(res, now=1000.0))
     rec = h.s.tasks["t"]
     assert rec.state == TaskState.queued and rec.not_before == 1010.0
     assert h.s.assign("w1", now=1005.0) is None
@@ -240,7 +240,7 @@ def test_exhausted_attempts_go_to_a_human_with_a_brief():
                 )
             ]
         )
-        h.record(h.s.complete(result_for(a, "failed", reason)))
+        h.record(h.s.conclude(result_for(a, "failed", reason)))
     rec = h.s.tasks["t"]
     assert rec.state == TaskState.needs_human
     brief = h.log[-1].payload["brief"]
@@ -257,14 +257,14 @@ def test_stages_hand_the_workspace_to_the_next_agent():
     )
     first = h.assign()
     assert first.agent.name == "coder" and first.keep_workspace and first.stage == 0
-    h.record(h.s.complete(result_for(first, summary="coded")))
+    h.record(h.s.conclude(result_for(first, summary="coded")))
     rec = h.s.tasks["t"]
     assert rec.state == TaskState.queued and rec.stage == 1 and rec.agent == "docs"
     second = h.assign()
     assert second.agent.name == "docs" and second.prompt.startswith("document it")
     assert second.gate == "test -f README" and not second.keep_workspace
     assert second.attempt == 1  # attempts count per stage
-    h.record(h.s.complete(result_for(second)))
+    h.record(h.s.conclude(result_for(second)))
     assert h.s.tasks["t"].state == TaskState.succeeded
 
 
@@ -273,7 +273,7 @@ def test_agent_handoff_and_unknown_target():
     h.submit(id="t", prompt="x", agent="coder")
     a = h.assign()
     h.record(
-        h.s.complete(
+        h.s.conclude(
             result_for(
                 a, outcome="handoff", handoff_to="docs", handoff_note="code done, write docs"
             )
@@ -281,7 +281,7 @@ def test_agent_handoff_and_unknown_target():
     )
     b = h.assign()
     assert b.agent.name == "docs" and "code done, write docs" in b.prompt
-    h.record(h.s.complete(result_for(b, outcome="handoff", handoff_to="ghost")))
+    h.record(h.s.conclude(result_for(b, outcome="handoff", handoff_to="ghost")))
     assert h.s.tasks["t"].reason.startswith("handoff to unknown agent")
 
 
@@ -289,14 +289,14 @@ def test_human_review_approves_or_sends_back():
     h = make(retry_backoff_s=0)
     h.submit(id="t", prompt="x", require_approval=True)
     a = h.assign()
-    h.record(h.s.complete(result_for(a, summary="done")))
+    h.record(h.s.conclude(result_for(a, summary="done")))
     assert h.s.tasks["t"].state == TaskState.awaiting_review
     h.record(h.s.review("t", approve=False, message="use a list"))
     rec = h.s.tasks["t"]
     assert rec.state == TaskState.queued
     again = h.assign()
     assert "use a list" in again.prompt
-    h.record(h.s.complete(result_for(again, summary="done again")))
+    h.record(h.s.conclude(result_for(again, summary="done again")))
     h.record(h.s.review("t", approve=True))
     assert h.s.tasks["t"].state == TaskState.succeeded
     assert h.s.review("t", approve=True) == []  # nothing to review any more
@@ -306,7 +306,7 @@ def test_followups_become_linked_tasks():
     h = make()
     h.submit(id="p", prompt="x")
     a = h.assign()
-    h.record(h.s.complete(result_for(a, followups=[{"prompt": "write tests", "labels": ["t"]}])))
+    h.record(h.s.conclude(result_for(a, followups=[{"prompt": "write tests", "labels": ["t"]}])))
     child = h.s.tasks["p.f1"]
     assert child.spec.parent == "p" and child.state == TaskState.queued
     assert h.s.tasks["p"].children == ["p.f1"]
@@ -325,7 +325,7 @@ def test_parked_task_resumes_with_its_decision():
             )
         ]
     )
-    h.record(h.s.complete(result_for(a, "failed", outcome="parked", state={"turns": 1})))
+    h.record(h.s.conclude(result_for(a, "failed", outcome="parked", state={"turns": 1})))
     rec = h.s.tasks["t"]
     assert rec.state == TaskState.awaiting_approval
     assert h.s.assign("w1") is None  # a parked task holds no worker and is not queued
@@ -338,7 +338,7 @@ def test_parked_task_resumes_with_its_decision():
             )
         ]
     )
-    h.record(h.s.resume("t"))
+    h.record(h.s.unpark("t"))
     resumed = h.assign()
     assert resumed.attempt == 1  # the same attempt, continued
     assert resumed.decision == {"call_id": "c1", "allow": True, "message": "ok"}
@@ -402,7 +402,7 @@ def test_a_refused_followup_is_recorded_with_the_field_at_fault():
     ]
     outcome = SessionOutcome(status="finished", followups=requests)
     h.record(
-        h.s.complete(
+        h.s.conclude(
             SessionResult(
                 task_id="p",
                 session_id=a.session_id,

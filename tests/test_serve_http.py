@@ -46,7 +46,7 @@ def served(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     from ray import serve
 
     from fleet import Fleet
-    from serve.deployment import run
+    from serve.deployment import start
 
     fleet = Fleet.start(
         name=f"serve-http-{time.monotonic_ns() % 10**8}",
@@ -58,7 +58,7 @@ def served(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         namespace="agent-fleet-tests",
     )
     port = free_port()
-    run(fleet.settings.name, fleet.settings.namespace, ServeSettings(token=TOKEN), port=port)
+    start(fleet.settings.name, fleet.settings.namespace, ServeSettings(token=TOKEN), port=port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -18,7 +18,7 @@ class Verdict:
     comments: str = ""
 
 
-def review_toolbox(verdict: Verdict) -> ToolBox:
+def reviewer_toolbox(verdict: Verdict) -> ToolBox:
     """Read-and-run tools plus the two verdict tools, which fill ``verdict``."""
 
     @tool
@@ -43,7 +43,7 @@ def review_toolbox(verdict: Verdict) -> ToolBox:
     return ToolBox(list(registry), registry)
 
 
-def review_prompt(task_prompt: str, diff: str) -> str:
+def reviewer_prompt(task_prompt: str, diff: str) -> str:
     return (
         f"## The task\n{task_prompt}\n\n## The change (diff of the workspace)\n"
         f"```diff\n{diff or '(no changes)'}\n```"
