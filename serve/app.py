@@ -1,10 +1,11 @@
 """The HTTP API as a plain FastAPI app over a fleet's supervisor.
 
-``create_app(fleet, settings)`` is all Ray Serve needs (see :mod:`serve.deployment`) and all
-tests need (FastAPI's TestClient). It puts the supervisor (as a :class:`SupervisorPort`),
-the settings, the tokens and the admission of tasks in ``app.state``, where the routes'
-dependencies (:mod:`serve.deps`, :mod:`serve.auth`) find them, and includes one router per
-resource (:mod:`serve.routes`).
+``create_app(fleet, settings)`` is all Ray Serve needs (see :mod:`serve.deployment`). It
+puts the supervisor (as a :class:`SupervisorPort`), the settings, the tokens and the client
+quotas in ``app.state``, where the routes' dependencies (:mod:`serve.deps`,
+:mod:`serve.auth`) find them, and includes one router per resource (:mod:`serve.routes`).
+Tests build the app without a fleet and override the :func:`serve.deps.supervisor`
+dependency with an in-process fake (``app.dependency_overrides``).
 
 Shapes follow Claude's Managed Agents API: a session is a task (session id = task id), its
 status is the task's state, its events are the task's events numbered by ``seq``.
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from serve.auth import Tokens
-from serve.clients import Admission
+from serve.clients import Quotas
 from serve.openapi import install_openapi
 from serve.plumbing import BodyLimit, install_error_handlers
 from serve.ports import port_of
@@ -35,11 +36,12 @@ DESCRIPTION = (
 )
 
 
-def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(fleet: Any = None, settings: ServeSettings | None = None) -> FastAPI:
     """The API over a fleet: a :class:`fleet.api.Fleet`, a Supervisor actor handle, or any
-    :class:`serve.ports.SupervisorPort` (an in-process one in tests)."""
+    :class:`serve.ports.SupervisorPort`. The routes reach it through the
+    :func:`serve.deps.supervisor` dependency (tests override it with an in-process fake)."""
     settings = settings or ServeSettings()
-    sup = port_of(fleet)
+    sup = port_of(fleet) if fleet is not None else None
     app = FastAPI(
         title="agent-fleet",
         version="1",
@@ -49,7 +51,7 @@ def create_app(fleet: Any, settings: ServeSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.tokens = Tokens(settings)  # raises if no API token is configured
     app.state.supervisor = sup
-    app.state.admission = Admission(sup, settings)
+    app.state.quotas = Quotas()
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

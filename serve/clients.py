@@ -17,20 +17,29 @@ from serve.ports import SupervisorPort
 from serve.settings import ServeSettings
 
 
-class Admission:
-    """Admits tasks for one app (one API replica): policy, then the per-token quota."""
+class Quotas:
+    """What one app (one API replica) remembers across requests: each client token's
+    unfinished tasks, and the fleet's settings once fetched."""
 
-    def __init__(self, sup: SupervisorPort, settings: ServeSettings) -> None:
+    def __init__(self) -> None:
+        self.fleet_settings: FleetSettings | None = None
+        self.unfinished: dict[str, set[str]] = {}  # per client token: its tasks not yet ended
+        self.lock = asyncio.Lock()
+
+
+class Admission:
+    """Admits tasks for one request: the operator's policy, then the token's quota (kept in
+    the app's :class:`Quotas`)."""
+
+    def __init__(self, sup: SupervisorPort, settings: ServeSettings, quotas: Quotas) -> None:
         self.sup = sup
         self.settings = settings
-        self._fleet_settings: FleetSettings | None = None  # fetched on first use
-        self._unfinished: dict[str, set[str]] = {}  # per client token: its tasks not yet ended
-        self._quota_lock = asyncio.Lock()
+        self.quotas = quotas
 
     async def fleet_settings(self) -> FleetSettings:
-        if self._fleet_settings is None:
-            self._fleet_settings = await self.sup.get_settings()
-        return self._fleet_settings
+        if self.quotas.fleet_settings is None:
+            self.quotas.fleet_settings = await self.sup.get_settings()
+        return self.quotas.fleet_settings
 
     async def operator_specs(self, caller: Caller) -> OperatorSpecs | None:
         """The operator's agents, default environment and caps as they are now, for a
@@ -60,9 +69,9 @@ class Admission:
         payload = [s.model_dump(mode="json", exclude_none=True) for s in specs]
         if caller.operator:
             return await self.sup.submit(payload, batch)
-        async with self._quota_lock:
+        async with self.quotas.lock:
             cap = (await self.fleet_settings()).max_queued_per_token
-            mine = self._unfinished.setdefault(caller.key, set())
+            mine = self.quotas.unfinished.setdefault(caller.key, set())
             ids = sorted(mine)
             for task_id, record in zip(ids, await self.sup.get(ids) if ids else [], strict=True):
                 if record is None or record.state.terminal:

@@ -15,19 +15,26 @@ from serve.settings import ServeSettings
 
 
 def supervisor(request: Request) -> SupervisorPort:
-    return request.app.state.supervisor
+    """The fleet's supervisor, as :func:`serve.app.create_app` was given it (tests override
+    this dependency with an in-process fake)."""
+    sup = request.app.state.supervisor
+    if sup is None:
+        raise HTTPException(503, "fleet unavailable: this app was created without a fleet")
+    return sup
 
 
 def settings(request: Request) -> ServeSettings:
     return request.app.state.settings
 
 
-def admission(request: Request) -> Admission:
-    return request.app.state.admission
-
-
 Sup = Annotated[SupervisorPort, Depends(supervisor)]
 Settings = Annotated[ServeSettings, Depends(settings)]
+
+
+def admission(request: Request, sup: Sup, config: Settings) -> Admission:
+    return Admission(sup, config, request.app.state.quotas)
+
+
 Admit = Annotated[Admission, Depends(admission)]
 
 

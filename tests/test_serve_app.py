@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.settings import FleetSettings
+from serve import deps
 from serve.app import ServeSettings, create_app
 from tests.conftest import script
 from tests.fake_supervisor import FakeSupervisor
@@ -41,6 +42,13 @@ def fake_fleet(events_dir: Any, **settings: Any) -> FakeSupervisor:
     return FakeSupervisor(FleetSettings(events_dir=str(events_dir), **(defaults | settings)))
 
 
+def app_over(fake: Any, settings: ServeSettings) -> Any:
+    """The app as ``fleet serve`` builds it, its supervisor dependency overridden by a fake."""
+    app = create_app(settings=settings)
+    app.dependency_overrides[deps.supervisor] = lambda: fake
+    return app
+
+
 def run(call: Any) -> Any:
     """A fake supervisor's call, from a test."""
     return asyncio.run(call)
@@ -58,7 +66,7 @@ def app(fleet: Any) -> Any:
     settings = ServeSettings(
         token=TOKEN, admin_token=ADMIN_TOKEN, max_body_bytes=64 * 1024, max_page=500
     )
-    return create_app(fleet, settings)
+    return app_over(fleet, settings)
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +136,11 @@ def test_auth_is_required_except_for_health_and_page(client: TestClient) -> None
 def test_token_file_and_no_token(tmp_path: Any, fleet: Any) -> None:
     path = tmp_path / "token"
     path.write_text("from-file\n")
-    app = create_app(fleet, ServeSettings(token_file=str(path)))
+    app = app_over(fleet, ServeSettings(token_file=str(path)))
     with TestClient(app) as c:
         assert c.get("/v1/agents", headers={"Authorization": "Bearer from-file"}).status_code == 200
     with pytest.raises(ValueError, match="no API token"):
-        create_app(fleet, ServeSettings(token=None, token_file=None))
+        app_over(fleet, ServeSettings(token=None, token_file=None))
 
 
 def test_openapi_documents_every_route(client: TestClient) -> None:
@@ -234,9 +242,9 @@ def test_admin_token_settings(fleet: Any, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("FLEET_ADMIN_TOKEN")
     assert ServeSettings(token=TOKEN).resolve_admin_token() is None
     with pytest.raises(ValueError, match="must differ"):
-        create_app(fleet, ServeSettings(token=TOKEN, admin_token=TOKEN))
+        app_over(fleet, ServeSettings(token=TOKEN, admin_token=TOKEN))
     # No admin token configured: nobody is operator over HTTP.
-    with TestClient(create_app(fleet, ServeSettings(token=TOKEN)), headers=AUTH) as c:
+    with TestClient(app_over(fleet, ServeSettings(token=TOKEN)), headers=AUTH) as c:
         assert c.post("/v1/agents", json={"name": "nobody"}).status_code == 403
         wrong = c.post("/v1/agents", json={"name": "x"}, headers=ADMIN)
         assert wrong.status_code == 403 and wrong.json()["detail"] == "wrong token"
@@ -633,7 +641,7 @@ class _DeadSupervisor:
 
 
 def test_unreachable_fleet_is_503_and_streamed_bodies_are_limited() -> None:
-    app = create_app(_DeadSupervisor(), ServeSettings(token=TOKEN, max_body_bytes=2048))
+    app = app_over(_DeadSupervisor(), ServeSettings(token=TOKEN, max_body_bytes=2048))
     with TestClient(app, headers=AUTH) as c:
         down = c.get("/v1/fleet/status")
         assert down.status_code == 503 and "fleet unavailable" in down.json()["detail"]
@@ -649,7 +657,7 @@ def test_unreachable_fleet_is_503_and_streamed_bodies_are_limited() -> None:
 
 
 def test_review_route_approves_a_result_awaiting_review(fleet: FakeSupervisor) -> None:
-    client = TestClient(create_app(fleet, ServeSettings(token="t0k")))
+    client = TestClient(app_over(fleet, ServeSettings(token="t0k")))
     auth = {"Authorization": "Bearer t0k"}
     task = {"id": "rv", "prompt": "x", "require_approval": True}
     task["script"] = script(("finish", {"summary": "done"}))
@@ -738,7 +746,7 @@ def held(tmp_path: Any) -> Iterator[FakeSupervisor]:
 
 def test_a_client_token_has_a_queue_quota(held: FakeSupervisor) -> None:
     sup = held
-    app = create_app(sup, ServeSettings(token=TOKEN, admin_token=ADMIN_TOKEN))
+    app = app_over(sup, ServeSettings(token=TOKEN, admin_token=ADMIN_TOKEN))
     with TestClient(app, headers=AUTH) as c:
         assert c.post("/v1/sessions", json={"id": "q1", "prompt": "x"}).status_code == 201
         batch = c.post("/v1/tasks", json=[{"id": "q2", "prompt": "x"}, {"id": "q3", "prompt": "x"}])
@@ -760,7 +768,7 @@ def test_a_client_token_has_a_queue_quota(held: FakeSupervisor) -> None:
 
 def test_reports_read_parquet_without_forcing_a_flush(held: FakeSupervisor) -> None:
     sup = held
-    with TestClient(create_app(sup, ServeSettings(token=TOKEN)), headers=AUTH) as c:
+    with TestClient(app_over(sup, ServeSettings(token=TOKEN)), headers=AUTH) as c:
         for _ in range(3):  # a dashboard polling: no flush, so no new Parquet file each time
             assert c.get("/v1/reports/overview").status_code == 200
         assert sup.calls["flush"] == 0
@@ -772,7 +780,7 @@ def test_reports_read_parquet_without_forcing_a_flush(held: FakeSupervisor) -> N
 @pytest.fixture(scope="module")
 def live_client(fleet: Any) -> Iterator[TestClient]:
     """Short long-polls, so a stream that waits in vain shows up as keep-alives."""
-    app = create_app(fleet, ServeSettings(token=TOKEN, stream_poll_s=0.5))
+    app = app_over(fleet, ServeSettings(token=TOKEN, stream_poll_s=0.5))
     with TestClient(app, headers=AUTH) as test_client:
         yield test_client
 
@@ -899,7 +907,7 @@ def test_fleet_stream_reports_a_gap() -> None:
     sup = _GappyStream()
     events = [Event(task_id="t", type=EventType.task_submitted, seq=n) for n in range(2)]
     sup.batches.append((events, 205))  # asked for 100 on: 100..202 already left the ring
-    app = create_app(sup, ServeSettings(token=TOKEN))
+    app = app_over(sup, ServeSettings(token=TOKEN))
     with (
         TestClient(app, headers=AUTH) as c,
         c.stream("GET", "/v1/events/stream", params={"after": 99}) as r,
@@ -936,3 +944,12 @@ def test_fleet_stream_index_survives_a_supervisor_restart(fleet_factory: Any) ->
             assert time.monotonic() < deadline
             time.sleep(0.5)
     assert after >= before
+
+
+def test_an_app_without_a_fleet_answers_503_until_one_is_given(fleet: FakeSupervisor) -> None:
+    app = create_app(settings=ServeSettings(token=TOKEN))
+    with TestClient(app, headers=AUTH) as c:
+        down = c.get("/v1/fleet/status")
+        assert down.status_code == 503 and "without a fleet" in down.json()["detail"]
+        app.dependency_overrides[deps.supervisor] = lambda: fleet
+        assert c.get("/v1/fleet/status").json()["workers"] == 2
