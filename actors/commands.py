@@ -102,14 +102,11 @@ class Commands:
 
     async def update_prompt(self, task_id: str, prompt: str, reason: str = "") -> CommandResult:
         """Replace the prompt of a task that has not started (``task.updated``)."""
-        record = self.sched.tasks.get(task_id)
-        if record is None:
-            return no_task(task_id)
-        events = self.sched.update_prompt(task_id, prompt, reason)
-        if not events:
-            return is_in(record, "only a queued task that never started may get a new prompt")
-        await self.record(events)
-        return CommandResult.done()
+        return await self._decide(
+            task_id,
+            lambda: self.sched.update_prompt(task_id, prompt, reason),
+            "only a queued task that never started may get a new prompt",
+        )
 
     async def steer(self, task_id: str, text: str) -> CommandResult:
         """A user message for the task's session: delivered at its next turn (a paused task
@@ -186,11 +183,20 @@ class Commands:
 
     async def review(self, task_id: str, approve: bool, message: str = "") -> CommandResult:
         """A person approves or rejects a result that awaits review."""
+        return await self._decide(
+            task_id, lambda: self.sched.review(task_id, approve, message), "not in review"
+        )
+
+    async def _decide(
+        self, task_id: str, decide: Callable[[], list[Event]], refusal: str
+    ) -> CommandResult:
+        """Record what the scheduler decides for an existing task; ``refusal`` (after its
+        state) when it decides nothing."""
         record = self.sched.tasks.get(task_id)
         if record is None:
             return no_task(task_id)
-        events = self.sched.review(task_id, approve, message)
+        events = decide()
         if not events:
-            return is_in(record, "not in review")
+            return is_in(record, refusal)
         await self.record(events)
         return CommandResult.done()

@@ -13,6 +13,7 @@ import typer
 
 from core.analytics import AnalyticsError, Table, report, sql
 from core.errors import InputError, one_line, root_cause
+from core.records import CommandResult
 from core.settings import FleetSettings
 from core.taskfile import load_config, load_tasks, parse_tasks
 from fleet.driver import ExitCode, build_settings, prefixed, run_batch, run_prefix
@@ -228,6 +229,13 @@ def _connect(address: str, name: str, debug: bool) -> Any:
         _fail(str(exc), debug, exc)
 
 
+def _answer(result: CommandResult, done: str, debug: bool) -> None:
+    """A command's answer: what was done, or the fleet's reason for refusing (exit 2)."""
+    if not result:
+        _fail(result.reason, debug)
+    out.print(done)
+
+
 @app.command()
 def approve(
     task_id: str,
@@ -241,9 +249,8 @@ def approve(
 ) -> None:
     """Allow (or --deny) a tool call that waits for approval."""
     fleet = _connect(address, name, debug)
-    if not fleet.approve(task_id, call_id, allow=deny is None, message=deny or ""):
-        _fail(f"task {task_id} has no tool call {call_id} waiting for approval", debug)
-    out.print(f"{'denied' if deny is not None else 'allowed'} {call_id} of {task_id}")
+    done = fleet.approve(task_id, call_id, allow=deny is None, message=deny or "")
+    _answer(done, f"{'denied' if deny is not None else 'allowed'} {call_id} of {task_id}", debug)
 
 
 @app.command()
@@ -258,9 +265,8 @@ def review(
 ) -> None:
     """Approve (or --reject) a finished task that awaits human review."""
     fleet = _connect(address, name, debug)
-    if not fleet.review(task_id, approve=reject is None, message=reject or ""):
-        _fail(f"task {task_id} is not awaiting review", debug)
-    out.print(f"{'rejected' if reject is not None else 'approved'} {task_id}")
+    done = fleet.review(task_id, approve=reject is None, message=reject or "")
+    _answer(done, f"{'rejected' if reject is not None else 'approved'} {task_id}", debug)
 
 
 @app.command()
@@ -273,8 +279,7 @@ def steer(
 ) -> None:
     """Send a message to a task's session (read before its next turn)."""
     fleet = _connect(address, name, debug)
-    if not fleet.steer(task_id, message):
-        _fail(f"task {task_id} is not live", debug)
+    _answer(fleet.steer(task_id, message), f"sent to {task_id}", debug)
 
 
 @app.command()

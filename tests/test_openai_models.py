@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from core.specs import AgentSpec, ScriptStep
+from harness.models import make_model
 from harness.models.base import ModelError, ModelTurn, Usage
 from harness.models.openai_client import (
     PLACEHOLDER_API_KEY,
     ChatCompletionsModel,
     ResponsesModel,
     RetryPolicy,
-    make_model,
 )
 from harness.models.pricing import cost_usd
 from harness.models.scripted import ScriptedModel

@@ -36,6 +36,6 @@ def make_model(
     (configured by the fleet's ``settings``; default: this process's environment)."""
     if agent.model == "scripted":
         return ScriptedModel(script, attempt, agent=agent.name)
-    from harness.models.openai_client import make_model as make_api_model
+    from harness.models.openai_client import make_api_model  # imports openai: only when used
 
-    return make_api_model(agent, script=script, attempt=attempt, settings=settings)
+    return make_api_model(agent, settings=settings)

@@ -39,10 +39,9 @@ except ImportError:  # openai < 3 is built on httpx
 
 from core.errors import FleetError
 from core.settings import FleetSettings, host_variable
-from core.specs import PLAIN_NAME, AgentSpec, ScriptStep
+from core.specs import PLAIN_NAME, AgentSpec
 from harness.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
 from harness.models.pricing import cost_usd, load_prices
-from harness.models.scripted import ScriptedModel
 
 log = logging.getLogger(__name__)
 
@@ -541,22 +540,14 @@ class ResponsesModel(_OpenAIModel):
         return ModelTurn(text="".join(text) or None, tool_calls=calls, usage=usage)
 
 
-def make_model(
-    agent: AgentSpec,
-    script: list[ScriptStep] | None = None,
-    attempt: int = 1,
-    settings: FleetSettings | None = None,
-) -> ModelClient:
-    """The model client for an agent, from the agent's fields and the fleet's ``settings``
-    (secrets_dir, prices, model_timeout_s; default: this process's environment).
+def make_api_model(agent: AgentSpec, settings: FleetSettings | None = None) -> ModelClient:
+    """The client of an OpenAI-compatible API for an agent, from its fields and the fleet's
+    ``settings`` (secrets_dir, prices, model_timeout_s; default: this process's environment).
 
-    ``model == "scripted"`` replays ``script`` (no network, no key). Otherwise ``api`` picks
-    ``ChatCompletionsModel`` or ``ResponsesModel``, the key comes from ``resolve_api_key``
-    (``agent.api_key_env``), and when the agent sets no ``base_url`` the openai client itself
-    reads ``OPENAI_BASE_URL`` (then defaults to api.openai.com).
+    ``api`` picks ``ChatCompletionsModel`` or ``ResponsesModel``, the key comes from
+    ``resolve_api_key`` (``agent.api_key_env``), and when the agent sets no ``base_url`` the
+    openai client itself reads ``OPENAI_BASE_URL`` (then defaults to api.openai.com).
     """
-    if agent.model == "scripted":
-        return ScriptedModel(script, attempt)
     cls = ResponsesModel if agent.api == "responses" else ChatCompletionsModel
     return cls(
         agent.model,
