@@ -79,6 +79,7 @@ import gidgethub
 from gidgethub import httpx as gh_httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.errors import InputError, StateError
 from core.specs import plain_name
 from sources.base import ItemState, Outcome, Source, SourceConfigError, SourceError, WorkItem
 
@@ -87,6 +88,8 @@ REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 
 API_VERSION = "2022-11-28"
 MARKER = re.compile(r"<!-- agent-fleet:(?P<kind>[a-z]+)(?P<fields>(?: [a-z]+=[^ >]*)*) -->")
+WANTED_CONCURRENCY = 8
+"""Issues :meth:`GitHubSource.wanted` reads at once (one GET each)."""
 HTTPError: type[Exception] = gh_httpx.httpx.HTTPError  # transport errors (connect, timeout)
 
 
@@ -271,12 +274,13 @@ class _Client(gh_httpx.GitHubAPI):
         return True
 
 
-class _Gone(Exception):
-    """The addressed issue (or label) is not there: 404, 410 (deleted) or 301 (moved)."""
+class IssueGone(StateError):
+    """The addressed issue (or label) is not there: 404, 410 (deleted) or 301 (moved).
+    Raised by requests made with ``gone_ok`` and handled in this module."""
 
 
-class _Unusable(Exception):
-    """An issue that cannot become a task; the message is the reason."""
+class IssueError(InputError):
+    """An issue that cannot become a task; the message is the reason written to it."""
 
 
 @dataclass(frozen=True)
@@ -416,7 +420,7 @@ class GitHubSource(Source):
         data: Any = b"",
         gone_ok: bool = False,
     ) -> Any:
-        """One request; a failure is a SourceError, or :class:`_Gone` when ``gone_ok``."""
+        """One request; a failure is a SourceError, or :class:`IssueGone` when ``gone_ok``."""
         api = self._api()
         headers = {"x-github-api-version": API_VERSION}
         try:
@@ -429,7 +433,7 @@ class GitHubSource(Source):
             raise ValueError(f"unsupported method {method}")
         except gidgethub.HTTPException as exc:
             if gone_ok and int(exc.status_code) in (301, 404, 410):
-                raise _Gone from None
+                raise IssueGone from None
             raise self._error(repo, what, exc) from None
         except HTTPError as exc:
             raise self._error(repo, what, exc) from None
@@ -466,7 +470,7 @@ class GitHubSource(Source):
                 self._vars(repo, number=number),
                 gone_ok=True,
             )
-        except _Gone:
+        except IssueGone:
             # Is the issue gone, or the repository (or our access to it)? The latter raises.
             await self._call(
                 repo, "reading the repository", "GET", "/repos/{owner}/{repo}", self._vars(repo)
@@ -495,7 +499,7 @@ class GitHubSource(Source):
 
     async def _remove_label(self, repo: str, number: int, label: str) -> None:
         """Take ``label`` off the issue (already off: nothing to do)."""
-        with contextlib.suppress(_Gone):
+        with contextlib.suppress(IssueGone):
             await self._call(
                 repo,
                 f"unlabelling issue #{number}",
@@ -557,11 +561,11 @@ class GitHubSource(Source):
             agents = sorted({n[len(prefix) :].strip() for n in names if n.startswith(prefix)})
             agents = [a for a in agents if a]
             if len(agents) > 1:
-                raise _Unusable(f"more than one agent label: {', '.join(agents)}")
+                raise IssueError(f"more than one agent label: {', '.join(agents)}")
             agent = agents[0] if agents else None
         prompt = issue_prompt(issue)
         if not prompt.strip():
-            raise _Unusable("the issue has neither a title nor a body")
+            raise IssueError("the issue has neither a title nor a body")
         return WorkItem(
             source=self.name,
             id=f"{repo}#{issue['number']}",
@@ -612,7 +616,7 @@ class GitHubSource(Source):
                     continue  # a claim is being made
                 try:
                     item = self._item(repo, issue)
-                except _Unusable as exc:
+                except IssueError as exc:
                     await self._reject_ready(repo, int(issue["number"]), str(exc))
                     continue
                 candidates.append(
@@ -646,7 +650,7 @@ class GitHubSource(Source):
         claims = [c for c in await self._claims(repo, number) if c.round == round_id]
         first = claims[0] if claims else None
         if first is None or first.comment_id != int(mine["id"]):
-            with contextlib.suppress(SourceError, _Gone):  # only tidying up
+            with contextlib.suppress(SourceError, IssueGone):  # only tidying up
                 await self._call(
                     repo,
                     "deleting a claim comment",
@@ -677,7 +681,7 @@ class GitHubSource(Source):
                     first = next(c for c in claims if c.round == latest)
                     if first.owner != self.owner:
                         continue
-                with contextlib.suppress(_Unusable):
+                with contextlib.suppress(IssueError):
                     items.append(self._item(repo, issue))
         return items[:limit]
 
@@ -727,21 +731,28 @@ class GitHubSource(Source):
         """Of ``item_ids``, the issues still open with the running label, with their current
         prompt (title and body); a closed, deleted or moved issue, or one whose running label
         was taken off, is withdrawn."""
+        gate = asyncio.Semaphore(WANTED_CONCURRENCY)
+
+        async def check(item_id: str) -> tuple[str, dict[str, Any]] | None:
+            async with gate:
+                found = await self._running_issue(item_id)
+            return None if found is None else (item_id, found[2])
+
+        answers = await asyncio.gather(
+            *(check(i) for i in dict.fromkeys(item_ids)), return_exceptions=True
+        )
         out = {}
-        for item_id in dict.fromkeys(item_ids):
-            found = await self._running_issue(item_id)
-            if found is not None:
-                out[item_id] = issue_prompt(found[2])
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer  # the first failure (the others ran to their end)
+            if answer is not None:
+                out[answer[0]] = issue_prompt(answer[1])
         return out
 
     async def close(self) -> None:
-        http, self._http, self._client, loop, self._loop = (
-            self._http,
-            None,
-            None,
-            self._loop,
-            None,
-        )
+        """Close the HTTP client (a client of another, finished event loop is dropped)."""
+        http, loop = self._http, self._loop
+        self._http = self._client = self._loop = None
         if http is not None and loop is asyncio.get_running_loop():
             with contextlib.suppress(Exception):
                 await http.aclose()

@@ -420,6 +420,13 @@ def test_5xx_and_rate_limits_are_retried_after_retry_after_then_one_source_error
         run(source, source.list_ready())
     assert time.monotonic() - started < 5
 
+    # an outage never looks like a withdrawal (which would cancel the tasks)
+    gh.fail_next(100, 502)
+    with pytest.raises(SourceError, match="502"):
+        run(source, source.wanted([f"{API}#1"]))
+    gh.faults.clear()
+    assert run(source, source.wanted([f"{API}#1"])) == {}  # ready, not claimed: not wanted
+
     down = make(gh, monkeypatch, base_url="http://127.0.0.1:9", repos=[API])
     with pytest.raises(SourceError, match=re.escape("cannot reach GitHub at http://127.0.0.1:9")):
         run(down, down.list_ready())
