@@ -1,7 +1,8 @@
 """Places teams keep work (SQL tables, trackers) that the fleet picks tasks up from.
 
 Layer: above serve, below fleet; imports only core. ``base`` is the interface, ``registry``
-resolves a config entry's kind to a class, ``sql`` reads PostgreSQL and SQLite tables.
+resolves a config entry's kind to a class, ``sql`` reads PostgreSQL and SQLite tables,
+``github`` reads GitHub issues.
 """
 
 from sources.base import (

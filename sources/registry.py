@@ -2,7 +2,7 @@
 
 A ``kind`` is resolved in this order:
 
-1. a built-in kind (``sql``);
+1. a built-in kind (``sql``, ``github``);
 2. an entry point of that name in the group ``agent_fleet.sources`` (a package declares
    ``[project.entry-points."agent_fleet.sources"] jira = "my_pkg.jira:JiraSource"``);
 3. an import path ``package.module:ClassName`` (a module on ``PYTHONPATH``).
@@ -19,7 +19,7 @@ from core.specs import FleetConfig, SourceSpec
 from sources.base import Source, SourceConfigError
 
 ENTRY_POINT_GROUP = "agent_fleet.sources"
-BUILTIN_KINDS = {"sql": "sources.sql:SqlSource"}
+BUILTIN_KINDS = {"sql": "sources.sql:SqlSource", "github": "sources.github:GitHubSource"}
 
 
 def _import_path(path: str, source: str) -> object:
