@@ -15,10 +15,12 @@ also a ``ValueError``, ``UnknownSpec`` also a ``LookupError``, ...). The tree::
     │   ├── CliError                 fleet.cli        a command line or setting is wrong
     │   ├── JobError                 fleet.job        a batch job's arguments or setup are wrong
     │   ├── SourceConfigError        sources.base     a source's config entry is unusable (field)
+    │   ├── UnsafePath               actors.results   a result path leading out of the workspace
     │   └── RowError                 sources.sql      a table row cannot become a task (reason)
     ├── StateError                   core.errors      the request does not fit the fleet's state
     │   ├── SpecConflict (ValueError)  actors.registry  a spec changed since the caller read it
-    │   └── UnknownSpec (LookupError)  actors.scheduler a task names a spec that is gone
+    │   ├── UnknownSpec (LookupError)  actors.scheduler a task names a spec that is gone
+    │   └── NoResults (LookupError)    actors.results   a task, its results or a file not there
     ├── StorageError (RuntimeError)  core.errors      the event history cannot be written or read
     │   ├── EventLogError            core.eventlog    the event log cannot be written or is taken
     │   └── AnalyticsError           core.analytics   there is no history to query, or bad SQL

@@ -282,6 +282,10 @@ class FleetStatus(BaseModel):
     sources: dict[str, SourceHealth] = Field(
         default_factory=dict, description="Each source a watcher could not reach: its last error."
     )
+    prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description="The start of the prompt of each task listed here, by task id.",
+    )
     uptime_s: float
 
 
@@ -294,3 +298,17 @@ class Report(BaseModel):
 
 class Health(BaseModel):
     ok: bool
+
+
+class FileEntry(BaseModel):
+    """One entry of a task's final workspace."""
+
+    path: str = Field(description="Relative to the workspace.")
+    size: int
+    mode: str = Field(description="Permission bits, octal (e.g. 644).")
+    type: Literal["file", "symlink"]
+    target: str | None = Field(None, description="A symlink's target.")
+
+
+class FileList(BaseModel):
+    data: list[FileEntry]

@@ -49,7 +49,9 @@ def test_a_checkpoints_workspace_matches_its_state_even_when_the_snapshot_is_slo
     the checkpoint never runs a command twice."""
     saved: list[tuple[dict[str, Any], bytes]] = []
 
-    async def sink(task_id: str, session_id: str, state: dict[str, Any], ws: bytes) -> None:
+    async def sink(
+        task_id: str, session_id: str, state: dict[str, Any], ws: bytes, base: bytes | None
+    ) -> None:
         saved.append((state, ws))
 
     runner = SessionRunner(
