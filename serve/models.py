@@ -166,6 +166,8 @@ class SessionView(BaseModel):
     reason: str
     pending_approval: dict[str, Any] | None
     duration_s: float | None
+    branch: str | None = Field(None, description="The branch the task's work was pushed to.")
+    pr_url: str | None = Field(None, description="The pull request opened for it.")
 
     @classmethod
     def of(cls, record: TaskRecord) -> SessionView:
@@ -193,6 +195,9 @@ class SessionView(BaseModel):
             reason=record.reason,
             pending_approval=record.pending_approval,
             duration_s=record.duration_s,
+            # Set by git delivery when the record has them (read so, to need no such fields).
+            branch=getattr(record, "branch", None),
+            pr_url=getattr(record, "pr_url", None),
         )
 
 
