@@ -128,15 +128,21 @@ class Dispatcher:
         return assignment
 
     async def checkpoint(
-        self, task_id: str, session_id: str, state: dict[str, Any], workspace: bytes
+        self,
+        task_id: str,
+        session_id: str,
+        state: dict[str, Any],
+        workspace: bytes,
+        base: bytes | None = None,
     ) -> bool:
-        """Keep a running session's latest resume point (workspace and loop state); False
-        when the session is no longer the task's running one."""
+        """Keep a running session's latest resume point (workspace and loop state, and the
+        task's starting workspace when sent); False when the session is no longer the
+        task's running one."""
         record = self.sched.tasks.get(task_id)
         if record is None or record.state != TaskState.running or record.session_id != session_id:
             return False
         refs = await asyncio.to_thread(
-            art.store_checkpoint, self.store, task_id, session_id, state, workspace
+            art.store_checkpoint, self.store, task_id, session_id, state, workspace, base
         )
         event = art.checkpoint_event(record, session_id, refs, state.get("turns"), len(workspace))
         await self.journal.record([event])

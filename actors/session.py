@@ -22,7 +22,7 @@ from harness.diffs import workspace_diff
 from harness.hooks import Decision, InboxHooks, SessionHooks
 from harness.loop import AgentLoop, SessionOutcome, StateFn, carry_decision
 from harness.models import close_model, make_model
-from harness.skills import Skill, install_skills, load_skills
+from harness.skills import SKILLS_DIR, Skill, install_skills, load_skills
 from harness.tools import ToolContext, truncate
 from sandboxes.base import Sandbox, SandboxLost, tar_directory, tar_files
 
@@ -32,8 +32,9 @@ SandboxFactory = Callable[[EnvironmentSpec, str], Awaitable[Sandbox]]
 """Returns a started sandbox for an environment; the name labels it."""
 
 EventSink = Callable[[Event], None]
-CheckpointSink = Callable[[str, str, dict[str, Any], bytes], Awaitable[Any]]
-"""``(task_id, session_id, loop_state, workspace_archive)``: keeps a resume point."""
+CheckpointSink = Callable[[str, str, dict[str, Any], bytes, bytes | None], Awaitable[Any]]
+"""``(task_id, session_id, loop_state, workspace_archive, base)``: keeps a resume point (and
+the task's starting workspace, sent once by a session that seeded it)."""
 
 
 class Checkpointer:
@@ -51,8 +52,11 @@ class Checkpointer:
         session_id: str,
         sandbox: Sandbox,
         interval_s: float,
+        base: bytes | None = None,
     ) -> None:
         self.sink = sink
+        self.base = base
+        """The task's starting workspace, sent with the first checkpoint (then None)."""
         self.task_id = task_id
         self.session_id = session_id
         self.sandbox = sandbox
@@ -84,8 +88,9 @@ class Checkpointer:
         self.sending = asyncio.create_task(self._send(state, workspace))
 
     async def _send(self, state: dict[str, Any], workspace: bytes) -> None:
+        base, self.base = self.base, None
         try:
-            await self.sink(self.task_id, self.session_id, state, workspace)
+            await self.sink(self.task_id, self.session_id, state, workspace, base)
         except Exception as exc:
             log.warning("checkpoint of %s failed: %s", self.task_id, exc)
 
@@ -226,6 +231,11 @@ class SessionRunner:
         # baseline, so that .skills/ is not part of the session's diff.
         await install_skills(sandbox, skills)
         baseline = await sandbox.snapshot() if self.settings.capture_diff or a.reviewer else None
+        # Diffs are against the task's start: this session's when it seeded the workspace,
+        # else the one it was given (a handed-over agent's own skills left out).
+        task_base = a.base if a.base is not None else baseline
+        skip = SKILLS_DIR if a.base is not None else None
+        seeded = baseline if a.workspace is None else None
         if isinstance(hooks, InboxHooks):
             for message in a.messages:
                 hooks.push_message(message)
@@ -235,24 +245,27 @@ class SessionRunner:
                     Decision(a.decision["allow"], a.decision["message"], recorded=True),
                 )
         try:
-            outcome = await self._agent(a, sandbox, rec, hooks, skills)
+            outcome = await self._agent(a, sandbox, rec, hooks, skills, seeded)
         except AgentStartError as exc:
             return rec.result("failed", str(exc))
 
         async def finish(status: str, reason: str, feedback: str = "") -> SessionResult:
             extra: dict[str, Any] = {"feedback": feedback}
             keep = a.keep_workspace or outcome.status in ("handoff", "parked", "interrupted")
-            if keep or baseline is not None:
-                try:
-                    after = await sandbox.snapshot()
-                except SandboxLost as exc:  # nothing to keep or resume from: the attempt fails
-                    lost = reason if reason.startswith("sandbox lost") else f"sandbox lost: {exc}"
-                    ended = outcome.model_copy(update={"status": "error", "state": None})
-                    return rec.result("failed", lost, ended)
-                if keep:
-                    extra["workspace"] = after
-                if baseline is not None and self.settings.capture_diff:
-                    extra["diff"], extra["changed_files"] = workspace_diff(baseline, after)
+            try:  # every session's final workspace is kept: the task's results
+                after = await sandbox.snapshot()
+            except SandboxLost as exc:
+                if not keep and baseline is None:  # only the results lack it: the result stands
+                    return rec.result(status, reason, outcome, **extra)
+                # nothing to keep or resume from: the attempt fails
+                lost = reason if reason.startswith("sandbox lost") else f"sandbox lost: {exc}"
+                ended = outcome.model_copy(update={"status": "error", "state": None})
+                return rec.result("failed", lost, ended)
+            extra["workspace"] = after
+            if keep and seeded is not None:  # a later session continues from this one
+                extra["base"] = seeded
+            if baseline is not None and self.settings.capture_diff:
+                extra["diff"], extra["changed_files"] = workspace_diff(task_base, after, skip=skip)
             return rec.result(status, reason, outcome, **extra)
 
         if outcome.status == "handoff":
@@ -274,7 +287,7 @@ class SessionRunner:
                 feedback = f"The gate `{a.gate}` failed (exit {gate.exit_code}):\n{output[-2000:]}"
                 return await finish("failed", f"gate failed (exit {gate.exit_code})", feedback)
         if a.reviewer is not None:
-            verdict = await self._review(a, sandbox, rec, baseline)
+            verdict = await self._review(a, sandbox, rec, task_base)
             if verdict.approved is False:
                 return await finish(
                     "failed",
@@ -290,6 +303,7 @@ class SessionRunner:
         rec: SessionRecorder,
         hooks: SessionHooks,
         skills: list[Skill],
+        seeded: bytes | None = None,
     ) -> SessionOutcome:
         try:
             model = make_model(a.agent, script=a.script, attempt=a.attempt, settings=self.settings)
@@ -303,7 +317,7 @@ class SessionRunner:
                 skills=skills,
                 hooks=hooks,
                 approval_wait_s=self.settings.approval_wait_s,
-                checkpoint=self._checkpointer(a, sandbox),
+                checkpoint=self._checkpointer(a, sandbox, seeded),
                 max_tokens=a.agent.max_tokens if a.max_tokens is None else a.max_tokens,
                 max_cost_usd=a.agent.max_cost_usd if a.max_cost_usd is None else a.max_cost_usd,
             )
@@ -325,11 +339,13 @@ class SessionRunner:
             max_followups=self.settings.max_followups,
         )
 
-    def _checkpointer(self, a: Assignment, sandbox: Sandbox) -> Checkpointer | None:
+    def _checkpointer(
+        self, a: Assignment, sandbox: Sandbox, seeded: bytes | None
+    ) -> Checkpointer | None:
         interval = self.settings.checkpoint_interval_s
         if self.checkpoints is None or interval <= 0:
             return None
-        return Checkpointer(self.checkpoints, a.task.id, a.session_id, sandbox, interval)
+        return Checkpointer(self.checkpoints, a.task.id, a.session_id, sandbox, interval, seeded)
 
     async def _review(
         self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, baseline: bytes | None

@@ -9,6 +9,8 @@ from core.records import TaskRecord
 from core.settings import FleetSettings
 from core.specs import TaskState
 
+PROMPT_SHOWN = 160
+"""Characters of each listed task's prompt the status carries (the dashboard shows them)."""
 WAITING_ON_A_PERSON = (TaskState.awaiting_approval, TaskState.awaiting_review, TaskState.paused)
 
 
@@ -55,16 +57,19 @@ def fleet_status(
         if r.state in WAITING_ON_A_PERSON or asks_now(r)
     ][:50]
     recent = [sched.tasks[i] for i in sched.finished[-10:]]
+    queued = sched.queue.ids(limit=50)
+    shown = [*queued, *running.values(), *(b["task_id"] for b in blocked), *(r.id for r in recent)]
     return {
         "fleet": settings.name,
         "workers": workers,
         "sandbox": settings.sandbox,  # the backend sessions run in: docker or local
         "counts": sched.counts(),
-        "queued": sched.queue.ids(limit=50),
+        "queued": queued,
         "running": sessions,
         "blocked": blocked,
         "recent": [{"task_id": r.id, "state": r.state.value, "reason": r.reason} for r in recent],
         "sources": dict(sched.sources),
+        "prompts": {i: sched.tasks[i].spec.prompt[:PROMPT_SHOWN] for i in shown},
         "events_dir": settings.events_dir,
         "uptime_s": round(now - started_at, 1),
     }

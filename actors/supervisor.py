@@ -24,11 +24,12 @@ import logging
 import os
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import ray
 
-from actors import watchdog
+from actors import results, watchdog
 from actors.artifacts import ArtifactStore
 from actors.commands import Commands
 from actors.dispatch import Dispatcher
@@ -38,6 +39,7 @@ from actors.memory import Memory
 from actors.pool import WorkerPool, prewarm_environments, worker_options
 from actors.recovery import ids_in_history, recover
 from actors.registry import Registry
+from actors.results import NoResults, ResultKind
 from actors.scheduler import Scheduler
 from actors.status import fleet_status, list_tasks
 from actors.streams import LiveStreams
@@ -101,6 +103,8 @@ class Supervisor:
         self.streams = LiveStreams(settings.stream_events, settings.recent_tasks, self.recovered)
         self._background: set[asyncio.Task[Any]] = set()
         self._starting: asyncio.Future[None] | None = None
+        self._pruned: set[str] = set()
+        """Finished tasks whose old workspaces are already removed (keep_workspaces_days)."""
         self.journal = Journal(self.sched, self.log, self.streams, self.pool, settings, self._spawn)
         self.sessions = RaySessions(self.pool)
         record = self.journal.record
@@ -204,6 +208,7 @@ class Supervisor:
             now = time.time()
             if reaping.due(now):  # workers of a crashed life die late
                 self._spawn(watchdog.reap_head(self.settings.sandbox))
+                self._spawn(self._prune_workspaces())
             for stop in watchdog.sessions_to_stop(self.sched, self.pool, now, self.settings):
                 log.warning("stopping %s on %s: %s", stop.task_id, stop.worker_id, stop.reason)
                 self.sessions.stop(stop.worker_id, stop.session_id, stop.reason)
@@ -212,6 +217,26 @@ class Supervisor:
             ):
                 log.warning("worker %s missed its heartbeats; replacing it", worker_id)
                 ray.kill(self.pool.workers[worker_id], no_restart=True)
+
+    async def _prune_workspaces(self) -> None:
+        """Remove the workspaces of tasks finished more than ``keep_workspaces_days`` ago."""
+        finished = [
+            (r.id, r.finished_at)
+            for r in self.sched.tasks.values()
+            if r.state.terminal and r.id not in self._pruned
+        ]
+        try:
+            done = await asyncio.to_thread(
+                results.prune,
+                self.artifacts,
+                finished,
+                self.settings.keep_workspaces_days,
+                datetime.now(UTC),
+            )
+        except Exception:
+            log.exception("removing old workspaces failed")
+            return
+        self._pruned.update(done)
 
     async def _memory_loop(self) -> None:
         while not self.pool.stopping:
@@ -265,6 +290,13 @@ class Supervisor:
     ) -> list[TaskRecord]:
         """Tasks, newest first, optionally only those in ``state`` or carrying ``label``."""
         return list_tasks(self.sched, state, label, limit, offset)
+
+    async def results(self, task_id: str, what: ResultKind, path: str = "") -> Any:
+        """A task's diff, file listing, one file or workspace archive (see
+        :func:`actors.results.fetch`); :class:`NoResults` for an unknown task."""
+        if task_id not in self.sched.tasks:
+            raise NoResults(f"no session or task {task_id!r}")
+        return await asyncio.to_thread(results.fetch, self.artifacts, task_id, what, path)
 
     async def events(self, task_id: str) -> list[Event]:
         """A task's events so far, in ``seq`` order (rolled files plus the buffer)."""
@@ -350,10 +382,16 @@ class Supervisor:
         return await self.dispatch.next_assignment(worker_id, result)
 
     async def checkpoint(
-        self, task_id: str, session_id: str, state: dict[str, Any], workspace: bytes
+        self,
+        task_id: str,
+        session_id: str,
+        state: dict[str, Any],
+        workspace: bytes,
+        base: bytes | None = None,
     ) -> bool:
-        """Keep a running session's latest resume point (workspace and loop state)."""
-        return await self.dispatch.checkpoint(task_id, session_id, state, workspace)
+        """Keep a running session's latest resume point (workspace and loop state), and the
+        task's starting workspace when the session sends it."""
+        return await self.dispatch.checkpoint(task_id, session_id, state, workspace, base)
 
     async def ingest(self, events: list[Event]) -> int:
         """A running session's events; those of sessions written off are dropped."""

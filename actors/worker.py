@@ -133,9 +133,14 @@ class Worker:
         return await self.pool.acquire(environment)
 
     async def _checkpoint(
-        self, task_id: str, session_id: str, state: dict[str, Any], workspace: bytes
+        self,
+        task_id: str,
+        session_id: str,
+        state: dict[str, Any],
+        workspace: bytes,
+        base: bytes | None = None,
     ) -> None:
-        await self.supervisor.checkpoint.remote(task_id, session_id, state, workspace)
+        await self.supervisor.checkpoint.remote(task_id, session_id, state, workspace, base)
 
     async def close(self) -> None:
         """Remove this worker's containers, idle and in use (the supervisor calls this before

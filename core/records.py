@@ -63,6 +63,9 @@ class Assignment(BaseModel):
     reviewer: AgentSpec | None = None
     workspace: bytes | None = None
     """A snapshot to start from (previous stage, handoff, parked session) instead of seeding."""
+    base: bytes | None = None
+    """The task's starting workspace (the first session's, seeded), when this session starts
+    from another snapshot: its diff is against this, so it shows all of the task's work."""
     loop_state: dict[str, Any] | None = None
     """A parked or interrupted agent loop to resume."""
     keep_workspace: bool = False
@@ -94,8 +97,13 @@ class SessionResult(BaseModel):
     feedback: str = ""
     """What the next attempt should know (gate output, review comments)."""
     diff: str | None = None
+    """Against the task's starting workspace (``Assignment.base``, else the session's own)."""
     changed_files: list[str] = Field(default_factory=list)
     workspace: bytes | None = None
+    """The workspace as the session left it (every session that ended with a sandbox)."""
+    base: bytes | None = None
+    """The task's starting workspace, from the session that seeded it, when a later session
+    may continue from this one's workspace (kept once per task as ``<task>/base.tar``)."""
 
 
 class TaskRecord(BaseModel):

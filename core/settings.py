@@ -205,6 +205,12 @@ class FleetSettings(BaseSettings):
         None, description="Workspace diffs and snapshots; default: <events_dir>/_artifacts."
     )
     capture_diff: bool = Field(True, description="Save each session's workspace diff.")
+    keep_workspaces_days: float = Field(
+        30.0,
+        ge=0,
+        description="Days a finished task's workspace snapshots are kept (its files and "
+        "archive; the diff stays); 0: forever.",
+    )
 
     checkpoint_interval_s: float = Field(
         30.0,

@@ -272,6 +272,33 @@ class Fleet:
     def events(self, task_id: str) -> list[Event]:
         return ray.get(self.supervisor.events.remote(task_id))
 
+    # Results: of the task's latest ended session (a finished task's final ones). They raise
+    # NoResults (an unknown task, none yet, no such file) or UnsafePath (out of the workspace).
+    def diff(self, task_id: str) -> str:
+        """The task's diff against its starting workspace ("" when nothing changed)."""
+        return self._results(task_id, "diff")
+
+    def files(self, task_id: str) -> list[dict[str, Any]]:
+        """The final workspace's files and symlinks: path, size, mode, type (, target)."""
+        return self._results(task_id, "files")
+
+    def file(self, task_id: str, path: str) -> bytes:
+        """One file of the final workspace (``path`` relative to it)."""
+        return self._results(task_id, "file", path)
+
+    def archive(self, task_id: str) -> bytes:
+        """The final workspace as a tar.gz."""
+        return self._results(task_id, "archive")
+
+    def _results(self, task_id: str, what: str, path: str = "") -> Any:
+        try:
+            return ray.get(self.supervisor.results.remote(task_id, what, path))
+        except ray.exceptions.RayTaskError as exc:
+            cause = root_cause(exc)
+            if isinstance(cause, FleetError):
+                raise cause from None
+            raise
+
     def status(self) -> dict[str, Any]:
         return ray.get(self.supervisor.status.remote())
 

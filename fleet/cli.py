@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from core.analytics import AnalyticsError, Table, report, sql
-from core.errors import InputError, one_line, root_cause
+from core.errors import FleetError, InputError, one_line, root_cause
 from core.records import CommandResult
 from core.settings import FleetSettings
 from core.taskfile import load_config, load_tasks, parse_tasks
@@ -280,6 +280,75 @@ def steer(
     """Send a message to a task's session (read before its next turn)."""
     fleet = _connect(address, name, debug)
     _answer(fleet.steer(task_id, message), f"sent to {task_id}", debug)
+
+
+@app.command()
+def diff(
+    task_id: str,
+    address: AddressOpt = "auto",
+    name: NameOpt = "default",
+    debug: DebugOpt = False,
+) -> None:
+    """Print a task's diff against its starting workspace (its latest ended session's)."""
+    fleet = _connect(address, name, debug)
+    try:
+        text = fleet.diff(task_id)
+    except FleetError as exc:
+        _fail(one_line(exc), debug, exc)
+    sys.stdout.write(text)
+
+
+@app.command()
+def files(
+    task_id: str,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write the files under this directory.")
+    ] = None,
+    address: AddressOpt = "auto",
+    name: NameOpt = "default",
+    debug: DebugOpt = False,
+) -> None:
+    """List the files of a task's final workspace, or write them under --out DIR (paths
+    that would land outside DIR, and links pointing out of it, are refused and named)."""
+    fleet = _connect(address, name, debug)
+    try:
+        if out_dir is None:
+            rows = [
+                (f["path"], f["size"], f["mode"], f.get("target") or "")
+                for f in fleet.files(task_id)
+            ]
+            print_table(Table(f"Files of {task_id}", ["path", "size", "mode", "link"], rows))
+            return
+        archive = fleet.archive(task_id)
+    except FleetError as exc:
+        _fail(one_line(exc), debug, exc)
+    written, refused = extract_confined(archive, out_dir)
+    for path, why in refused:
+        err.print(f"refused {path}: {why}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {written} files of {task_id} under {out_dir}", highlight=False)
+    if refused:
+        raise typer.Exit(ExitCode.NOT_ALL_SUCCEEDED)
+
+
+def extract_confined(archive: bytes, dest: Path) -> tuple[int, list[tuple[str, str]]]:
+    """Unpack a workspace tar.gz under ``dest``: each member through tarfile's ``data``
+    filter (no absolute paths, no ``..``, no links out of ``dest``); a refused member is
+    skipped and named. Returns the number of files written and the refused members."""
+    import io
+    import tarfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    written, refused = 0, []
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        for member in tar:
+            try:
+                safe = tarfile.data_filter(member, str(dest))
+            except tarfile.FilterError as exc:
+                refused.append((member.name, str(exc)))
+                continue
+            tar.extract(safe, dest, filter="data")
+            written += safe.isfile()
+    return written, refused
 
 
 @app.command()

@@ -21,13 +21,16 @@ def _files(archive: bytes | None) -> dict[str, bytes]:
 
 
 def workspace_diff(
-    before: bytes | None, after: bytes, limit: int = 1_000_000
+    before: bytes | None, after: bytes, limit: int = 1_000_000, skip: str | None = None
 ) -> tuple[str, list[str]]:
-    """A unified diff of text files (binary files named only) and the changed paths."""
+    """A unified diff of text files (binary files named only) and the changed paths; paths
+    under the folder ``skip`` (e.g. ``.skills``) are left out."""
     if before == after:  # nothing touched: the archives are byte for byte the same
         return "", []
     old, new = _files(before), _files(after)
     changed = sorted(p for p in old.keys() | new.keys() if old.get(p) != new.get(p))
+    if skip:
+        changed = [p for p in changed if not p.startswith(f"{skip.rstrip('/')}/")]
     parts: list[str] = []
     for path in changed:
         a, b = old.get(path), new.get(path)

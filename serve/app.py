@@ -22,7 +22,7 @@ from serve.openapi import install_openapi
 from serve.plumbing import BodyLimit, install_error_handlers
 from serve.ports import port_of
 from serve.routes import fleet as fleet_routes
-from serve.routes import meta, reports, sessions, specs, tasks
+from serve.routes import meta, reports, results, sessions, specs, tasks
 from serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]  # ServeSettings lives in serve.settings
@@ -66,6 +66,7 @@ def create_app(fleet: Any = None, settings: ServeSettings | None = None) -> Fast
     app.include_router(meta.router)
     app.include_router(specs.router)
     app.include_router(sessions.router)
+    app.include_router(results.router)
     app.include_router(tasks.router)
     app.include_router(fleet_routes.router)
     app.include_router(reports.router)

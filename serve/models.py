@@ -166,6 +166,8 @@ class SessionView(BaseModel):
     reason: str
     pending_approval: dict[str, Any] | None
     duration_s: float | None
+    branch: str | None = Field(None, description="The branch the task's work was pushed to.")
+    pr_url: str | None = Field(None, description="The pull request opened for it.")
 
     @classmethod
     def of(cls, record: TaskRecord) -> SessionView:
@@ -193,6 +195,9 @@ class SessionView(BaseModel):
             reason=record.reason,
             pending_approval=record.pending_approval,
             duration_s=record.duration_s,
+            # Set by git delivery when the record has them (read so, to need no such fields).
+            branch=getattr(record, "branch", None),
+            pr_url=getattr(record, "pr_url", None),
         )
 
 
@@ -282,6 +287,10 @@ class FleetStatus(BaseModel):
     sources: dict[str, SourceHealth] = Field(
         default_factory=dict, description="Each source a watcher could not reach: its last error."
     )
+    prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description="The start of the prompt of each task listed here, by task id.",
+    )
     uptime_s: float
 
 
@@ -294,3 +303,17 @@ class Report(BaseModel):
 
 class Health(BaseModel):
     ok: bool
+
+
+class FileEntry(BaseModel):
+    """One entry of a task's final workspace."""
+
+    path: str = Field(description="Relative to the workspace.")
+    size: int
+    mode: str = Field(description="Permission bits, octal (e.g. 644).")
+    type: Literal["file", "symlink"]
+    target: str | None = Field(None, description="A symlink's target.")
+
+
+class FileList(BaseModel):
+    data: list[FileEntry]

@@ -34,6 +34,12 @@ class SupervisorPort(Protocol):
     async def stream_since(
         self, cursor: int, timeout_s: float, limit: int
     ) -> tuple[list[Event], int]: ...
+    async def results(self, task_id: str, what: str, path: str) -> Any:
+        """A task's ``diff`` (str), ``files`` (listing), ``file`` (bytes at ``path``) or
+        ``archive`` (tar.gz bytes); raises ``actors.results.NoResults`` or ``UnsafePath``
+        (behind Ray's wrapper over an actor)."""
+        ...
+
     async def status(self) -> dict[str, Any]: ...
     async def flush(self) -> int: ...
     async def put_spec(
@@ -91,6 +97,9 @@ class ActorPort:
         self, cursor: int, timeout_s: float, limit: int
     ) -> tuple[list[Event], int]:
         return await self.handle.stream_since.remote(cursor, timeout_s, limit)
+
+    async def results(self, task_id: str, what: str, path: str) -> Any:
+        return await self.handle.results.remote(task_id, what, path)
 
     async def status(self) -> dict[str, Any]:
         return await self.handle.status.remote()

@@ -6,7 +6,8 @@ It is built on the real plain parts: :class:`actors.scheduler.Scheduler` decides
 EventLog` writes Parquet (the reports read it), :class:`actors.session.SessionRunner` runs
 sessions in local sandboxes with :class:`harness.hooks.InboxHooks`, :class:`actors.commands.
 Commands` answers steer, interrupt, tool confirmations, cancel and review (the fake is its
-session link), :class:`actors.artifacts.ArtifactStore` keeps parked loop states. What it
+session link), :class:`actors.artifacts.ArtifactStore` keeps what sessions leave (parked loop
+states, diffs, workspaces: the results routes read them). What it
 leaves out of :class:`actors.supervisor.Supervisor`: Ray actors (workers are coroutines),
 recovery, the manager agent, memory, heartbeats and time limits.
 
@@ -25,6 +26,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from actors import artifacts as art
+from actors import results
 from actors.artifacts import ArtifactStore
 from actors.commands import Commands
 from actors.registry import Registry
@@ -161,6 +164,12 @@ class FakeSupervisor:
         return events, cursor + len(events)
 
     @on_fleet_loop
+    async def results(self, task_id: str, what: results.ResultKind, path: str = "") -> Any:
+        if task_id not in self.sched.tasks:
+            raise results.NoResults(f"no session or task {task_id!r}")
+        return await asyncio.to_thread(results.fetch, self.artifacts, task_id, what, path)
+
+    @on_fleet_loop
     async def status(self) -> dict[str, Any]:
         workers = len(self.pools)
         return fleet_status(
@@ -252,10 +261,13 @@ class FakeSupervisor:
             assignment, event = got
             if assignment is not None:  # a parked session resumes where it stopped
                 record = self.sched.tasks[assignment.task.id]
-                if record.workspace_ref:  # (read before the assignment clears it)
-                    assignment.workspace = self.artifacts.get(record.workspace_ref)
-                    if record.loop_state_ref:
-                        assignment.loop_state = self.artifacts.get_json(record.loop_state_ref)
+                art.load_into(  # (read before the assignment clears them)
+                    self.artifacts,
+                    assignment,
+                    record.workspace_ref or record.base_ref,
+                    record.loop_state_ref if record.workspace_ref else None,
+                    record.history_ref,
+                )
             self._record([event])
             if assignment is not None:
                 await self._session(assignment, worker)
@@ -280,23 +292,13 @@ class FakeSupervisor:
             )
         finally:
             del self.running[worker], self.sessions[worker]
+        refs = art.store_result(self.artifacts, result) if art.has_artifacts(result) else {}
         decided = self.sched.conclude(result)
-        outcome = result.outcome
-        parked = outcome is not None and outcome.status in ("parked", "interrupted")
-        if parked and outcome.state:
-            sid = result.session_id
-            refs = {
-                "loop_state_ref": self.artifacts.put_json(
-                    a.task.id, f"{sid}.state.json", outcome.state
-                )
-            }
-            if result.workspace is not None:
-                refs["workspace_ref"] = self.artifacts.put(
-                    a.task.id, f"{sid}.tar", result.workspace
-                )
-            for event in decided:
-                if event.type == EventType.task_parked:
-                    event.payload.update(refs)
+        for event in decided:
+            if event.type in (EventType.handoff, EventType.task_parked) and refs:
+                event.payload.update(refs)
+        if refs.get("diff_ref"):
+            decided.insert(0, art.diff_event(self.artifacts, result, refs["diff_ref"]))
         self._record(decided)
         parked_now = any(e.type == EventType.task_parked for e in decided)
         if parked_now and (self.sched.tasks[a.task.id].pending_approval or {}).get("decision"):

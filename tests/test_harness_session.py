@@ -49,7 +49,9 @@ def test_a_checkpoints_workspace_matches_its_state_even_when_the_snapshot_is_slo
     the checkpoint never runs a command twice."""
     saved: list[tuple[dict[str, Any], bytes]] = []
 
-    async def sink(task_id: str, session_id: str, state: dict[str, Any], ws: bytes) -> None:
+    async def sink(
+        task_id: str, session_id: str, state: dict[str, Any], ws: bytes, base: bytes | None
+    ) -> None:
         saved.append((state, ws))
 
     runner = SessionRunner(
@@ -198,3 +200,50 @@ def test_a_sandbox_lost_mid_session_fails_the_attempt_with_its_reason() -> None:
     assert len(tool_results(events)) == 2
     ended = [e.payload for e in events if e.type == EventType.session_ended]
     assert ended[0]["reason"] == result.reason
+
+
+# --- the task's base: what every session's diff is against ---------------------------------
+
+
+def test_a_session_given_the_tasks_base_diffs_against_it_and_skills_stay_out(
+    tmp_path: Path,
+) -> None:
+    """A resumed or handed-over session starts from a workspace, but its diff (and so the
+    task's results) shows every change since the task started; its own skills are left out."""
+    runner = SessionRunner(settings(skill_dirs=[str(lint_skill(tmp_path))]), "w1", factory())
+    agent = AgentSpec(name="docs", skills=["lint"])
+    base = tar_files({"app.py": b"print(0)\n"})
+    resumed_from = tar_files({"app.py": b"print(1)\n"})  # changed by an earlier session
+    step = ("write_file", {"path": "new.txt", "content": "n"})
+    a = assignment(agent, step, ("finish", {}), workspace=resumed_from, base=base)
+    result, _ = run_session(runner, a)
+    assert result.status == "succeeded", result.reason
+    assert result.changed_files == ["app.py", "new.txt"]
+    assert "-print(0)\n+print(1)\n" in (result.diff or "")
+    assert result.base is None  # it did not seed: the task's base is already kept
+    assert file_in(result.workspace or b"", "new.txt") == b"n"
+    # Without a base (an older task's resume point), the session's start is the baseline.
+    result, _ = run_session(runner, assignment(agent, step, ("finish", {}), workspace=resumed_from))
+    assert result.changed_files == ["new.txt"]
+
+
+def test_a_seeding_session_sends_the_tasks_base_once_to_checkpoints_and_when_kept() -> None:
+    sent: list[bytes | None] = []
+
+    async def sink(task_id: str, session_id: str, state: Any, ws: bytes, base: Any) -> None:
+        sent.append(base)
+
+    runner = SessionRunner(
+        settings(checkpoint_interval_s=1e-6), "w1", factory(Box()), checkpoints=sink
+    )
+    script = [("shell", {"command": "echo x >> log"})] * 3
+    task = assignment(AgentSpec(), *script, ("finish", {}), keep_workspace=True)
+    task.task = task.task.model_copy(update={"files": {"seed.txt": "s"}})
+    result, _ = run_session(runner, task)
+    assert result.status == "succeeded", result.reason
+    assert len(sent) >= 2 and sent[0] is not None and sent[1:] == [None] * (len(sent) - 1)
+    assert file_in(sent[0], "seed.txt") == b"s" and file_in(sent[0], "log") is None
+    assert result.base == sent[0]  # kept for a later stage: it carries the base too
+    # A last stage's result that is not continued carries no base (no tar for nothing).
+    result, _ = run_session(runner, assignment(AgentSpec(), ("finish", {})))
+    assert result.base is None and result.workspace is not None

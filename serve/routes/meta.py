@@ -1,10 +1,11 @@
-"""No token needed: liveness and the dashboard page."""
+"""No token needed: liveness, the dashboard page and each task's page (the pages call the
+API with the token)."""
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from serve import models as m
-from serve.dashboard import PAGE
+from serve.dashboard import PAGE, SESSION_PAGE
 
 router = APIRouter(tags=["meta"])
 
@@ -19,3 +20,10 @@ async def healthz() -> m.Health:
 async def dashboard() -> HTMLResponse:
     """The dashboard page (it asks for the token, or reads `?token=` once)."""
     return HTMLResponse(PAGE)
+
+
+@router.get("/sessions/{session_id}", response_class=HTMLResponse)
+async def session_page(session_id: str) -> HTMLResponse:
+    """One task's page: prompt, state, live transcript, diff, files, steering (the page
+    asks the API with the token the dashboard keeps)."""
+    return HTMLResponse(SESSION_PAGE)
