@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from actors.delivery import Delivery
 from actors.memory import Decision
 from actors.scheduler import Scheduler, TaskRejected
 from core.events import Event, EventType
@@ -55,11 +56,15 @@ class Commands:
         record: Callable[[list[Event]], Awaitable[None]],
         link: SessionLink,
         planner: Planner | None = None,
+        deliver: Callable[[str], Awaitable[Delivery | None]] | None = None,
     ) -> None:
         self.sched = sched
         self.record = record
         self.link = link
         self.planner = planner
+        self.deliver = deliver
+        """Pushes an approved result of a task on a git repository (see
+        ``Dispatcher.deliver_reviewed``)."""
 
     async def submit(
         self, tasks: list[dict[str, Any] | TaskSpec], batch: str | None = None
@@ -189,7 +194,10 @@ class Commands:
         record = self.sched.tasks.get(task_id)
         if record is None:
             return no_task(task_id)
-        events = self.sched.review(task_id, approve, message)
+        delivery = None
+        if approve and self.deliver is not None and record.state == TaskState.awaiting_review:
+            delivery = await self.deliver(task_id)
+        events = self.sched.review(task_id, approve, message, delivery)
         if not events:
             return is_in(record, "not in review")
         await self.record(events)
