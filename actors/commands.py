@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from actors.delivery import Delivery
 from actors.memory import Decision
 from actors.scheduler import Scheduler, TaskRejected
 from core.events import Event, EventType
@@ -55,11 +56,15 @@ class Commands:
         record: Callable[[list[Event]], Awaitable[None]],
         link: SessionLink,
         planner: Planner | None = None,
+        deliver: Callable[[str], Awaitable[Delivery | None]] | None = None,
     ) -> None:
         self.sched = sched
         self.record = record
         self.link = link
         self.planner = planner
+        self.deliver = deliver
+        """Pushes an approved result of a task on a git repository (see
+        ``Dispatcher.deliver_reviewed``)."""
 
     async def submit(
         self, tasks: list[dict[str, Any] | TaskSpec], batch: str | None = None
@@ -182,9 +187,21 @@ class Commands:
         return CommandResult.done()
 
     async def review(self, task_id: str, approve: bool, message: str = "") -> CommandResult:
-        """A person approves or rejects a result that awaits review."""
+        """A person approves or rejects a result that awaits review; an approved result on
+        a git repository is delivered (pushed) first."""
+        record = self.sched.tasks.get(task_id)
+        delivery = None
+        if (
+            approve
+            and record is not None
+            and self.deliver is not None
+            and record.state == TaskState.awaiting_review
+        ):
+            delivery = await self.deliver(task_id)
         return await self._decide(
-            task_id, lambda: self.sched.review(task_id, approve, message), "not in review"
+            task_id,
+            lambda: self.sched.review(task_id, approve, message, delivery),
+            "not in review",
         )
 
     async def _decide(

@@ -12,15 +12,25 @@ from collections.abc import Callable
 from typing import Any
 
 from actors import artifacts as art
+from actors import delivery
 from actors.artifacts import ArtifactStore
+from actors.delivery import Delivery, branch_name
 from actors.journal import Journal
 from actors.manager import Manager
 from actors.pool import WorkerPool
 from actors.scheduler import Scheduler
 from core.events import Event, EventType
-from core.records import Assignment, SessionResult
+from core.records import Assignment, SessionResult, TaskRecord
 from core.settings import FleetSettings
-from core.specs import TaskState
+from core.specs import RepoSpec, TaskState
+
+KEEPS_WORKSPACE = (
+    EventType.handoff,
+    EventType.task_parked,
+    EventType.task_awaiting_review,
+    EventType.task_needs_human,
+)
+"""Decisions whose events point at the session's stored workspace and loop state."""
 
 
 class Dispatcher:
@@ -63,13 +73,18 @@ class Dispatcher:
         refs: dict[str, str] = {}
         if art.has_artifacts(result):  # first: what the log will point at exists
             refs = await asyncio.to_thread(art.store_result, self.store, result)
+        delivery = None
+        if self.sched.delivery_due(result):  # pushed before it is logged: actors/delivery.py
+            record = self.sched.tasks[result.task_id]
+            summary = result.outcome.summary if result.outcome else ""
+            delivery = await self.deliver(record, result.workspace, summary)
 
         decided: list[Event] = []
 
         def decide() -> list[Event]:
-            decided.extend(self.sched.conclude(result))
+            decided.extend(self.sched.conclude(result, delivery=delivery))
             for event in decided:
-                if event.type in (EventType.handoff, EventType.task_parked) and refs:
+                if event.type in KEEPS_WORKSPACE and refs:
                     event.payload.update(refs)
             if refs.get("diff_ref"):
                 decided.insert(0, art.diff_event(self.store, result, refs["diff_ref"]))
@@ -78,11 +93,56 @@ class Dispatcher:
         # The session's events and what follows them, in one append: a supervisor killed
         # here keeps both or neither (then the task reruns, having left no verdict).
         await self.journal.record(self.journal.live(result.events), then=decide)
+        if self.settings.git_push_wip and result.workspace is not None:
+            await self.push_wip(result, decided)
         if any(e.type == EventType.task_parked for e in decided):
             # A decision that reached the worker as the session parked: resume now.
             record = self.sched.tasks[result.task_id]
             if (record.pending_approval or {}).get("decision"):
                 await self.journal.record(self.sched.unpark(result.task_id))
+
+    async def deliver(
+        self, record: TaskRecord, workspace: bytes | None, summary: str, wip: bool = False
+    ) -> Delivery | None:
+        """Commit a task's final workspace and push it to the task's branch (see
+        :mod:`actors.delivery`); None when the task is not on a git repository."""
+        repo = record.spec.repo
+        if not isinstance(repo, RepoSpec):
+            return None
+        if workspace is None:
+            error = "no workspace came back to deliver"
+            return Delivery(url=repo.url, branch=branch_name(self.settings, record.id), error=error)
+        return await delivery.deliver(
+            self.settings, record.id, repo, record.base_commit, workspace, summary, wip
+        )
+
+    async def deliver_reviewed(self, task_id: str) -> Delivery | None:
+        """Deliver a result a person approves (kept since ``task.awaiting_review``)."""
+        record = self.sched.tasks.get(task_id)
+        if record is None or record.state != TaskState.awaiting_review:
+            return None
+        if not isinstance(record.spec.repo, RepoSpec):
+            return None
+        ref = record.workspace_ref
+        workspace = await asyncio.to_thread(self.store.get, ref) if ref else None
+        return await self.deliver(record, workspace, record.summary)
+
+    async def push_wip(self, result: SessionResult, decided: list[Event]) -> None:
+        """``git_push_wip``: a task that just went to a person (not for a refused push) gets
+        its last workspace pushed as a work-in-progress commit, then ``task.delivered``
+        (``wip``). Best effort, after the decision is logged: a crash in between leaves the
+        branch without its event."""
+        ended = [e for e in decided if e.type == EventType.task_needs_human]
+        record = self.sched.tasks.get(result.task_id)
+        if not ended or record is None or "delivery refused" in ended[0].payload.get("reason", ""):
+            return
+        summary = f"{ended[0].payload.get('reason', '')}"
+        wip = await self.deliver(record, result.workspace, summary, wip=True)
+        if wip is None or not wip.commit:
+            return
+        common = {"task_id": result.task_id, "session_id": result.session_id}
+        event = Event(type=EventType.task_delivered, payload=wip.payload(), **common)
+        await self.journal.record([event])
 
     async def assign(self, worker_id: str) -> Assignment | None:
         """Wait until a task may run on this worker (the rules pick it, or the manager agent

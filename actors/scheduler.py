@@ -38,11 +38,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from actors.delivery import Delivery
 from core.errors import InputError, StateError
 from core.events import SOURCE_ID_PREFIX, Event, EventType, source_task_id
 from core.records import Assignment, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec, resolve
-from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
+from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, RepoSpec, TaskSpec, TaskState
 
 MAX_WORKER_LOSSES = 3
 
@@ -249,6 +250,13 @@ class Scheduler:
                     record.loop_state_ref = p.get("loop_state_ref")
             case EventType.task_awaiting_review:
                 record.state = TaskState.awaiting_review
+                record.summary = p.get("summary", record.summary)
+                record.workspace_ref = p.get("workspace_ref")  # what approval delivers
+            case EventType.session_started:
+                record.base_commit = p.get("base_commit", record.base_commit)
+            case EventType.task_delivered:
+                record.branch = p.get("branch", record.branch)
+                record.commit = p.get("commit", record.commit)
             case EventType.task_updated:
                 record.spec = record.spec.model_copy(update={"prompt": p["prompt"]})
             case EventType.task_followup:
@@ -408,7 +416,7 @@ class Scheduler:
             gate=(stage.gate if stage and stage.gate else spec.gate),
             script=stage.script if stage else spec.script,
             reviewer=reviewer,
-            keep_workspace=not last_stage,
+            keep_workspace=not last_stage or isinstance(spec.repo, RepoSpec),  # to deliver
             messages=list(record.inbox),
             decision=self._decision(record),
             max_tokens=tokens_left,
@@ -444,8 +452,45 @@ class Scheduler:
         notes = "\n".join(f"- {f}" for f in record.feedback[-5:])
         return f"{base}\n\n## Feedback on earlier work\n{notes}"
 
-    def conclude(self, result: SessionResult, now: float | None = None) -> list[Event]:
-        """Decide what follows a session: success, next stage, review, parking or retry."""
+    def delivery_due(self, result: SessionResult) -> bool:
+        """Does this result end its task in success, on a git repository? Then the result is
+        delivered (pushed to the task's branch) before :meth:`conclude` decides."""
+        record = self.tasks.get(result.task_id)
+        if record is None or record.state != TaskState.running:
+            return False
+        spec, outcome = record.spec, result.outcome
+        return (
+            isinstance(spec.repo, RepoSpec)
+            and record.session_id == result.session_id
+            and result.status == "succeeded"
+            and (outcome is None or outcome.status == "finished")
+            and record.stage >= len(spec.stages)
+            and not spec.require_approval
+        )
+
+    @staticmethod
+    def delivered(delivery: Delivery | None, summary: str, common: dict) -> list[Event]:
+        """The events that end a task in success: ``task.delivered`` (when a commit was
+        pushed or found there), then ``task.succeeded``; or ``task.needs_human`` with git's
+        error when the push was refused (the workspace is kept)."""
+        if delivery is not None and delivery.refused:
+            payload = {"reason": f"delivery refused: {delivery.error}", "branch": delivery.branch}
+            return [Event(type=EventType.task_needs_human, payload=payload, **common)]
+        events = []
+        if delivery is not None and delivery.commit:
+            events.append(
+                Event(type=EventType.task_delivered, payload=delivery.payload(), **common)
+            )
+        return [
+            *events,
+            Event(type=EventType.task_succeeded, payload={"summary": summary}, **common),
+        ]
+
+    def conclude(
+        self, result: SessionResult, now: float | None = None, delivery: Delivery | None = None
+    ) -> list[Event]:
+        """Decide what follows a session: success, next stage, review, parking or retry.
+        ``delivery``: what pushing the result did, when :meth:`delivery_due`."""
         now = time.time() if now is None else now
         record = self.tasks.get(result.task_id)
         if record is None or record.state != TaskState.running:
@@ -502,10 +547,7 @@ class Scheduler:
                     *events,
                     Event(type=EventType.task_awaiting_review, payload=payload, **common),
                 ]
-            return [
-                *events,
-                Event(type=EventType.task_succeeded, payload={"summary": summary}, **common),
-            ]
+            return [*events, *self.delivered(delivery, summary, common)]
         return [*events, *self._retry_or_give_up(record, result, common, now)]
 
     def _followups(self, record: TaskRecord, result: SessionResult) -> list[Event]:
@@ -584,8 +626,11 @@ class Scheduler:
         payload = {"reason": reason, "attempts": record.attempts, "brief": brief}
         return [Event(type=EventType.task_needs_human, payload=payload, **common)]
 
-    def review(self, task_id: str, approve: bool, message: str = "") -> list[Event]:
-        """A human's verdict on a result awaiting review."""
+    def review(
+        self, task_id: str, approve: bool, message: str = "", delivery: Delivery | None = None
+    ) -> list[Event]:
+        """A human's verdict on a result awaiting review (``delivery``: what pushing an
+        approved result of a task on a git repository did)."""
         record = self.tasks.get(task_id)
         if record is None or record.state != TaskState.awaiting_review:
             return []
@@ -596,8 +641,9 @@ class Scheduler:
             **common,
         )
         if approve:
-            payload = {"summary": record.summary or message, "reviewed_by": "human"}
-            return [decided, Event(type=EventType.task_succeeded, payload=payload, **common)]
+            ended = self.delivered(delivery, record.summary or message, common)
+            ended[-1].payload.setdefault("reviewed_by", "human")
+            return [decided, *ended]
         result = SessionResult(
             task_id=task_id,
             session_id=record.session_id or "",

@@ -12,12 +12,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from actors.delivery import Checkout, GitError
+from actors.delivery import checkout as git_checkout
 from actors.reviewer import REVIEW_INSTRUCTIONS, Verdict, reviewer_prompt, reviewer_toolbox
 from core.errors import FleetError
 from core.events import Event, EventType
 from core.records import Assignment, SessionResult
 from core.settings import FleetSettings
-from core.specs import EnvironmentSpec
+from core.specs import EnvironmentSpec, RepoSpec
 from harness.diffs import workspace_diff
 from harness.hooks import Decision, InboxHooks, SessionHooks
 from harness.loop import AgentLoop, SessionOutcome, StateFn, carry_decision
@@ -186,6 +188,13 @@ class SessionRunner:
         self, a: Assignment, sink: EventSink, hooks: SessionHooks | None = None
     ) -> SessionResult:
         rec = SessionRecorder(a, self.worker_id, sink)
+        checkout: Checkout | None = None
+        checkout_error = ""
+        if a.workspace is None and isinstance(a.task.repo, RepoSpec):
+            try:  # on the host, with credentials the sandbox never gets
+                checkout = await git_checkout(a.task.repo, a.task.id, self.settings)
+            except GitError as exc:
+                checkout_error = f"repository checkout failed: {exc}"
         rec.emit(
             EventType.session_started,
             {
@@ -196,8 +205,11 @@ class SessionRunner:
                 "stage": a.stage,
                 "resumed": a.loop_state is not None,
                 **self.where,
+                **(checkout.payload() if checkout else {}),
             },
         )
+        if checkout_error:
+            return rec.result("failed", checkout_error)
         hooks = hooks or SessionHooks()
         try:
             sandbox = await self.sandboxes(a.environment, f"{a.task.id}-{a.attempt}")
@@ -205,7 +217,7 @@ class SessionRunner:
             return rec.result("failed", f"sandbox failed to start: {exc}")
         rec.sandbox = getattr(sandbox, "container_name", None) or getattr(sandbox, "workdir", None)
         try:
-            result = await self._in_sandbox(a, sandbox, rec, hooks)
+            result = await self._in_sandbox(a, sandbox, rec, hooks, checkout)
         except SandboxLost as exc:
             result = rec.result("failed", f"sandbox lost: {exc}")
         except Exception as exc:
@@ -217,12 +229,17 @@ class SessionRunner:
         return result
 
     async def _in_sandbox(
-        self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, hooks: SessionHooks
+        self,
+        a: Assignment,
+        sandbox: Sandbox,
+        rec: SessionRecorder,
+        hooks: SessionHooks,
+        checkout: Checkout | None = None,
     ) -> SessionResult:
         if a.workspace is not None:
             await sandbox.restore(a.workspace)
         else:
-            await self._seed(sandbox, a)
+            await self._seed(sandbox, a, checkout)
         try:
             skills = load_skills(a.agent.skills, self.settings.skill_dirs)
         except Exception as exc:
@@ -389,9 +406,11 @@ class SessionRunner:
         )
         return verdict
 
-    async def _seed(self, sandbox: Sandbox, a: Assignment) -> None:
+    async def _seed(self, sandbox: Sandbox, a: Assignment, checkout: Checkout | None) -> None:
         """Put the task's starting files (repository, environment files, task files) in place."""
-        if a.task.repo:
+        if checkout is not None:  # a git repository, cloned on the host (actors/delivery.py)
+            await sandbox.restore(checkout.archive)
+        elif isinstance(a.task.repo, str):
             repo = Path(a.task.repo).expanduser()
             if not repo.is_dir():
                 raise FileNotFoundError(f"task repo {a.task.repo} is not a directory")

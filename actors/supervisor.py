@@ -112,9 +112,11 @@ class Supervisor:
             settings, config, self.sched, self.pool, record, self.submit, self.sessions.stop
         )
         planner = self.memory.plan if settings.memory else None
-        self.commands = Commands(self.sched, record, self.sessions, planner)
         self.dispatch = Dispatcher(
             self.sched, self.pool, self.journal, self.artifacts, self.manager, settings
+        )
+        self.commands = Commands(
+            self.sched, record, self.sessions, planner, self.dispatch.deliver_reviewed
         )
         if restarted:
             # After a crash nobody may call for a long time: bring the pool back now.

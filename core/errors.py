@@ -35,6 +35,7 @@ also a ``ValueError``, ``UnknownSpec`` also a ``LookupError``, ...). The tree::
     ├── _Transient                   harness.models.openai_client  a retryable model failure
     │                                                 (never leaves the client)
     ├── AgentStartError (RuntimeError)  actors.session  an agent's model or loop cannot be built
+    ├── GitError (RuntimeError)      actors.delivery  a git command failed (token scrubbed)
     ├── FleetUnavailable (RuntimeError) fleet.api     a fleet cannot be started or reached
     └── BodyTooLarge (HTTPException) serve.plumbing   a request body over the limit (413); not
                                                       a ValueError, so body parsing passes it on

@@ -45,6 +45,8 @@ class EventType(StrEnum):
     handoff = "handoff"
     usage = "usage"
     worker_lost = "worker.lost"
+    task_delivered = "task.delivered"
+    """A task's result was committed and pushed to its branch (``branch``, ``commit``)."""
     task_updated = "task.updated"
     """A queued task's prompt was replaced (its item was edited at the source)."""
     source_error = "source.error"

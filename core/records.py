@@ -152,6 +152,14 @@ class TaskRecord(BaseModel):
     """Input + output tokens of every session of the task (its ``usage`` events)."""
     spent_cost_usd: float = 0.0
     """The cost of those tokens: the task's budgets count against these."""
+    base_commit: str | None = None
+    """A task on a git repository: the commit its workspace was checked out at."""
+    branch: str | None = None
+    """...the branch its result was pushed to (``task.delivered``)..."""
+    commit: str | None = None
+    """...the commit pushed there..."""
+    pr_url: str | None = None
+    """...and the pull request opened for it, once one is."""
 
     @property
     def duration_s(self) -> float | None:

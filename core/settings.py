@@ -333,6 +333,34 @@ class FleetSettings(BaseSettings):
         10, ge=0, description="Follow-up task requests one session may make."
     )
 
+    # Repositories and branches (tasks with repo: {url, ref}; see actors/delivery.py).
+    branch_pattern: str = Field(
+        "fleet/{task_id}", description="Branch a task on a git repository works on, pushed there."
+    )
+    git_author_name: str = Field("agent-fleet", description="Author of the fleet's commits.")
+    git_author_email: str = Field(
+        "agent-fleet@localhost", description="Author e-mail of the fleet's commits."
+    )
+    git_commit_message: str = Field(
+        "{title}\n\n{summary}\n\nTask {task_id}, delivered by the fleet.",
+        description="Commit message template: {task_id}, {title} (the summary's first line), "
+        "{summary}. A 'Fleet-Task: <id>' trailer is always added.",
+    )
+    git_token_env: str | None = Field(
+        None,
+        description="Variable holding the token for https remotes (sent as an HTTP header "
+        "for each git command, never in a URL, never seen by agents).",
+    )
+    git_token_file: str | None = Field(
+        None, description="File whose first line is that token (when the variable is unset)."
+    )
+    git_push_wip: bool = Field(
+        False,
+        description="Push a task's last workspace as a work-in-progress commit to its branch "
+        "when it goes to needs_human.",
+    )
+    git_timeout_s: float = Field(300.0, gt=0, description="Longest one git command runs.")
+
     # Model clients (the key of an agent comes from its api_key_env, see secrets_dir).
     model_timeout_s: float = Field(
         300.0, gt=0, description="Timeout of one HTTP request to a model server."
@@ -368,6 +396,23 @@ class FleetSettings(BaseSettings):
     api: ServeSettings = Field(
         default_factory=ServeSettings, description="Settings of the HTTP endpoint."
     )
+
+    @field_validator("branch_pattern", "git_commit_message")
+    @classmethod
+    def _template_fills(cls, value: str) -> str:
+        """A template that names only the fields it is given (checked now, not at delivery)."""
+        try:
+            value.format(task_id="t", title="t", summary="s")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"bad template {value!r}: {exc!r}") from None
+        return value
+
+    @field_validator("git_token_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("_", "a").isalnum():
+            raise ValueError(f"{value!r} is not a variable name")
+        return value
 
     @field_validator("events_dir", "wal_dir", "artifacts_dir")
     @classmethod
@@ -428,7 +473,7 @@ def _shown(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, list | dict):
         return json.dumps(value)
-    return str(value)
+    return str(value).replace("\n", "\\n")  # one table row
 
 
 def settings_rows() -> list[tuple[str, str, str, str]]:

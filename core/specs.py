@@ -188,6 +188,45 @@ class StageSpec(Strict):
     script: list[ScriptStep] | None = None
 
 
+GIT_REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}$")
+"""A branch, tag or commit a task's repository is checked out at (no option-like names)."""
+
+
+class RepoSpec(Strict):
+    """A git repository a task works on: cloned at ``ref`` (outside the sandbox, with the
+    fleet's credentials), the agent's changes pushed back to the task's own branch."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="Git URL (https, ssh, file) or local path; never with a password in it.",
+    )
+    ref: str | None = Field(
+        None, description="Branch, tag or commit to start from; None: the remote's HEAD."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_no_secret(cls, value: str) -> str:
+        if value.startswith("-") or any(c.isspace() or ord(c) < 32 for c in value):
+            raise ValueError("must not start with '-' nor contain whitespace")
+        if "::" in value.split("/", 1)[0]:
+            raise ValueError("git transport helpers ('<helper>::<address>') are not allowed")
+        netloc = value.split("://", 1)[1].split("/", 1)[0] if "://" in value else ""
+        if ":" in netloc.rpartition("@")[0]:
+            raise ValueError(
+                "must not contain a password: name the token in the git_token_env setting"
+            )
+        return value
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_is_plain(cls, value: str | None) -> str | None:
+        if value is not None and (not GIT_REF.fullmatch(value) or ".." in value):
+            raise ValueError("must be a branch, tag or commit name (letters, digits, ._/-)")
+        return value
+
+
 def new_task_id() -> str:
     return "t-" + uuid.uuid4().hex[:12]
 
@@ -211,7 +250,11 @@ class TaskSpec(Strict):
         description=f"Files the workspace starts with (at most {MAX_TASK_FILES}; "
         "workspace-relative paths, no '..').",
     )
-    repo: str | None = Field(None, description="A local directory or git repository to start from.")
+    repo: str | RepoSpec | None = Field(
+        None,
+        description="A local directory copied into the workspace, or {url, ref}: a git "
+        "checkout on the task's own branch, its result pushed there (see delivery).",
+    )
     gate: str | None = Field(None, description="Command that must exit 0 in the sandbox.")
     max_attempts: int | None = Field(None, ge=1, le=100)
     time_limit_s: float | None = Field(None, gt=0)

@@ -1,4 +1,5 @@
-"""The workspace diff: what a session changed, from two tar snapshots of the workspace."""
+"""The workspace diff: what a session changed, from two tar snapshots of the workspace
+(files under a ``.git`` directory are not the work: they are left out)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ def _files(archive: bytes | None) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
         for member in tar:
-            if member.isfile():
+            name = member.name.removeprefix("./")
+            if member.isfile() and ".git" not in name.split("/"):  # git's own files: noise
                 handle = tar.extractfile(member)
                 if handle is not None:
-                    out[member.name.removeprefix("./")] = handle.read()
+                    out[name] = handle.read()
     return out
 
 
