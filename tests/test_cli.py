@@ -231,7 +231,7 @@ def test_a_person_works_a_running_fleet_from_the_command_line(fleet_factory, tmp
     assert "asks" in proc.stdout and "reviewed" in proc.stdout and call_id in proc.stdout
 
     proc = fleet("approve", "asks", "nope", *where, cwd=tmp_path, env=env)
-    assert proc.returncode == 2 and "no tool call nope" in proc.stderr
+    assert proc.returncode == 2 and "no tool call waits for approval with id 'nope'" in proc.stderr
     proc = fleet("approve", "asks", call_id, *where, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     proc = fleet("review", "reviewed", *where, cwd=tmp_path, env=env)
