@@ -29,6 +29,7 @@ event, an error or a log line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -52,6 +53,9 @@ RETRIES = 2
 RETRY_BASE_S = 0.5
 RETRY_MAX_WAIT_S = 10.0
 TIMEOUT_S = 30.0
+"""Longest one request to GitHub takes."""
+TOTAL_S = 120.0
+"""Longest opening a pull request takes, retries included (the dispatcher waits for it)."""
 URL = re.compile(
     r"^(?:(?:https?|ssh|git)://(?:[^@/]+@)?(?P<host>[^/:]+)(?::\d+)?/"
     r"|(?:[^@/:]+@)?(?P<scp>[^/:]+):)(?P<path>.+)$"
@@ -221,9 +225,14 @@ async def open_pull(
         error = "no token to open a pull request with (git_token_env or git_token_file)"
         return PullRequest(error=error)
     try:
-        async with gh_httpx.httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+        async with (
+            asyncio.timeout(TOTAL_S),
+            gh_httpx.httpx.AsyncClient(timeout=TIMEOUT_S) as http,
+        ):
             api = _Client(http, "agent-fleet", oauth_token=token, base_url=settings.github_api_url)
             pull = await _open(api, full_name, branch, base, title, body)
+    except TimeoutError:
+        return _failed(full_name, branch, f"GitHub took longer than {TOTAL_S:g}s")
     except gidgethub.HTTPException as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = f"GitHub answered {int(exc.status_code)} {detail}".rstrip()

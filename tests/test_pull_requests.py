@@ -2,7 +2,8 @@
 a task on a local bare remote mapped to the fake GitHub gets a pull request from its branch
 into its ref with the prompt's first line as title and the summary, gate, attempts and cost in
 its body; an existing one is adopted; GitHub failing leaves the task succeeded with the error
-in its delivered event; the token reaches no event, log line or error."""
+in its delivered event; the token reaches no event, log line or error. On Ray: a SQL row
+watched by ``fleet watch`` ends with its branch and pull request written back."""
 
 from __future__ import annotations
 
@@ -17,9 +18,14 @@ import pytest
 from actors import pulls
 from core.events import Event, EventType
 from core.settings import FleetSettings
-from core.specs import RepoSpec, TaskState
+from core.specs import FleetConfig, RepoSpec, SourceSpec, TaskState
+from fleet.watch import Watcher, WatcherThread, WatchSettings
+from sources import build_sources
+from tests.conftest import script
 from tests.fake_github import FakeGitHub, fake_github
 from tests.test_delivery import TOKEN, Fleet, bare_remote, git_task, run_fleet, sh
+from tests.test_sources_sql import COLUMNS, Table
+from tests.test_watch import final_row
 
 PROMPT = "Say hello in hello.txt\n\nThe file must end with a newline."
 GATE = "echo gate-says-all-green && test -f hello.txt"
@@ -251,8 +257,74 @@ def test_a_work_in_progress_push_opens_no_pull_request(
     assert github.requests == []
 
 
+def test_an_approved_review_opens_the_pull_request_with_the_gate_command(
+    tmp_path: Path, github: FakeGitHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bare = bare_remote(tmp_path)
+    fleet = github_fleet(tmp_path, github, monkeypatch)
+
+    async def scenario() -> None:
+        await fleet.run(on_github(bare, "t-rev", require_approval=True))
+        assert pull_requests(github) == []  # not before a person approves
+        assert await fleet.commands.review("t-rev", True, "ship it")
+
+    asyncio.run(scenario())
+    record = fleet.sched.tasks["t-rev"]
+    [pull] = pull_requests(github)
+    assert record.state == TaskState.succeeded and record.pr_url == pull["html_url"]
+    assert pull["head"]["ref"] == "fleet/t-rev"
+    assert pull["body"].startswith("Wrote hello.txt\n\n**Gate** `" + GATE + "` passed.")
+
+
 def test_no_token_gives_an_error_without_asking_github() -> None:
     pull = asyncio.run(
         pulls.open_pull(FleetSettings(), "acme/app", "fleet/x", "main", "t", "b", None)
     )
     assert pull.url is None and "no token" in pull.error
+
+
+# --- on Ray, from a source item to its pull request ------------------------------------------
+
+
+@pytest.mark.ray
+def test_a_watched_sql_row_ends_succeeded_with_its_branch_and_pull_request(
+    fleet_factory: Any, github: FakeGitHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = Table("sqlite", f"sqlite://{tmp_path / 'work.db'}", "work", monkeypatch)
+    ddl = COLUMNS.format(priority="priority INTEGER", updated="updated_at TEXT")
+    table.sql(f"CREATE TABLE work (id INTEGER PRIMARY KEY, {ddl})")
+    monkeypatch.setenv("FLEET_TEST_PR_DSN", table.dsn)
+    bare = bare_remote(tmp_path)
+    token_file = tmp_path / "git-token"
+    token_file.write_text(TOKEN + "\n")  # a file: read by the supervisor, wherever it runs
+    task = {
+        "repo": {"url": str(bare), "ref": "main", "github": "acme/app"},
+        "script": script(
+            ("write_file", {"path": "hello.txt", "content": "hello\n"}),
+            ("finish", {"summary": "Wrote hello.txt"}),
+        ),
+        "gate": GATE,
+    }
+    options = {"dsn_env": "FLEET_TEST_PR_DSN", "table": "work", "poll_interval_s": 0.2}
+    config = FleetConfig(
+        sources=[SourceSpec(name="tickets", kind="sql", options=options, task=task)]
+    )
+    fleet = fleet_factory(
+        config=config, workers=1, git_token_file=str(token_file), github_api_url=github.url
+    )
+    watcher = Watcher(fleet, build_sources(config), WatchSettings(track_interval_s=0.1), config)
+    thread = WatcherThread(watcher).start()
+    try:
+        item = table.insert(PROMPT)
+        row = final_row(table, item, timeout=90)
+    finally:
+        watcher.settings.drain_timeout_s = 0
+        thread.stop(30)
+    [pull] = pull_requests(github)
+    task_id = f"tickets-{item}"
+    assert (row["state"], row["summary"]) == ("succeeded", "Wrote hello.txt")
+    assert (row["branch"], row["pr_url"]) == (f"fleet/{task_id}", pull["html_url"])
+    assert (pull["head"]["ref"], pull["base"]["ref"]) == (f"fleet/{task_id}", "main")
+    assert pull["title"] == "Say hello in hello.txt" and "gate-says-all-green" in pull["body"]
+    assert fleet.get(task_id).pr_url == pull["html_url"]
+    assert not any(TOKEN in e.model_dump_json() for e in fleet.events(task_id))
