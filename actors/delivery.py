@@ -237,7 +237,8 @@ async def checkout(repo: RepoSpec, task_id: str, settings: FleetSettings) -> Che
 class Delivery(BaseModel):
     """What delivering a task's result did: pushed ``commit`` to ``branch``, found it there
     already (``adopted``), had nothing to commit (``commit`` None), or was refused
-    (``error``, git's message, scrubbed)."""
+    (``error``, git's message, scrubbed). ``pr_url`` / ``pr_error``: the pull request opened
+    for the branch, or why none could be (:mod:`actors.pulls`; the push stands either way)."""
 
     url: str
     branch: str
@@ -245,6 +246,8 @@ class Delivery(BaseModel):
     adopted: bool = False
     wip: bool = False
     error: str = ""
+    pr_url: str | None = None
+    pr_error: str = ""
 
     @property
     def refused(self) -> bool:
@@ -252,13 +255,18 @@ class Delivery(BaseModel):
 
     def payload(self) -> dict[str, Any]:
         """The ``task.delivered`` event's payload."""
-        return {
+        payload: dict[str, Any] = {
             "branch": self.branch,
             "commit": self.commit,
             "url": self.url,
             "adopted": self.adopted,
             "wip": self.wip,
         }
+        if self.pr_url:
+            payload["pr_url"] = self.pr_url
+        if self.pr_error:
+            payload["pr_error"] = self.pr_error
+        return payload
 
 
 def commit_message(settings: FleetSettings, task_id: str, summary: str, wip: bool) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actors import artifacts as art
-from actors import delivery
+from actors import delivery, pulls
 from actors.artifacts import ArtifactStore
 from actors.delivery import Delivery, branch_name
 from actors.journal import Journal
@@ -77,7 +77,7 @@ class Dispatcher:
         if self.sched.delivery_due(result):  # pushed before it is logged: actors/delivery.py
             record = self.sched.tasks[result.task_id]
             summary = result.outcome.summary if result.outcome else ""
-            delivery = await self.deliver(record, result.workspace, summary)
+            delivery = await self.deliver(record, result.workspace, summary, events=result.events)
 
         decided: list[Event] = []
 
@@ -102,19 +102,62 @@ class Dispatcher:
                 await self.journal.record(self.sched.unpark(result.task_id))
 
     async def deliver(
-        self, record: TaskRecord, workspace: bytes | None, summary: str, wip: bool = False
+        self,
+        record: TaskRecord,
+        workspace: bytes | None,
+        summary: str,
+        wip: bool = False,
+        events: list[Event] | None = None,
     ) -> Delivery | None:
         """Commit a task's final workspace and push it to the task's branch (see
-        :mod:`actors.delivery`); None when the task is not on a git repository."""
+        :mod:`actors.delivery`), then open its pull request when the repository is on GitHub
+        (:mod:`actors.pulls`); None when the task is not on a git repository. ``events``:
+        the last session's (its gate's output and cost go into the pull request)."""
         repo = record.spec.repo
         if not isinstance(repo, RepoSpec):
             return None
         if workspace is None:
             error = "no workspace came back to deliver"
             return Delivery(url=repo.url, branch=branch_name(self.settings, record.id), error=error)
-        return await delivery.deliver(
+        done = await delivery.deliver(
             self.settings, record.id, repo, record.base_commit, workspace, summary, wip
         )
+        if wip or done.refused or not done.commit or not self.settings.github_pull_requests:
+            return done
+        full_name = pulls.github_repo(self.settings, repo)
+        if full_name is None:
+            return done
+        return await self.open_pull(record, repo, full_name, done, summary, events or [])
+
+    async def open_pull(
+        self,
+        record: TaskRecord,
+        repo: RepoSpec,
+        full_name: str,
+        done: Delivery,
+        summary: str,
+        events: list[Event],
+    ) -> Delivery:
+        """``done`` with the pull request of its branch (or why there is none)."""
+        gate, output = pulls.gate_of(events)
+        body = pulls.pull_body(
+            record.id,
+            summary,
+            gate or record.spec.gate,
+            output,
+            record.attempts,
+            record.spent_cost_usd + pulls.cost_of(events),
+            done.commit,
+        )
+        try:
+            token = delivery.Auth.from_settings(self.settings).token
+        except delivery.GitError as exc:
+            return done.model_copy(update={"pr_error": str(exc)})
+        title = pulls.pull_title(record.spec.prompt)
+        pull = await pulls.open_pull(
+            self.settings, full_name, done.branch, repo.ref, title, body, token
+        )
+        return done.model_copy(update={"pr_url": pull.url, "pr_error": pull.error})
 
     async def deliver_reviewed(self, task_id: str) -> Delivery | None:
         """Deliver a result a person approves (kept since ``task.awaiting_review``)."""

@@ -257,6 +257,7 @@ class Scheduler:
             case EventType.task_delivered:
                 record.branch = p.get("branch", record.branch)
                 record.commit = p.get("commit", record.commit)
+                record.pr_url = p.get("pr_url") or record.pr_url
             case EventType.task_updated:
                 record.spec = record.spec.model_copy(update={"prompt": p["prompt"]})
             case EventType.task_followup:

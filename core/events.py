@@ -46,7 +46,8 @@ class EventType(StrEnum):
     usage = "usage"
     worker_lost = "worker.lost"
     task_delivered = "task.delivered"
-    """A task's result was committed and pushed to its branch (``branch``, ``commit``)."""
+    """A task's result was committed and pushed to its branch (``branch``, ``commit``), and
+    its pull request opened (``pr_url``) or not (``pr_error``) when the repository is on GitHub."""
     task_updated = "task.updated"
     """A queued task's prompt was replaced (its item was edited at the source)."""
     source_error = "source.error"

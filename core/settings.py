@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -360,6 +361,19 @@ class FleetSettings(BaseSettings):
         "when it goes to needs_human.",
     )
     git_timeout_s: float = Field(300.0, gt=0, description="Longest one git command runs.")
+    github_pull_requests: bool = Field(
+        True,
+        description="Open a pull request for a pushed branch when the repository is on GitHub "
+        "(repo.github, or a URL on a github_hosts host); the token is the git token.",
+    )
+    github_api_url: str = Field(
+        "https://api.github.com",
+        description="GitHub's REST API root (GitHub Enterprise: https://<host>/api/v3).",
+    )
+    github_hosts: list[str] = Field(
+        default_factory=lambda: ["github.com"],
+        description="Hosts whose repository URLs (https or ssh) are on GitHub at github_api_url.",
+    )
 
     # Model clients (the key of an agent comes from its api_key_env, see secrets_dir).
     model_timeout_s: float = Field(
@@ -406,6 +420,17 @@ class FleetSettings(BaseSettings):
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"bad template {value!r}: {exc!r}") from None
         return value
+
+    @field_validator("github_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        """An http(s) URL without credentials (the token is the git token)."""
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError("must not hold credentials (the token is git_token_env's)")
+        return value.rstrip("/")
 
     @field_validator("git_token_env")
     @classmethod

@@ -190,6 +190,8 @@ class StageSpec(Strict):
 
 GIT_REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}$")
 """A branch, tag or commit a task's repository is checked out at (no option-like names)."""
+GITHUB_REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+"""``owner/name`` of a GitHub repository."""
 
 
 class RepoSpec(Strict):
@@ -203,6 +205,11 @@ class RepoSpec(Strict):
     )
     ref: str | None = Field(
         None, description="Branch, tag or commit to start from; None: the remote's HEAD."
+    )
+    github: str | None = Field(
+        None,
+        description="owner/name on GitHub (at the github_api_url setting): a pull request is "
+        "opened there for the pushed branch. None: taken from a URL on a github_hosts host.",
     )
 
     @field_validator("url")
@@ -224,6 +231,13 @@ class RepoSpec(Strict):
     def _ref_is_plain(cls, value: str | None) -> str | None:
         if value is not None and (not GIT_REF.fullmatch(value) or ".." in value):
             raise ValueError("must be a branch, tag or commit name (letters, digits, ._/-)")
+        return value
+
+    @field_validator("github")
+    @classmethod
+    def _github_name(cls, value: str | None) -> str | None:
+        if value is not None and not GITHUB_REPO.fullmatch(value):
+            raise ValueError("must be a GitHub repository name 'owner/name'")
         return value
 
 

@@ -319,6 +319,8 @@ class Watcher:
                     state=ItemState(record.state.value),
                     summary=record.summary or None,
                     reason=record.reason or None,
+                    branch=record.branch,  # pushed (a work-in-progress one too), if any
+                    pr_url=record.pr_url,
                 )
                 if not await source.report_outcome(entry.item_id, outcome):
                     log.info("item %s was taken back before its outcome was written", entry.item_id)
