@@ -114,6 +114,17 @@ class Held:
     """The last progress reported to the item: '', 'queued' or 'running'."""
 
 
+def repo_of(text: str, default: Any = None) -> Any:
+    """What an item's ``repo`` text means: the git URL of the source's ``task: repo`` (its
+    ``ref`` kept) when that is a repository; a git repository when the text looks like one
+    (``scheme://``, ``user@host:path`` or ending in ``.git``); else a local directory."""
+    if isinstance(default, dict):
+        return {**default, "url": text}
+    if "://" in text or text.endswith(".git") or re.match(r"^[\w.-]+@[\w.-]+:", text):
+        return {"url": text}
+    return text
+
+
 class Watcher:
     """Connects sources to a fleet (see the module docstring). ``fleet`` is a
     :class:`fleet.api.Fleet` (its blocking calls run in threads)."""
@@ -396,7 +407,7 @@ class Watcher:
             source=f"{source.name}:{item.id}",
         )
         if item.repo is not None:
-            fields["repo"] = item.repo
+            fields["repo"] = repo_of(item.repo, fields.get("repo"))
         if item.agent is not None:
             fields["agent"] = item.agent
         return TaskSpec.model_validate(fields)

@@ -23,7 +23,7 @@ from actors.status import fleet_status
 from core.events import EventType, source_task_id
 from core.settings import FleetSettings
 from core.specs import FleetConfig, SourceSpec, TaskSpec
-from fleet.watch import Watcher, WatcherThread, WatchSettings, task_id_for
+from fleet.watch import Watcher, WatcherThread, WatchSettings, repo_of, task_id_for
 from sources import build_sources
 from tests.conftest import script
 from tests.test_sources_sql import COLUMNS, Table
@@ -106,6 +106,18 @@ def test_task_ids_are_deterministic_and_distinct_for_awkward_item_ids() -> None:
     for task_id in ids:
         assert TaskSpec(id=task_id, prompt="x").id == task_id  # a valid task id
         assert len(task_id) <= 200 and "/" not in task_id and " " not in task_id
+
+
+def test_an_items_repo_text_is_a_git_repository_or_a_directory() -> None:
+    assert repo_of("/srv/app") == "/srv/app"
+    assert repo_of("/srv/remote.git") == {"url": "/srv/remote.git"}
+    assert repo_of("https://example.com/acme/api") == {"url": "https://example.com/acme/api"}
+    assert repo_of("git@example.com:acme/api") == {"url": "git@example.com:acme/api"}
+    assert repo_of("/srv/app", {"url": "/x.git", "ref": "main"}) == {
+        "url": "/srv/app",
+        "ref": "main",
+    }
+    assert TaskSpec(prompt="x", repo=repo_of("/srv/remote.git")).repo.url == "/srv/remote.git"
 
 
 def test_a_queued_prompt_is_replaced_only_before_the_task_starts() -> None:
