@@ -33,9 +33,11 @@ model; name it in the config by import path or register it as an entry point (se
 from __future__ import annotations
 
 import asyncio
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from enum import StrEnum
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -59,6 +61,29 @@ class SourceError(FleetError):
 class SourceConfigError(InputError):
     """A source's entry in the config is unusable: unknown kind, bad or missing option, a
     secret that cannot be read. The message names the source and the field."""
+
+
+def read_secret(source: str, field: str, env: str | None, file: str | None) -> str:
+    """A source's secret (a DSN, a token) from the variable ``env`` names, else the first
+    line of ``file`` (``options.<field>_env`` / ``options.<field>_file``, exactly one set).
+    SourceConfigError names the source and the option, never the value."""
+    if env is not None:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise SourceConfigError(
+                f"source {source!r}: options.{field}_env: environment variable {env} is not set"
+            )
+        return value
+    assert file is not None
+    try:
+        lines = Path(file).read_text(encoding="utf-8").strip().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceConfigError(
+            f"source {source!r}: options.{field}_file: cannot read {file}: {type(exc).__name__}"
+        ) from None
+    if not lines or not lines[0].strip():
+        raise SourceConfigError(f"source {source!r}: options.{field}_file: {file} is empty")
+    return lines[0].strip()
 
 
 class ItemState(StrEnum):

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
 import urllib.parse
@@ -72,7 +71,6 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 
 import gidgethub
@@ -81,7 +79,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.errors import InputError, StateError
 from core.specs import plain_name
-from sources.base import ItemState, Outcome, Source, SourceConfigError, SourceError, WorkItem
+from sources.base import (
+    ItemState,
+    Outcome,
+    Source,
+    SourceError,
+    WorkItem,
+    read_secret,
+)
 
 REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 """``owner/name`` as GitHub allows them."""
@@ -197,31 +202,6 @@ class GitHubOptions(BaseModel):
         return self
 
 
-def read_token(source: str, options: GitHubOptions) -> str:
-    """The token from the variable or file the options name (SourceConfigError if absent)."""
-    if options.token_env is not None:
-        token = os.environ.get(options.token_env, "").strip()
-        if not token:
-            raise SourceConfigError(
-                f"source {source!r}: options.token_env: environment variable "
-                f"{options.token_env} is not set"
-            )
-        return token
-    assert options.token_file is not None
-    try:
-        lines = Path(options.token_file).read_text(encoding="utf-8").strip().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceConfigError(
-            f"source {source!r}: options.token_file: cannot read {options.token_file}: "
-            f"{type(exc).__name__}"
-        ) from None
-    if not lines or not lines[0].strip():
-        raise SourceConfigError(
-            f"source {source!r}: options.token_file: {options.token_file} is empty"
-        )
-    return lines[0].strip()
-
-
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``Retry-After`` (seconds or an HTTP date), or from
     ``x-ratelimit-reset`` when the rate limit is spent; None when neither says."""
@@ -335,7 +315,7 @@ class GitHubSource(Source):
     def __init__(self, name: str, options: GitHubOptions) -> None:  # type: ignore[override]
         super().__init__(name, options)
         self.poll_interval_s = options.poll_interval_s
-        self.__token = read_token(name, options)
+        self.__token = read_secret(name, "token", options.token_env, options.token_file)
         self._instance = "anon-" + uuid.uuid4().hex[:12]
         self._client: _Client | None = None
         self._http: Any = None

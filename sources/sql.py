@@ -43,13 +43,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import sqlite3
 import urllib.parse
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -59,7 +57,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.errors import InputError
 from core.specs import plain_name
-from sources.base import ItemState, Outcome, Source, SourceConfigError, SourceError, WorkItem
+from sources.base import (
+    ItemState,
+    Outcome,
+    Source,
+    SourceError,
+    WorkItem,
+    read_secret,
+)
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 """A column, table, schema or channel name (quoted in SQL, so used exactly as written)."""
@@ -185,29 +190,6 @@ class SqlOptions(BaseModel):
     @property
     def channel(self) -> str:
         return self.notify_channel or ("agent_fleet_" + self.table.replace(".", "_"))[:63]
-
-
-def read_dsn(source: str, options: SqlOptions) -> str:
-    """The DSN from the variable or file the options name (SourceConfigError if absent)."""
-    if options.dsn_env is not None:
-        dsn = os.environ.get(options.dsn_env, "").strip()
-        if not dsn:
-            raise SourceConfigError(
-                f"source {source!r}: options.dsn_env: environment variable "
-                f"{options.dsn_env} is not set"
-            )
-        return dsn
-    assert options.dsn_file is not None
-    try:
-        lines = Path(options.dsn_file).read_text(encoding="utf-8").strip().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceConfigError(
-            f"source {source!r}: options.dsn_file: cannot read {options.dsn_file}: "
-            f"{type(exc).__name__}"
-        ) from None
-    if not lines or not lines[0].strip():
-        raise SourceConfigError(f"source {source!r}: options.dsn_file: {options.dsn_file} is empty")
-    return lines[0].strip()
 
 
 def _secrets_of(dsn: str) -> list[str]:
@@ -436,7 +418,7 @@ class SqlSource(Source):
     def __init__(self, name: str, options: SqlOptions) -> None:  # type: ignore[override]
         super().__init__(name, options)
         self.poll_interval_s = options.poll_interval_s
-        self._dsn = read_dsn(name, options)
+        self._dsn = read_secret(name, "dsn", options.dsn_env, options.dsn_file)
         self._db: _Postgres | _Sqlite
         if self._dsn.startswith("sqlite:"):
             self._db = _Sqlite(name, _sqlite_path(self._dsn), options.connect_timeout_s)
