@@ -221,6 +221,28 @@ async def _init(dest: Path, repo: RepoSpec, auth: Auth) -> None:
     await git("remote", "add", "origin", repo.url, cwd=dest, auth=auth)
 
 
+async def probe(repo: RepoSpec, settings: FleetSettings) -> None:
+    """Raise :class:`GitError` (git's error, scrubbed) when ``repo`` cannot be cloned at its
+    ref: unreachable, not a repository, refused credentials, or no such branch or tag. A ref
+    that is a commit id is not checked (a remote lists names only), the remote still is."""
+    auth = Auth.from_settings(settings)
+    commit = repo.ref is not None and re.fullmatch(r"[0-9a-fA-F]{7,40}", repo.ref)
+    ref = "HEAD" if repo.ref is None or commit else repo.ref
+    _, out = await git(
+        "ls-remote",
+        "--",
+        repo.url,
+        ref,
+        cwd=Path(tempfile.gettempdir()),
+        auth=auth,
+        url=repo.url,
+        timeout_s=settings.git_timeout_s,
+    )
+    if not out.strip():
+        missing = "has no commits" if ref == "HEAD" else f"has no branch or tag {ref!r}"
+        raise GitError(f"repository {repo.url} {missing}")
+
+
 async def checkout(repo: RepoSpec, task_id: str, settings: FleetSettings) -> Checkout:
     """Clone ``repo`` at its ref on the host, on the task's branch: what seeds its sandbox."""
     auth = Auth.from_settings(settings)

@@ -55,9 +55,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from actors.delivery import GitError, probe
 from core.errors import one_line
 from core.records import TaskRecord
-from core.specs import FleetConfig, TaskSpec, TaskState
+from core.specs import FleetConfig, RepoSpec, TaskSpec, TaskState
 from sources import ItemState, Outcome, Source, SourceError, WorkItem
 
 log = logging.getLogger("fleet.watch")
@@ -412,6 +413,30 @@ class Watcher:
             fields["agent"] = item.agent
         return TaskSpec.model_validate(fields)
 
+    async def _unclonable(self, specs: list[TaskSpec]) -> dict[str, str]:
+        """Task id → why its repository cannot be cloned, for the specs on a git repository
+        (each distinct repository and ref is asked once, all at the same time)."""
+        repos = {
+            (spec.repo.url, spec.repo.ref): spec.repo
+            for spec in specs
+            if isinstance(spec.repo, RepoSpec)
+        }
+
+        async def why(repo: RepoSpec) -> str | None:
+            try:
+                await probe(repo, self.fleet.settings)
+            except GitError as exc:
+                return f"repo: cannot be cloned: {exc}"
+            return None
+
+        answers = dict(zip(repos, await asyncio.gather(*map(why, repos.values())), strict=True))
+        return {
+            spec.id: reason
+            for spec in specs
+            if isinstance(spec.repo, RepoSpec)
+            and (reason := answers[(spec.repo.url, spec.repo.ref)]) is not None
+        }
+
     async def _submit(self, source: Source, items: list[WorkItem]) -> None:
         """Submit the pending claimed items (and ``items``): accepted ones are held and
         reported queued, refused ones reported rejected with the reason."""
@@ -427,6 +452,9 @@ class Watcher:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
                 refused.append((item, f"{where}: {first['msg']}"))
+        unreachable = await self._unclonable([spec for _, spec in specs])
+        refused += [(item, unreachable[spec.id]) for item, spec in specs if spec.id in unreachable]
+        specs = [(item, spec) for item, spec in specs if spec.id not in unreachable]
         result = await asyncio.to_thread(
             self.fleet.submit, [spec for _, spec in specs], f"source-{source.name}"
         )

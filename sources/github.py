@@ -507,21 +507,33 @@ class GitHubSource(Source):
                 last = int(event["id"])
         return last
 
-    async def _claims(self, repo: str, number: int) -> list[_Claim]:
-        """The claim comments of the issue, in creation (id) order."""
-        claims = []
+    async def _marks(self, repo: str, number: int) -> list[tuple[int, str, dict[str, str]]]:
+        """The fleet's markers in the issue's comments: (comment id, kind, fields), in
+        creation (id) order."""
+        marks = []
         async for comment in self._pages(
             repo,
             f"reading the comments of issue #{number}",
             "/repos/{owner}/{repo}/issues/{number}/comments{?per_page}",
             self._vars(repo, number=number, per_page=100),
         ):
-            for kind, fields in _markers(comment.get("body")):
-                if kind == "claim" and fields.get("round", "").isdigit():
-                    claims.append(
-                        _Claim(int(comment["id"]), int(fields["round"]), fields.get("owner", ""))
-                    )
-        return sorted(claims, key=lambda c: c.comment_id)
+            marks += [(int(comment["id"]), k, f) for k, f in _markers(comment.get("body"))]
+        return sorted(marks, key=lambda m: m[0])
+
+    async def _claims(self, repo: str, number: int) -> list[_Claim]:
+        """The claim comments of the issue, in creation (id) order."""
+        return [
+            _Claim(comment_id, int(fields["round"]), fields.get("owner", ""))
+            for comment_id, kind, fields in await self._marks(repo, number)
+            if kind == "claim" and fields.get("round", "").isdigit()
+        ]
+
+    async def _outcome_posted(self, repo: str, number: int) -> bool:
+        """Whether the outcome of the current claim is commented already (a report whose
+        label swap failed is retried without a second comment)."""
+        marks = await self._marks(repo, number)
+        last_claim = max((i for i, kind, _ in marks if kind == "claim"), default=0)
+        return any(kind == "outcome" and i > last_claim for i, kind, _ in marks)
 
     # -- items -------------------------------------------------------------------------
     def _parse(self, item_id: str) -> tuple[str, int] | None:
@@ -688,7 +700,8 @@ class GitHubSource(Source):
 
     async def report_outcome(self, item_id: str, outcome: Outcome) -> bool:
         """An outcome comment (summary, reason, pull request or branch), then the running
-        label swapped for the outcome's; False if the issue was taken back meanwhile."""
+        label swapped for the outcome's; False if the issue was taken back meanwhile. Safe to
+        retry after a failure: the comment is posted once per claim."""
         found = await self._running_issue(item_id)
         if found is None:
             return False
@@ -702,9 +715,13 @@ class GitHubSource(Source):
             lines.append(f"Pull request: {outcome.pr_url}")
         if outcome.branch:
             lines.append(f"Branch: `{outcome.branch}`")
-        await self._comment(repo, number, "\n\n".join(lines))
+        if not await self._outcome_posted(repo, number):
+            await self._comment(repo, number, "\n\n".join(lines))
         labels = self.options.labels
-        await self._swap(repo, number, labels.running, labels.of(outcome.state))
+        # The outcome's label first: if that fails the issue still looks running, so the
+        # retry finds it (and finds its comment posted already).
+        await self._add_label(repo, number, labels.of(outcome.state))
+        await self._remove_label(repo, number, labels.running)
         return True
 
     async def wanted(self, item_ids: Collection[str]) -> dict[str, str]:

@@ -109,6 +109,22 @@ def test_checkout_is_a_real_checkout_on_the_task_branch(tmp_path: Path) -> None:
     assert f"url = {bare}".encode() in files[".git/config"]  # origin: the plain URL
 
 
+def test_probe_names_why_a_repository_cannot_be_cloned(tmp_path: Path) -> None:
+    bare = bare_remote(tmp_path)
+    s = settings(tmp_path)
+    main = sh("rev-parse", "main", cwd=bare)
+    for fine in (None, "main", main[:12]):
+        asyncio.run(delivery.probe(RepoSpec(url=str(bare), ref=fine), s))
+    with pytest.raises(GitError, match="has no branch or tag 'nope'"):
+        asyncio.run(delivery.probe(RepoSpec(url=str(bare), ref="nope"), s))
+    with pytest.raises(GitError, match="ls-remote failed"):
+        asyncio.run(delivery.probe(RepoSpec(url=str(tmp_path / "missing.git")), s))
+    empty = tmp_path / "empty.git"
+    sh("init", "-q", "--bare", str(empty))
+    with pytest.raises(GitError, match="has no commits"):
+        asyncio.run(delivery.probe(RepoSpec(url=str(empty)), s))
+
+
 def test_branch_names_are_safe_refs_and_follow_the_pattern(tmp_path: Path) -> None:
     s = settings(tmp_path, branch_pattern="agents/{task_id}/work")
     assert branch_name(s, "t-1") == "agents/t-1/work"

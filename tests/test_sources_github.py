@@ -284,6 +284,35 @@ def test_progress_and_outcomes_are_comments_and_labels_while_the_issue_is_claime
     assert gh.labels(API, unclaimed) == ["agent-ready"] and gh.comments(API, unclaimed) == []
 
 
+def test_an_outcome_whose_label_swap_failed_is_retried_without_a_second_comment(
+    gh: FakeGitHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    number = gh.add_issue(API, "flaky labels", None, ["agent-ready"])
+    source = make(gh, monkeypatch)
+    real_add = source._add_label
+    failures: list[SourceError] = []
+
+    async def add_label_once_failing(repo: str, n: int, label: str) -> None:
+        if failures:
+            raise failures.pop()
+        await real_add(repo, n, label)
+
+    monkeypatch.setattr(source, "_add_label", add_label_once_failing)
+    done = Outcome(state=ItemState.succeeded, summary="fixed it")
+
+    async def scenario() -> bool:
+        assert await source.claim(f"{API}#{number}")
+        failures.append(SourceError("issues", "labelling failed"))
+        with pytest.raises(SourceError):
+            await source.report_outcome(f"{API}#{number}", done)
+        return await source.report_outcome(f"{API}#{number}", done)
+
+    assert run(source, scenario()) is True
+    outcomes = [c for c in gh.comments(API, number) if "✅ Done" in c]
+    assert len(outcomes) == 1
+    assert gh.labels(API, number) == ["agent-done"]
+
+
 def test_wanted_leaves_out_withdrawn_issues_and_gives_edited_prompts(
     gh: FakeGitHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -209,11 +209,19 @@ def test_rows_the_fleet_refuses_are_rejected_with_the_reason_and_the_next_row_ru
     watching(config_for(table, {"script": QUICK}))
     no_prompt = table.insert(None)
     bad_agent = table.insert("fix it", agent="nobody")
+    no_repo = table.insert("fix it there", repo="file:///nonexistent-fleet-test/missing.git")
     good = table.insert("fix it too")
     assert final_row(table, no_prompt)["reason"] == "no prompt"
     rejected = final_row(table, bad_agent)
     assert rejected["state"] == "rejected" and "unknown agent 'nobody'" in rejected["reason"]
+    unclonable = final_row(table, no_repo)
+    assert unclonable["state"] == "rejected"
+    assert unclonable["reason"].startswith("repo: cannot be cloned: git ls-remote failed")
+    assert "missing.git" in unclonable["reason"]
     assert final_row(table, good)["state"] == "succeeded"
+    table.sql(f"UPDATE {table.name} SET state = 'ready' WHERE id = ?", (good,))
+    again = final_row(table, good)
+    assert again["state"] == "rejected" and "already exists" in again["reason"]
 
 
 @pytest.mark.ray
