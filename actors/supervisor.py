@@ -49,7 +49,7 @@ from core.eventlog import EventLog
 from core.events import Event
 from core.records import Assignment, CommandResult, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
-from core.specs import FleetConfig
+from core.specs import FleetConfig, SavedReport
 
 log = logging.getLogger("fleet.supervisor")
 
@@ -276,6 +276,10 @@ class Supervisor:
 
     def get_settings(self) -> FleetSettings:
         return self.settings
+
+    def saved_reports(self) -> dict[str, SavedReport]:
+        """The config's saved queries (``reports:``), by name."""
+        return self.config.reports
 
     def get(self, task_ids: list[str]) -> list[TaskRecord | None]:
         return [self.sched.tasks.get(i) for i in task_ids]

@@ -1,4 +1,5 @@
-"""DuckDB over the Parquet event log: the ``events`` and ``tasks`` views and the reports."""
+"""DuckDB over the Parquet event log: the ``events`` view, the ``tasks``, ``sessions``,
+``tool_calls`` and ``turns`` views over it, and the reports."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pyarrow.fs as pafs
 from core.errors import StorageError
 from core.eventlog import partition_files
 from core.events import ARROW_SCHEMA, TERMINAL_EVENTS
+from core.specs import BUILTIN_REPORTS, SavedReport
 
 TERMINAL = "(" + ", ".join(f"'{t.value}'" for t in sorted(TERMINAL_EVENTS)) + ")"
 """The terminal event types as an SQL list."""
@@ -52,6 +54,94 @@ FROM per_task
 """
 
 
+SESSIONS_VIEW = """
+CREATE OR REPLACE VIEW sessions AS
+SELECT
+    task_id,
+    session_id,
+    max(attempt) AS attempt,
+    any_value(worker) FILTER (WHERE type = 'session.started') AS worker,
+    any_value(json_extract_string(payload, '$.agent'))
+        FILTER (WHERE type = 'session.started') AS agent,
+    any_value(json_extract_string(payload, '$.model'))
+        FILTER (WHERE type = 'session.started') AS model,
+    any_value(json_extract_string(payload, '$.environment'))
+        FILTER (WHERE type = 'session.started') AS environment,
+    min(ts) FILTER (WHERE type = 'session.started') AS started_at,
+    max(ts) FILTER (WHERE type = 'session.ended') AS ended_at,
+    arg_max(json_extract_string(payload, '$.status'), seq)
+        FILTER (WHERE type = 'session.ended') AS status,
+    arg_max(json_extract_string(payload, '$.reason'), seq)
+        FILTER (WHERE type = 'session.ended') AS reason,
+    count(*) FILTER (WHERE type = 'usage') AS turns,
+    count(*) FILTER (WHERE type = 'agent.tool_use') AS tool_calls,
+    coalesce(sum(tokens_in), 0) AS tokens_in,
+    coalesce(sum(tokens_out), 0) AS tokens_out,
+    coalesce(sum(cost_usd), 0) AS cost_usd,
+    sum(duration_ms) FILTER (WHERE type = 'session.ended') / 1000 AS duration_s
+FROM events
+WHERE session_id IS NOT NULL
+GROUP BY task_id, session_id
+"""
+"""One row per session (an attempt, or its resumption after a park): who ran it, how it
+ended, what it spent."""
+
+TOOL_CALLS_VIEW = """
+CREATE OR REPLACE VIEW tool_calls AS
+WITH uses AS (
+    SELECT task_id, session_id, json_extract_string(payload, '$.call_id') AS call_id,
+           ts AS called_at, CAST(json_extract(payload, '$.turn') AS INTEGER) AS turn
+    FROM events WHERE type = 'agent.tool_use'
+)
+SELECT
+    r.task_id,
+    r.session_id,
+    r.attempt,
+    u.turn,
+    r.tool,
+    json_extract_string(r.payload, '$.call_id') AS call_id,
+    u.called_at,
+    r.ts AS returned_at,
+    r.duration_ms,
+    r.exit_code,
+    coalesce(CAST(json_extract(r.payload, '$.is_error') AS BOOLEAN), false) AS is_error
+FROM events r
+LEFT JOIN uses u
+    ON u.task_id = r.task_id AND u.session_id IS NOT DISTINCT FROM r.session_id
+    AND u.call_id = json_extract_string(r.payload, '$.call_id')
+WHERE r.type = 'agent.tool_result'
+"""
+"""One row per tool call that returned: its tool, turn, timing, exit code and error flag."""
+
+TURNS_VIEW = """
+CREATE OR REPLACE VIEW turns AS
+SELECT
+    task_id,
+    session_id,
+    attempt,
+    CAST(json_extract(payload, '$.turn') AS INTEGER) AS turn,
+    json_extract_string(payload, '$.model') AS model,
+    ts,
+    duration_ms AS latency_ms,
+    coalesce(tokens_in, 0) AS tokens_in,
+    coalesce(CAST(json_extract(payload, '$.cached_input_tokens') AS BIGINT), 0)
+        AS cached_tokens_in,
+    coalesce(tokens_out, 0) AS tokens_out,
+    coalesce(cost_usd, 0) AS cost_usd
+FROM events
+WHERE type = 'usage'
+"""
+"""One row per model turn: the model, its latency, tokens and cost."""
+
+VIEWS = {
+    "tasks": TASKS_VIEW,
+    "sessions": SESSIONS_VIEW,
+    "tool_calls": TOOL_CALLS_VIEW,
+    "turns": TURNS_VIEW,
+}
+"""The views every connection has beside ``events`` (README "History in SQL")."""
+
+
 class AnalyticsError(StorageError):
     """There is no event history to query there, or the query failed."""
 
@@ -67,7 +157,8 @@ class Table:
 
 
 def connect(events_dir: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the views ``events`` and ``tasks`` over the log's files.
+    """An in-memory DuckDB with the view ``events`` over the log's files and the
+    :data:`VIEWS` over it.
 
     A local path is read by DuckDB itself; a URI (``s3://``, ``gs://``, ``file://``, ...)
     through pyarrow's filesystems, so no DuckDB extension is needed to reach it.
@@ -87,7 +178,8 @@ def connect(events_dir: str) -> duckdb.DuckDBPyConnection:
             "CREATE VIEW events AS SELECT * FROM "
             f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
         )
-    con.execute(TASKS_VIEW)
+    for view in VIEWS.values():
+        con.execute(view)
     return con
 
 
@@ -124,30 +216,6 @@ def report(events_dir: str, batch: str | None = None, task_limit: int = 50) -> l
     con = connect(events_dir)
     where = "WHERE batch = ?" if batch else ""
     params = [batch] if batch else []
-    overview = query(
-        con,
-        f"""
-        SELECT count(*) AS tasks,
-               count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
-               count(*) FILTER (WHERE state = 'failed') AS failed,
-               count(*) FILTER (WHERE state = 'needs_human') AS needs_human,
-               count(*) FILTER (WHERE state NOT IN ('succeeded', 'failed', 'needs_human'))
-                   AS other,
-               round(100.0 * count(*) FILTER (WHERE state = 'succeeded')
-                     / nullif(count(*), 0), 1) AS success_pct,
-               round(quantile_cont(duration_s, 0.5), 3) AS p50_s,
-               round(quantile_cont(duration_s, 0.9), 3) AS p90_s,
-               round(quantile_cont(duration_s, 0.99), 3) AS p99_s,
-               round(max(duration_s), 3) AS max_s,
-               round(avg(turns), 1) AS avg_turns,
-               sum(tool_calls) AS tool_calls,
-               sum(tokens_in + tokens_out) AS tokens,
-               round(sum(cost_usd), 4) AS cost_usd
-        FROM tasks {where}
-        """,
-        params,
-    )
-    overview.title = "Overview"
     per_task = query(
         con,
         f"""
@@ -176,9 +244,77 @@ def report(events_dir: str, batch: str | None = None, task_limit: int = 50) -> l
         params,
     )
     tools.title = "Tool calls by tool"
-    return [overview, per_task, tools]
+    return [overview(con, batch), per_task, tools]
+
+
+def overview(con: duckdb.DuckDBPyConnection, batch: str | None = None) -> Table:
+    """One row: how many tasks ended how, the success rate, durations, turns, spend."""
+    where = "WHERE batch = ?" if batch else ""
+    params = [batch] if batch else []
+    table = query(
+        con,
+        f"""
+        SELECT count(*) AS tasks,
+               count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+               count(*) FILTER (WHERE state = 'failed') AS failed,
+               count(*) FILTER (WHERE state = 'needs_human') AS needs_human,
+               count(*) FILTER (WHERE state NOT IN ('succeeded', 'failed', 'needs_human'))
+                   AS other,
+               round(100.0 * count(*) FILTER (WHERE state = 'succeeded')
+                     / nullif(count(*), 0), 1) AS success_pct,
+               round(quantile_cont(duration_s, 0.5), 3) AS p50_s,
+               round(quantile_cont(duration_s, 0.9), 3) AS p90_s,
+               round(quantile_cont(duration_s, 0.99), 3) AS p99_s,
+               round(max(duration_s), 3) AS max_s,
+               round(avg(turns), 1) AS avg_turns,
+               sum(tool_calls) AS tool_calls,
+               sum(tokens_in + tokens_out) AS tokens,
+               round(sum(cost_usd), 4) AS cost_usd
+        FROM tasks {where}
+        """,
+        params,
+    )
+    table.title = "Overview"
+    return table
 
 
 def sql(events_dir: str, statement: str) -> Table:
-    """Run any SQL with the views ``events`` and ``tasks`` defined."""
+    """Run any SQL with the views ``events``, ``tasks``, ``sessions``, ``tool_calls`` and
+    ``turns`` defined."""
     return query(connect(events_dir), statement)
+
+
+DURATIONS_SQL = """
+SELECT task_id, state, round(duration_s, 3) AS duration_s,
+       CAST(finished_at AS VARCHAR) AS finished_at
+FROM tasks WHERE finished_at IS NOT NULL {where}
+ORDER BY finished_at DESC LIMIT 200
+"""
+
+
+def named_report(
+    events_dir: str,
+    name: str,
+    batch: str | None = None,
+    saved: dict[str, SavedReport] | None = None,
+) -> Table:
+    """One report by name: a built-in (:data:`BUILTIN_REPORTS`) or a saved query of the
+    config. KeyError names the known ones; a saved query takes no ``batch``."""
+    saved = saved or {}
+    if name in saved:
+        if batch:
+            raise AnalyticsError(f"report {name!r} is a saved query: it takes no batch")
+        table = sql(events_dir, saved[name].sql)
+        table.title = saved[name].title or name
+        return table
+    if name not in BUILTIN_REPORTS:
+        known = ", ".join([*BUILTIN_REPORTS, *sorted(saved)])
+        raise KeyError(f"no report {name!r} (known: {known})")
+    if name == "durations":
+        con = connect(events_dir)
+        where = "AND batch = ?" if batch else ""
+        table = query(con, DURATIONS_SQL.format(where=where), [batch] if batch else [])
+        table.title = "Durations of finished tasks (newest first)"
+        return table
+    overview_, tasks, tools = report(events_dir, batch=batch, task_limit=500)
+    return {"overview": overview_, "tasks": tasks, "tools": tools}[name]

@@ -351,6 +351,22 @@ class SourceSpec(Strict):
     )
 
 
+BUILTIN_REPORTS = ("overview", "tasks", "tools", "durations")
+"""The reports every fleet has (``fleet report NAME``, ``GET /v1/reports/{name}``)."""
+
+
+class SavedReport(Strict):
+    """A named SQL query over the history (``reports:`` in the config), run by
+    ``fleet report NAME`` and ``GET /v1/reports/{name}`` like the built-in reports."""
+
+    sql: str = Field(
+        min_length=1,
+        description="DuckDB SQL over the views events, tasks, sessions, tool_calls, turns.",
+    )
+    title: str = Field("", max_length=200, description="Shown above the table.")
+    description: str = Field("", max_length=2000, description="What the query answers.")
+
+
 class FleetConfig(Strict):
     """Named agents and environments, usually read from a YAML file."""
 
@@ -359,6 +375,21 @@ class FleetConfig(Strict):
     sources: list[SourceSpec] = Field(
         default_factory=list, description="Where work is picked up from (see sources/)."
     )
+    reports: dict[str, SavedReport] = Field(
+        default_factory=dict, description="Saved queries over the history, by name."
+    )
+
+    @field_validator("reports")
+    @classmethod
+    def _report_names(cls, value: dict[str, SavedReport]) -> dict[str, SavedReport]:
+        for name in value:
+            if name in BUILTIN_REPORTS:
+                raise ValueError(f"{name!r} is a built-in report: choose another name")
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+                raise ValueError(
+                    f"report name {name!r}: use lowercase letters, digits, '_' and '-'"
+                )
+        return value
 
     @field_validator("sources")
     @classmethod

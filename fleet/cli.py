@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
-from core.analytics import AnalyticsError, Table, report, sql
+from core.analytics import AnalyticsError, Table, named_report, report, sql
 from core.errors import FleetError, InputError, one_line, root_cause
 from core.records import CommandResult
+from core.report_page import html_report
 from core.settings import FleetSettings
 from core.taskfile import load_config, load_tasks, parse_tasks
 from fleet.driver import ExitCode, build_settings, prefixed, run_batch, run_prefix
@@ -145,16 +146,42 @@ def demo(
 
 @app.command("report")
 def report_cmd(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help="One report: overview, tasks, tools, durations, or a saved query of the "
+            "config's reports: (default: the first three)."
+        ),
+    ] = None,
     events: EventsOpt = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
+    config: ConfigOpt = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write the report with charts to this HTML file."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Report over the event log: outcomes, success rate, durations, tool calls."""
+    """Report over the event log: outcomes, success rate, durations, tool calls; one report
+    by name; or (--html) one self-contained page of charts."""
+    events_dir = _events(events, debug)
     try:
-        tables = report(_events(events, debug), batch=batch)
-    except AnalyticsError as exc:
+        if html is not None:
+            with out.status("drawing the report"):
+                page = html_report(events_dir, batch=batch)
+            html.write_text(page, encoding="utf-8")
+            out.print(f"wrote {html} ({len(page.encode()) // 1024} KiB)")
+            return
+        if name is None:
+            tables = report(events_dir, batch=batch)
+        else:
+            saved = load_config(config).reports
+            tables = [named_report(events_dir, name, batch, saved)]
+    except (AnalyticsError, InputError, OSError) as exc:
         _fail(str(exc), debug, exc)
+    except KeyError as exc:
+        _fail(str(exc.args[0]), debug, exc)
     if as_json:
         out.print_json(json.dumps({t.title: t.as_dicts() for t in tables}, default=str))
         return
@@ -164,12 +191,16 @@ def report_cmd(
 
 @app.command("sql")
 def sql_cmd(
-    statement: Annotated[str, typer.Argument(help="SQL over the views events and tasks.")],
+    statement: Annotated[
+        str,
+        typer.Argument(help="SQL over the views events, tasks, sessions, tool_calls, turns."),
+    ],
     events: EventsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run SQL with DuckDB over the event log (views: events, tasks)."""
+    """Run SQL with DuckDB over the event log (views: events, tasks, sessions, tool_calls,
+    turns)."""
     try:
         table = sql(_events(events, debug), statement)
     except AnalyticsError as exc:

@@ -319,7 +319,9 @@ class AgentLoop:
                 return self._outcome("budget", spent)
             self._maybe_compact()
             sent = len(self.messages)
+            asked = time.perf_counter()
             turn = await self.model.complete(self.messages, schemas)
+            latency_ms = (time.perf_counter() - asked) * 1000
             self.turns += 1
             usage = turn.usage
             if usage.input_tokens or usage.output_tokens:
@@ -328,13 +330,18 @@ class AgentLoop:
                 self.tokens_out += usage.output_tokens
                 self.cost_usd += usage.cost_usd
                 self._reported_input, self._reported_at = usage.input_tokens, sent
-                self.emit(
-                    EventType.usage,
-                    {"cached_input_tokens": usage.cached_input_tokens, "model": self.model.name},
-                    tokens_in=usage.input_tokens,
-                    tokens_out=usage.output_tokens,
-                    cost_usd=usage.cost_usd,
-                )
+            self.emit(  # one per turn: the `turns` view of the history
+                EventType.usage,
+                {
+                    "cached_input_tokens": usage.cached_input_tokens,
+                    "model": self.model.name,
+                    "turn": self.turns,
+                },
+                tokens_in=usage.input_tokens,
+                tokens_out=usage.output_tokens,
+                cost_usd=usage.cost_usd,
+                duration_ms=latency_ms,
+            )
             self.messages.append(turn.as_message())
             if turn.text:
                 self.emit(EventType.agent_message, {"text": turn.text, "turn": self.turns})

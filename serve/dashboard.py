@@ -64,6 +64,7 @@ PAGE = """<!doctype html>
 <body>
 <header>
   <h1>agent-fleet</h1>
+  <a class="meta" href="/reports">reports</a>
   <span class="meta" id="meta">connecting...</span>
   <span id="live" data-state="connecting" data-events="0">stream: connecting</span>
   <span id="error"></span>
@@ -532,3 +533,45 @@ SESSION_PAGE = SESSION_PAGE_TEMPLATE.replace(
 """One task's page (``/sessions/{id}``): its prompt and state, the transcript (the task's
 event stream, live while it runs; EventSource names each event by its type, so the page
 listens to every type), the diff and files of its results, and the steering buttons."""
+
+REPORTS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>agent-fleet reports</title>
+<style>
+  body { margin:0; font:14px system-ui,sans-serif; background:#0f1419; color:#e6e6e6; }
+  header { display:flex; gap:12px; align-items:center; padding:10px 16px; }
+  a { color:#8ab4f8; } #error { color:#ffb4b4; }
+  iframe { width:100%; height:calc(100vh - 52px); border:0; background:#fff; }
+</style>
+</head>
+<body>
+<header>
+  <a href="/">&larr; dashboard</a>
+  <form id="scope"><input id="batch" placeholder="batch (all tasks if empty)" size="28">
+    <button type="submit">Show</button></form>
+  <span id="error"></span>
+</header>
+<iframe id="report" title="report"></iframe>
+<script>
+const KEY = "fleetToken";
+async function show() {
+  const batch = document.getElementById("batch").value.trim();
+  const query = "?fresh=true" + (batch ? "&batch=" + encodeURIComponent(batch) : "");
+  const r = await fetch("/v1/charts" + query,
+    {headers: {"Authorization": "Bearer " + (localStorage.getItem(KEY) || "")}});
+  if (r.status === 401 || r.status === 403) {
+    document.getElementById("error").textContent = "token refused: open / to log in";
+    return;
+  }
+  document.getElementById("report").srcdoc = await r.text();
+}
+document.getElementById("scope").onsubmit = (e) => { e.preventDefault(); show(); };
+show();
+</script>
+</body>
+</html>
+"""
+"""The reports page (``/reports``): the charts of ``GET /v1/charts`` (fetched with the token
+the dashboard keeps) in a frame, for all tasks or one batch."""

@@ -1,5 +1,5 @@
 """The OpenAPI document: responses the routes share, and the patch of the generated schema
-(TaskSpec for the raw-body batch route; error answers of streams are JSON)."""
+(TaskSpec for the raw-body batch route; error answers of streams and pages are JSON)."""
 
 from typing import Any
 
@@ -38,7 +38,7 @@ TOO_MANY: dict[int | str, dict[str, Any]] = {
 def install_openapi(app: FastAPI) -> None:
     """Add TaskSpec (the raw-body batch route refers to it) to the generated schema, the
     page size setting to ``limit`` parameters, and JSON as the media type of errors of
-    streams."""
+    streams and pages."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -59,8 +59,9 @@ def install_openapi(app: FastAPI) -> None:
                         parameter["schema"]["maximum"] = max_page  # see deps.page_limit
                 for status, response in operation.get("responses", {}).items():
                     content = response.get("content", {})
-                    if not status.startswith("2") and "text/event-stream" in content:
-                        response["content"] = {"application/json": content["text/event-stream"]}
+                    for media in ("text/event-stream", "text/html"):
+                        if not status.startswith("2") and media in content:
+                            response["content"] = {"application/json": content[media]}
         app.openapi_schema = schema
         return schema
 

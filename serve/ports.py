@@ -9,6 +9,7 @@ import ray
 from core.events import Event
 from core.records import CommandResult, TaskRecord
 from core.settings import FleetSettings
+from core.specs import SavedReport
 
 
 class SupervisorPort(Protocol):
@@ -16,6 +17,7 @@ class SupervisorPort(Protocol):
     Commands answer a :class:`CommandResult`: its ``reason`` is the refusal's detail."""
 
     async def get_settings(self) -> FleetSettings: ...
+    async def saved_reports(self) -> dict[str, SavedReport]: ...
     async def get(self, task_ids: list[str]) -> list[TaskRecord | None]: ...
     async def submit(self, tasks: list[dict[str, Any]], batch: str | None) -> dict[str, Any]: ...
     async def list_tasks(
@@ -59,6 +61,9 @@ class ActorPort:
 
     async def get_settings(self) -> FleetSettings:
         return await self.handle.get_settings.remote()
+
+    async def saved_reports(self) -> dict[str, SavedReport]:
+        return await self.handle.saved_reports.remote()
 
     async def get(self, task_ids: list[str]) -> list[TaskRecord | None]:
         return await self.handle.get.remote(task_ids)

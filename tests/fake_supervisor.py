@@ -38,7 +38,7 @@ from core.eventlog import EventLog
 from core.events import Event, EventType
 from core.records import Assignment, CommandResult, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
-from core.specs import EnvironmentSpec, FleetConfig
+from core.specs import EnvironmentSpec, FleetConfig, SavedReport
 from harness.hooks import Decision, InboxHooks
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
@@ -102,6 +102,10 @@ class FakeSupervisor:
     @on_fleet_loop
     async def get_settings(self) -> FleetSettings:
         return self.settings
+
+    @on_fleet_loop
+    async def saved_reports(self) -> dict[str, SavedReport]:
+        return self.config.reports
 
     @on_fleet_loop
     async def get(self, task_ids: list[str]) -> list[TaskRecord | None]:

@@ -115,7 +115,8 @@ class TalkingModel:
 def test_a_turn_without_tool_calls_is_nudged_not_fatal():
     outcome, events, _ = run_loop(TalkingModel())
     assert outcome.status == "finished" and outcome.turns == 2
-    assert events[0][0] == EventType.agent_message
+    assert [e[0] for e in events[:2]] == [EventType.usage, EventType.agent_message]
+    assert [e[1]["turn"] for e in events if e[0] == EventType.usage] == [1, 2]
 
 
 def test_truncate_keeps_head_and_tail_and_says_how_much_went():

@@ -129,7 +129,7 @@ def test_a_429_then_success_inside_a_session(fake_server: FakeOpenAI) -> None:
             await model.aclose()
             assert outcome.status == "finished" and model.retries == 1
             [usage] = events.of(EventType.usage)
-            assert usage == {"cached_input_tokens": 20, "model": "gpt-4o"}
+            assert usage == {"cached_input_tokens": 20, "model": "gpt-4o", "turn": 1}
             assert events.typed(EventType.usage)[0]["tokens_in"] == 50
             assert outcome.tokens_in == 50 and outcome.cost_usd > 0
         finally:

@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from serve import models as m
-from serve.dashboard import PAGE, SESSION_PAGE
+from serve.dashboard import PAGE, REPORTS_PAGE, SESSION_PAGE
 
 router = APIRouter(tags=["meta"])
 
@@ -27,3 +27,9 @@ async def session_page(session_id: str) -> HTMLResponse:
     """One task's page: prompt, state, live transcript, diff, files, steering (the page
     asks the API with the token the dashboard keeps)."""
     return HTMLResponse(SESSION_PAGE)
+
+
+@router.get("/reports", response_class=HTMLResponse)
+async def reports_page() -> HTMLResponse:
+    """The reports page: the charts over the history (it asks `/v1/charts` with the token)."""
+    return HTMLResponse(REPORTS_PAGE)
