@@ -305,6 +305,9 @@ class FleetSettings(BaseSettings):
         60.0, gt=0, description="How often memory re-reads the run history."
     )
     memory_min_runs: int = Field(3, ge=1, description="Runs of a label before history counts.")
+    memory_decisions_shown: int = Field(
+        20, ge=0, description="Latest memory decisions (with reasons) `fleet memory` lists."
+    )
     memory_escalate_below: float = Field(
         0.2, ge=0, le=1, description="Labels succeeding less often go to a human after one try."
     )

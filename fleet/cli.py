@@ -388,7 +388,8 @@ def memory(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """What the fleet has learned from past runs, per label and per agent."""
+    """What the fleet has learned from past runs (per label, per agent, per agent on each
+    label) and the latest decisions it took from that, with their reasons."""
     from actors.memory import Memory
 
     events_dir = _events(events, debug)
@@ -399,9 +400,15 @@ def memory(
     if as_json:
         out.print_json(json.dumps(tables))
         return
-    for title, rows in tables.items():
+    titles = {
+        "labels": "By label",
+        "agents": "By agent",
+        "domains": "By label and agent",
+        "decisions": "Latest decisions and why",
+    }
+    for key, rows in tables.items():
         if rows:
-            print_table(Table(f"By {title[:-1]}", list(rows[0]), [tuple(r.values()) for r in rows]))
+            print_table(Table(titles[key], list(rows[0]), [tuple(r.values()) for r in rows]))
 
 
 @app.command()

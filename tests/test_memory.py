@@ -75,3 +75,57 @@ def test_time_limit_and_expected_duration_come_from_the_label_history(tmp_path):
     assert "3 x p95" in next(d.reason for d in decisions if d.what == "time_limit_s")
     plan, _ = memory.plan(TaskSpec(prompt="p", labels=["slow"], time_limit_s=5))
     assert "time_limit_s" not in plan
+
+
+def test_the_agent_is_picked_by_its_record_on_the_tasks_labels(tmp_path):
+    root = str(tmp_path)
+    # "writer" is good at docs and bad at bugs; "fixer" the other way round; overall equal.
+    runs = [(f"wd{i}", "writer", ["docs"], True, 1.0) for i in range(4)]
+    runs += [(f"wb{i}", "writer", ["bug"], i == 0, 1.0) for i in range(4)]
+    runs += [(f"fd{i}", "fixer", ["docs"], i == 0, 1.0) for i in range(4)]
+    runs += [(f"fb{i}", "fixer", ["bug"], True, 1.0) for i in range(4)]
+    history(root, runs)
+    memory = Memory(FleetSettings(memory_min_runs=3))
+    assert memory.refresh(root)
+    assert memory.agents["writer"].success_rate == memory.agents["fixer"].success_rate
+    agents = ["writer", "fixer"]
+    for labels, best in ((["bug"], "fixer"), (["docs"], "writer")):
+        plan, decisions = memory.plan(TaskSpec(prompt="p", agents=agents, labels=labels))
+        why = next(d for d in decisions if d.what == "agent")
+        assert plan["agent"] == best and f"on label(s) {labels[0]}" in why.reason
+        assert "100% of 4 runs" in why.reason
+    # A label history knows nothing about: the overall record, and the reason says so.
+    plan, decisions = memory.plan(TaskSpec(prompt="p", agents=agents, labels=["infra"]))
+    assert decisions[0].reason.startswith("no history on ['infra']: best record among")
+    domains = {(r["label"], r["agent"]): r for r in memory.tables()["domains"]}
+    assert domains[("bug", "fixer")]["success_rate"] == 1.0
+    assert domains[("bug", "writer")]["success_rate"] == 0.25
+
+
+def test_labels_that_stall_show_and_fleet_memory_says_why_it_decided(tmp_path):
+    root = str(tmp_path)
+    history(root, [(f"s{i}", "default", ["slow"], True, 1.0) for i in range(4)])
+    log = EventLog(root, writer="stalls")
+    for i in range(2):  # two of the four had a session stopped as stalled first
+        log.append(
+            [
+                Event(task_id=f"s{i}", seq=5, type=EventType.session_ended, attempt=1,
+                      payload={"status": "stopped", "reason": "stalled: no event for 300s"}),
+            ]
+        )  # fmt: skip
+    log.append(
+        [
+            Event(task_id="s0", seq=6, type=EventType.memory_decision,
+                  payload={"decision": "time_limit_s", "value": 30, "reason": "3 x p95"}),
+        ]
+    )  # fmt: skip
+    log.close()
+    memory = Memory(FleetSettings(memory_min_runs=3))
+    assert memory.refresh(root)
+    assert memory.labels["slow"].stall_rate == 0.5
+    [latest] = memory.tables()["decisions"]
+    assert (latest["task_id"], latest["decision"], latest["reason"]) == (
+        "s0",
+        "time_limit_s",
+        "3 x p95",
+    )
