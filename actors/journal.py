@@ -49,6 +49,7 @@ class Journal:
         self.spawn = spawn
         self.clock = clock
         self._roll_lock: asyncio.Lock | None = None
+        self._compacting: asyncio.Future[int] | None = None
 
     def open(self) -> None:
         """Allow rolls (on the loop that serves them); before this ``flush`` rolls nothing."""
@@ -124,7 +125,8 @@ class Journal:
         return kept
 
     async def flush(self, compact: bool = False) -> int:
-        """Roll buffered events into Parquet now; returns how many were written."""
+        """Roll buffered events into Parquet now; returns how many were written. With
+        ``compact``, then merge small files (and wait for it)."""
         assert self._roll_lock is not None or not self.log.buffered
         if self._roll_lock is None:
             return 0
@@ -134,27 +136,56 @@ class Journal:
             if pending is not None:
                 await asyncio.to_thread(self.log.finish_roll, *pending)
                 written = len(pending[1])
-            if compact:
-                await asyncio.to_thread(self.log.compact)
+        if compact:
+            await self.compact()
         return written
 
+    async def compact(self) -> None:
+        """Merge the log's small files in a thread, one compaction at a time. Not under the
+        roll lock: rolls (and the reads that flush first) go on meanwhile."""
+        if self._compacting is not None:
+            await asyncio.shield(self._compacting)
+            return
+        self._compacting = asyncio.ensure_future(asyncio.to_thread(self.log.compact))
+        try:
+            await asyncio.shield(self._compacting)
+        finally:
+            self._compacting = None
+
     async def flush_loop(self, stopping: Callable[[], bool]) -> None:
-        """Roll every ``flush_interval_s`` (compacting every 32nd roll) until ``stopping``."""
+        """Roll every ``flush_interval_s`` until ``stopping``; every 32nd roll starts a
+        compaction in the background."""
         rolls = 0
         while not stopping():
             await asyncio.sleep(self.settings.flush_interval_s)
             try:
-                if await self.flush(compact=rolls % 32 == 31):
+                if await self.flush():
                     rolls += 1
+                    if rolls % 32 == 0 and self._compacting is None:
+                        self.spawn(self._compact_logged())
             except Exception:  # keep the loop alive; the WAL still holds the events
                 log.exception("event log flush failed")
+
+    async def _compact_logged(self) -> None:
+        try:
+            await self.compact()
+        except Exception:  # the small files stay; the next compaction tries again
+            log.exception("event log compaction failed")
 
     async def task_events(self, task_id: str) -> list[Event]:
         """A task's events so far, in ``seq`` order (rolled files plus the buffer)."""
         await self.flush()
-        files = self.log.files()
-        if not files:
-            return []
-        table = pq.read_table(files, filters=[("task_id", "=", task_id)], filesystem=self.log.fs)
-        events = [Event.from_row(r) for r in table.to_pylist()]
-        return sorted(events, key=lambda e: e.seq)
+        for tries in range(3):  # a compaction may delete a listed file meanwhile: list again
+            files = self.log.files()
+            if not files:
+                return []
+            try:
+                table = pq.read_table(
+                    files, filters=[("task_id", "=", task_id)], filesystem=self.log.fs
+                )
+                break
+            except FileNotFoundError:
+                if tries == 2:
+                    raise
+        events = {r["seq"]: r for r in table.to_pylist()}  # once each, even mid-compaction
+        return [Event.from_row(events[seq]) for seq in sorted(events)]

@@ -90,6 +90,7 @@ class Supervisor:
             settings.events_dir,
             settings.wal_dir,
             settings.compact_min_files,
+            settings.compact_small_bytes,
             writer=settings.name,
             wal_fsync=settings.wal_fsync,
         )

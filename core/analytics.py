@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,12 +175,13 @@ def connect(events_dir: str) -> duckdb.DuckDBPyConnection:
         if not glob.glob(os.path.join(root, "date=*", "*.parquet")):
             raise AnalyticsError(f"no events under {root} yet (run a batch first)")
         pattern = f"{root}/date=*/*.parquet".replace("'", "''")
-        con.execute(
+        query(
+            con,
             "CREATE VIEW events AS SELECT * FROM "
-            f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
+            f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)",
         )
     for view in VIEWS.values():
-        con.execute(view)
+        query(con, view)  # tried again if a compaction removes a file meanwhile
     return con
 
 
@@ -202,13 +204,25 @@ def _uri_dataset(uri: str) -> ds.Dataset:
     )
 
 
+READ_TRIES = 10
+"""Times a query is tried while a compaction removes files under it (with a short pause)."""
+
+
 def query(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Table:
-    try:
-        rel = con.execute(sql, params or [])
-    except duckdb.Error as exc:
-        raise AnalyticsError(str(exc).strip().splitlines()[0]) from None
-    columns = [d[0] for d in rel.description or []]
-    return Table(title="", columns=columns, rows=rel.fetchall())
+    """Run ``sql``. A file that a compaction removed while the query ran makes it run again
+    (the views list the files anew), after a pause as long as the tries so far."""
+    for tries in range(1, READ_TRIES + 1):
+        try:
+            rel = con.execute(sql, params or [])
+            columns = [d[0] for d in rel.description or []]
+            return Table(title="", columns=columns, rows=rel.fetchall())
+        except duckdb.IOException as exc:
+            if tries == READ_TRIES:
+                raise AnalyticsError(str(exc).strip().splitlines()[0]) from None
+            time.sleep(0.02 * tries)
+        except duckdb.Error as exc:
+            raise AnalyticsError(str(exc).strip().splitlines()[0]) from None
+    raise AssertionError("unreachable")
 
 
 def report(events_dir: str, batch: str | None = None, task_limit: int = 50) -> list[Table]:

@@ -5,7 +5,8 @@ lines in the current segment, written before ``append`` returns, so an acknowled
 survives a crash of the process), and is buffered in memory. ``roll`` turns the buffer into
 one Parquet file per date, named after the segment, then drops the segment. On open, a
 segment left by a crash is rolled again; a partition that already has that segment's file
-is skipped, so replay is exact. ``compact`` merges a partition's small files into one.
+is skipped, so replay is exact. ``compact`` merges a partition's small files into one (and
+opening the log finishes a compaction a crash cut short).
 
 How far an acknowledged event survives is the ``wal_fsync`` choice. Every mode writes and
 flushes the WAL before ``append`` returns, so a crash of the *process* loses nothing; they
@@ -41,6 +42,7 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -64,6 +66,9 @@ from core.errors import StorageError
 from core.events import ARROW_SCHEMA, Event, rows_to_table
 
 log = logging.getLogger(__name__)
+
+REPLACES = b"fleet.replaces"
+"""Metadata key of a compacted file: the names of the files it replaces (JSON list)."""
 
 
 class EventLogError(StorageError):
@@ -202,6 +207,7 @@ class EventLog:
         root: str,
         wal_dir: str | None = None,
         compact_min_files: int = 16,
+        compact_small_bytes: int = 32 * 2**20,
         writer: str = "default",
         lock_wait_s: float = 5.0,
         wal_fsync: str | float = "100ms",
@@ -216,6 +222,7 @@ class EventLog:
         self.writer = writer_name(writer)
         self.wal_dir = Path(wal_dir) / self.writer
         self.compact_min_files = compact_min_files
+        self.compact_small_bytes = compact_small_bytes
         self.fsync_every = parse_wal_fsync(wal_fsync)
         """Seconds between WAL fsyncs: 0.0 always, None never."""
         try:
@@ -315,19 +322,49 @@ class EventLog:
         return handle
 
     def compact(self) -> int:
-        """Merge each partition holding many files into one; returns files removed."""
+        """Merge the small files of each partition that has many into one; returns how many
+        files went. Files of ``compact_small_bytes`` or more are left alone, so each
+        compaction does bounded work however big the history grows.
+
+        Safe beside a writer (it touches only the files it listed; a roll writes new ones)
+        and against a crash: the new file names the files it replaces (in its metadata)
+        and is complete before any of them is deleted; opening the log deletes those a crash
+        left behind. Between the new file's rename and the deletes (milliseconds) a reader
+        may see both; nothing is ever missing."""
         removed = 0
         for partition, files in self._partitions().items():
-            if len(files) < self.compact_min_files:
+            sizes = self.fs.get_file_info(files)
+            small = [i.path for i in sizes if (i.size or 0) < self.compact_small_bytes]
+            if len(small) < self.compact_min_files:
                 continue
-            table = pa.concat_tables(pq.read_table(f, filesystem=self.fs) for f in files)
-            table = table.sort_by([("ts", "ascending")])
+            tables = [pq.read_table(f, filesystem=self.fs, schema=ARROW_SCHEMA) for f in small]
+            table = pa.concat_tables(tables).sort_by([("ts", "ascending")])
+            replaces = json.dumps([f.rsplit("/", 1)[-1] for f in small])
+            table = table.replace_schema_metadata({REPLACES: replaces})
             name = f"compact-{self.writer}-{uuid.uuid4().hex[:12]}.parquet"
             self._write_table(f"{partition}/{name}", table)
-            for f in files:
-                self.fs.delete_file(f)
-            removed += len(files)
+            self._delete(small)
+            removed += len(small)
         return removed
+
+    def _delete(self, files: list[str]) -> None:
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(f)
+
+    def _finish_compactions(self) -> None:
+        """Delete the files a compaction had replaced when a crash stopped it before."""
+        for partition, files in self._partitions().items():
+            present = {f.rsplit("/", 1)[-1] for f in files}
+            for f in files:
+                if not f.rsplit("/", 1)[-1].startswith(f"compact-{self.writer}-"):
+                    continue
+                metadata = pq.read_schema(f, filesystem=self.fs).metadata or {}
+                replaced = json.loads(metadata.get(REPLACES, b"[]"))
+                left = [f"{partition}/{name}" for name in replaced if name in present]
+                if left:
+                    log.warning("finishing a compaction a crash cut short: %d files", len(left))
+                    self._delete(left)
 
     # -- reading -----------------------------------------------------------------------
     def files(self) -> list[str]:
@@ -398,7 +435,9 @@ class EventLog:
         return found
 
     def _recover(self) -> None:
-        """Roll WAL segments a crash left behind (exactly once per partition)."""
+        """Finish a compaction and roll WAL segments a crash left behind (exactly once per
+        partition)."""
+        self._finish_compactions()
         for segment in self._wal_segments():
             path = self._wal_path(segment)
             rows = []

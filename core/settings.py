@@ -164,7 +164,13 @@ class FleetSettings(BaseSettings):
         20_000, ge=1, description="Roll a Parquet file as soon as this many events are buffered."
     )
     compact_min_files: int = Field(
-        16, ge=2, description="Compact a date partition once it holds this many files."
+        16, ge=2, description="Compact a date partition once it holds this many small files."
+    )
+    compact_small_bytes: int = Field(
+        32 * 2**20,
+        ge=1,
+        description="A Parquet file of the log smaller than this is merged by compaction; "
+        "bigger ones are left as they are (bounded work per compaction).",
     )
     worker_event_batch_s: float = Field(
         0.2, gt=0, description="Workers send buffered events to the supervisor at this interval."

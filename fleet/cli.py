@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from importlib import resources
@@ -13,6 +14,7 @@ import typer
 
 from core.analytics import AnalyticsError, Table, named_report, report, sql
 from core.errors import FleetError, InputError, one_line, root_cause
+from core.eventlog import EventLog, EventLogError
 from core.records import CommandResult
 from core.report_page import html_report
 from core.settings import FleetSettings
@@ -380,6 +382,47 @@ def extract_confined(archive: bytes, dest: Path) -> tuple[int, list[tuple[str, s
             tar.extract(safe, dest, filter="data")
             written += safe.isfile()
     return written, refused
+
+
+@app.command()
+def compact(events: EventsOpt = None, debug: DebugOpt = False) -> None:
+    """Merge the event log's small Parquet files (a running fleet does it by itself; this is
+    for the logs of fleets that are not running). Every event is kept, exactly once."""
+    settings = _settings(debug, events_dir=events)
+    root = Path(settings.events_dir)
+    if "://" in settings.events_dir or not root.is_dir():
+        _fail(f"no local event log at {settings.events_dir}", debug)
+    pattern = re.compile(r"^(?:seg-([\w.]+)-\d+|compact-([\w.]+)-[0-9a-f]+)\.parquet$")
+    writers = sorted(
+        {
+            m.group(1) or m.group(2)
+            for p in root.glob("date=*/*.parquet")
+            if (m := pattern.match(p.name))
+        }
+    )
+    rows = []
+    for writer in writers:
+        try:
+            log = EventLog(
+                settings.events_dir,
+                settings.wal_dir,
+                compact_min_files=2,
+                compact_small_bytes=settings.compact_small_bytes,
+                writer=writer,
+                lock_wait_s=0,
+                wal_fsync=settings.wal_fsync,
+            )
+        except EventLogError:
+            rows.append((writer, "running: its fleet compacts it", "", ""))
+            continue
+        try:
+            before = len(log.files())
+            with out.status(f"compacting {writer}"):
+                log.compact()
+            rows.append((writer, "compacted", before, len(log.files())))
+        finally:
+            log.close()
+    print_table(Table("Compaction", ["fleet", "what", "files before", "files after"], rows))
 
 
 @app.command()

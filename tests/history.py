@@ -25,8 +25,11 @@ REASONS = ["gate failed: exit 1", "stopped after 30 turns", "time limit reached"
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def write_history(root: Path, tasks: int, seed: int = 7, per_file: int = 250_000) -> int:
-    """Write the history of ``tasks`` tasks under ``root``; the number of events. Task ``i``
+def write_history(
+    root: Path, tasks: int, seed: int = 7, per_file: int = 250_000, writer: str = "synthetic"
+) -> int:
+    """Write the history of ``tasks`` tasks under ``root`` in files of about ``per_file``
+    events, named as fleet ``writer``'s segments; the number of events. Task ``i``
     is ``t-<i>``; every 10th task fails (attempts 1..3, a reason of :data:`REASONS`), every
     17th that does not fail ends ``needs_human``, the rest succeed."""
     rng = random.Random(seed)
@@ -53,7 +56,7 @@ def write_history(root: Path, tasks: int, seed: int = 7, per_file: int = 250_000
             mask = pa.array([d == day for d in days])
             folder = root / f"date={day}"
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table.filter(mask), folder / f"synthetic-{part:05d}.parquet")
+            pq.write_table(table.filter(mask), folder / f"seg-{writer}-{part:08d}.parquet")
         written += table.num_rows
         part += 1
         columns = defaultdict(list)

@@ -73,6 +73,112 @@ def test_compaction_merges_small_files_and_keeps_every_event(tmp_path):
     assert [e.seq for e in log.replay()] == [0, 1, 2, 3, 4]
 
 
+def test_compaction_merges_only_small_files_so_its_work_stays_bounded(tmp_path):
+    log = EventLog(str(tmp_path), compact_min_files=3, compact_small_bytes=10**9)
+    for i in range(4):
+        log.append([ev("a", i)])
+        log.roll()
+    assert log.compact() == 4
+    [big] = log.files()
+    log.compact_small_bytes = os.path.getsize(big)  # the compacted file now counts as big
+    for i in range(4, 7):
+        log.append([ev("a", i)])
+        log.roll()
+    assert log.compact() == 3  # the three new ones; the first compaction's file is kept
+    assert big in log.files() and len(log.files()) == 2
+    assert [e.seq for e in log.replay()] == list(range(7))
+
+
+KILLED_COMPACTION = """
+import os, signal, sys
+from datetime import UTC, datetime
+from core.eventlog import EventLog
+from core.events import Event, EventType
+
+log = EventLog(sys.argv[1], compact_min_files=3)
+for i in range(6):
+    log.append([Event(task_id="a", seq=i, type=EventType.agent_message,
+                      ts=datetime(2026, 1, 1, 12, i, tzinfo=UTC))])
+    log.roll()
+print(len(log.files()), flush=True)
+
+def delete_two_then_die(files):
+    for path in files[:2]:  # the merged file is in place, four of its sources are not gone
+        log.fs.delete_file(path)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+log._delete = delete_two_then_die
+log.compact()
+"""
+
+
+def test_a_compaction_killed_halfway_is_finished_on_open_with_every_event_once(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "events"
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_COMPACTION, str(root)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=120,
+    )
+    assert done.returncode == -9 and done.stdout.strip() == "6", done.stderr
+    files = sorted(p.name for p in root.glob("date=*/*.parquet"))
+    assert len(files) == 5 and sum(f.startswith("compact-") for f in files) == 1
+    pattern = f"{root}/date=*/*.parquet"
+    duplicated = duckdb.sql(f"select count(*) from read_parquet('{pattern}')").fetchall()[0][0]
+    assert duplicated == 6 + 4  # the merged file and four sources it replaces
+    reopened = EventLog(str(root))
+    assert [p.name.startswith("compact-") for p in root.glob("date=*/*.parquet")] == [True]
+    assert duckdb.sql(f"select count(*) from read_parquet('{pattern}')").fetchall()[0][0] == 6
+    assert [e.seq for e in reopened.replay()] == list(range(6))
+
+
+def test_readers_never_miss_an_event_while_a_compaction_runs(tmp_path):
+    import threading
+
+    from core import analytics
+
+    log = EventLog(str(tmp_path), compact_min_files=2)
+    counts: list[int] = []
+    stop = threading.Event()
+
+    errors: list[Exception] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                table = analytics.sql(str(tmp_path), "SELECT count(*) FROM events")
+            except Exception as exc:  # shown by the assertion below
+                errors.append(exc)
+                return
+            counts.append(table.rows[0][0])
+
+    total = 0
+    for round_ in range(6):
+        for i in range(20):
+            log.append([ev(f"t{round_}", i)])
+            log.roll()
+            total += 1
+        reader = threading.Thread(target=read)
+        before = total
+        reader.start()
+        while not counts and not errors:  # reading already when the compaction starts...
+            time.sleep(0.001)
+        started = len(counts)
+        log.compact()
+        while len(counts) < started + 2 and not errors:  # ...and still after it
+            time.sleep(0.001)
+        stop.set()
+        reader.join()
+        stop.clear()
+        assert errors == [] and min(counts) >= before, (round_, counts, errors)
+        counts.clear()
+    assert analytics.sql(str(tmp_path), "SELECT count(*) FROM events").rows[0][0] == total
+
+
 def test_unwritable_event_dir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -251,3 +357,32 @@ def test_a_roll_makes_the_parquet_file_durable_before_dropping_the_wal(tmp_path,
     assert f"fsync {tmp_path}" in synced  # the new partition's name in the root
     assert len(log.files()) == 1
     log.close()
+
+
+def test_fleet_compact_merges_stopped_fleets_logs_and_leaves_running_ones(tmp_path):
+    import subprocess
+    import sys
+
+    from core import analytics
+    from tests.history import write_history
+
+    written = write_history(tmp_path, 60, per_file=40, writer="stopped")
+    live = EventLog(str(tmp_path), writer="running")
+    for i in range(3):
+        live.append([ev("live", i)])
+        live.roll()
+    before = len(list(tmp_path.glob("date=*/seg-stopped-*.parquet")))
+    assert before > 10
+    done = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "compact", "--events", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "running: its fleet compacts it" in done.stdout and "compacted" in done.stdout
+    assert list(tmp_path.glob("date=*/seg-stopped-*.parquet")) == []
+    assert len(list(tmp_path.glob("date=*/seg-running-*.parquet"))) == 3
+    count = analytics.sql(str(tmp_path), "SELECT count(*) FROM events").rows[0][0]
+    assert count == written + 3
+    live.close()
