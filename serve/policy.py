@@ -37,10 +37,13 @@ CLIENT_AGENT_FIELDS = frozenset(
         "approvals",
         "max_tokens",
         "max_cost_usd",
+        "custom_tools",
     }
 )
 """What a client's inline agent may set. Not: model, api, base_url, api_key_env (where the
-model runs and with whose key), stream, context_window, compact_at (how it is called)."""
+model runs and with whose key), stream, context_window, compact_at (how it is called),
+mcp_servers (commands run in sandboxes or on workers, URLs reached from workers). Custom
+tools are the client's own: it runs them."""
 
 CLIENT_ENVIRONMENT_FIELDS = frozenset({"files", "cpus", "memory_mb", "pids", "disk_mb"})
 """What a client's inline environment may set. Not: name, image, apt, pip (what runs as root
