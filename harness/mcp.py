@@ -187,12 +187,12 @@ class McpServer:
         if self._owner.done():
             error = self._owner.exception()
             why = f"{type(_root(error)).__name__}: {_root(error)}" if error else "it stopped"
-        else:
-            why = f"no answer within {timeout_s:g}s"
+            why = await self._why(why)
+        else:  # (its exit code would be our kill's)
+            await self.close()
+            why = await self._why(f"no answer within {timeout_s:g}s", exit_code=False)
         await self.close()
-        raise McpError(
-            f"MCP server {self.spec.name!r} ({self.where}) did not start: {await self._why(why)}"
-        )
+        raise McpError(f"MCP server {self.spec.name!r} ({self.where}) did not start: {why}")
 
     async def _serve(self) -> None:
         from mcp import Client
@@ -294,11 +294,11 @@ class McpServer:
             text=truncate(result_text(result), ctx.output_limit), is_error=bool(result.is_error)
         )
 
-    async def _why(self, what: str) -> str:
-        """``what``, with the exit code and the end of the stderr of a stdio server."""
+    async def _why(self, what: str, exit_code: bool = True) -> str:
+        """``what`` (or its exit code), and the end of the stderr of a stdio server."""
         if self.process is None:
             return what
-        code = await self.process.wait(1.0)
+        code = await self.process.wait(1.0) if exit_code else None
         if code is not None:
             what = f"exited with code {code}"
         said = self.process.stderr_tail().strip() or "\n".join(self.noise).strip()
@@ -308,6 +308,8 @@ class McpServer:
         """Stop the server (a stdio one's stdin closed, then killed)."""
         self._stop.set()
         owner = self._owner
+        if owner is not None and not owner.done() and not self._ready.is_set():
+            owner.cancel()  # still starting: nothing to finish
         if owner is not None and not owner.done():
             done, _ = await asyncio.wait({owner}, timeout=10)
             if not done:
