@@ -14,10 +14,23 @@ import pyarrow.fs as pafs
 
 from core.errors import StorageError
 from core.eventlog import partition_files
-from core.events import ARROW_SCHEMA, TERMINAL_EVENTS
+from core.events import ARROW_SCHEMA, TERMINAL_EVENTS, EventType
 
 TERMINAL = "(" + ", ".join(f"'{t.value}'" for t in sorted(TERMINAL_EVENTS)) + ")"
 """The terminal event types as an SQL list."""
+TOOL_USES = (
+    "("
+    + ", ".join(
+        f"'{t.value}'"
+        for t in (
+            EventType.agent_tool_use,
+            EventType.agent_mcp_tool_use,
+            EventType.agent_custom_tool_use,
+        )
+    )
+    + ")"
+)
+"""The events of a model's tool call (built-in, MCP server's, custom), as an SQL list."""
 
 TASKS_VIEW = f"""
 CREATE OR REPLACE VIEW tasks AS
@@ -30,7 +43,7 @@ WITH per_task AS (
         max(attempt) AS attempts,
         coalesce(sum(CAST(json_extract(payload, '$.turns') AS BIGINT))
             FILTER (WHERE type = 'session.ended'), 0) AS turns,
-        count(*) FILTER (WHERE type = 'agent.tool_use') AS tool_calls,
+        count(*) FILTER (WHERE type IN {TOOL_USES}) AS tool_calls,
         min(ts) FILTER (WHERE type = 'task.submitted') AS submitted_at,
         min(ts) FILTER (WHERE type = 'task.assigned') AS started_at,
         max(ts) FILTER (WHERE type IN {TERMINAL}) AS finished_at,
@@ -170,7 +183,7 @@ def report(events_dir: str, batch: str | None = None, task_limit: int = 50) -> l
                round(avg(duration_ms), 2) AS avg_ms,
                round(quantile_cont(duration_ms, 0.95), 2) AS p95_ms
         FROM events
-        WHERE type = 'agent.tool_result' {batch_filter}
+        WHERE type IN ('agent.tool_result', 'agent.mcp_tool_result') {batch_filter}
         GROUP BY tool ORDER BY calls DESC
         """,
         params,

@@ -360,3 +360,19 @@ class McpTools:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.close()
+
+
+async def probe(specs: Sequence[McpServerSpec], start_timeout_s: float) -> tuple[int, str] | None:
+    """Start once, and stop, the servers that run outside any sandbox (on the worker's side,
+    or at a URL): the index and error of the first that does not start, or None. What creates
+    an agent calls this, here (the API's host standing in for a worker); servers in a sandbox
+    need the session's and are checked when it starts."""
+    for index, spec in enumerate(specs):
+        if spec.runs_in_sandbox:
+            continue
+        try:
+            async with McpTools([spec], None, start_timeout_s):
+                pass
+        except McpError as exc:
+            return index, str(exc)
+    return None

@@ -211,9 +211,20 @@ def masked_environment(spec: dict[str, Any]) -> dict[str, Any]:
     return spec | {"env": dict.fromkeys(spec["env"], SECRET_MASK)}
 
 
+def masked_agent(spec: dict[str, Any]) -> dict[str, Any]:
+    """An agent spec (as JSON) to show to a client: its MCP servers' ``env`` keep their
+    names, not their values (as an environment's)."""
+    servers = spec.get("mcp_servers")
+    if not servers or not any(server.get("env") for server in servers):
+        return spec
+    return spec | {"mcp_servers": [masked_environment(server) for server in servers]}
+
+
 def masked_task(task: dict[str, Any]) -> dict[str, Any]:
-    """A task spec (as JSON) to show to a client: its inline environment masked."""
-    environment = task.get("environment")
-    if not isinstance(environment, dict):
-        return task
-    return task | {"environment": masked_environment(environment)}
+    """A task spec (as JSON) to show to a client: its inline environment and agent masked."""
+    environment, agent = task.get("environment"), task.get("agent")
+    if isinstance(environment, dict):
+        task = task | {"environment": masked_environment(environment)}
+    if isinstance(agent, dict):
+        task = task | {"agent": masked_agent(agent)}
+    return task

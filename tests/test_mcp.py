@@ -335,3 +335,39 @@ def test_environment_variables_of_the_sandbox_reach_a_server_in_it() -> None:
     seen = asyncio.run(call())
     assert seen["mark"] == "the environment's" and seen["cwd"] == seen["workdir"]
     assert EnvironmentSpec(env={"A": "b"}).env == {"A": "b"}
+
+
+# --- creating an agent over HTTP ------------------------------------------------------------
+
+
+def test_creating_an_agent_whose_worker_side_server_does_not_start_is_a_422(
+    tmp_path: Path,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from serve.app import ServeSettings
+    from tests.test_serve_app import ADMIN, ADMIN_TOKEN, TOKEN, app_over, fake_fleet
+
+    fleet = fake_fleet(tmp_path, mcp_start_timeout_s=30)
+    app = app_over(fleet, ServeSettings(token=TOKEN, admin_token=ADMIN_TOKEN))
+    try:
+        with TestClient(app, headers=ADMIN) as admin:
+            broken = stdio("host", "fail", where="harness")
+            refused = admin.post("/v1/agents", json={"name": "a1", "mcp_servers": [broken]})
+            assert refused.status_code == 422
+            [detail] = refused.json()["detail"]
+            assert detail["loc"] == ["body", "mcp_servers", 0]
+            assert "cannot start: missing FLEET_TEST_CONFIG" in detail["msg"]
+            assert admin.get("/v1/agents/a1").status_code == 404
+            servers = [stdio("host", where="harness", env={"TOKEN": "s3cret"}), stdio("box")]
+            made = admin.post("/v1/agents", json={"name": "a2", "mcp_servers": servers})
+            assert made.status_code == 201, made.text
+            shown = admin.get("/v1/agents/a2").json()["spec"]["mcp_servers"]
+            assert shown[0]["env"] == {"TOKEN": "***"}  # values never shown over HTTP
+            # A server in the sandbox is checked when a session starts (it needs one).
+            in_box = admin.post(
+                "/v1/agents", json={"name": "a3", "mcp_servers": [stdio("b", "fail")]}
+            )
+            assert in_box.status_code == 201
+    finally:
+        fleet.close()

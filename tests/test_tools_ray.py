@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import ray
 
+from core import analytics
 from core.events import EventType
 from core.specs import FleetConfig, TaskState
 from tests.conftest import wait_state
@@ -89,6 +90,12 @@ def test_a_custom_tool_call_parks_and_the_clients_result_resumes_it_on_another_w
     started = [e for e in events if e.type == EventType.session_started]
     assert started[-1].payload["resumed"] is True and started[-1].worker != first_worker
 
+    fleet.flush()
+    events_dir = ray.get(fleet.supervisor.get_settings.remote()).events_dir
+    [tasks] = analytics.sql(events_dir, "SELECT tool_calls FROM tasks WHERE task_id = 'crm'").rows
+    assert tasks == (3,)  # MCP, custom and built-in calls all count
+    tools = analytics.report(events_dir)[2]
+    assert ("mcp__files__add", 1) in [row[:2] for row in tools.rows]
     offered = {t["function"]["name"] for t in fake_server.requests[0].body["tools"]}
     assert {"shell", "finish", "lookup", "mcp__files__add", "mcp__files__echo"} <= offered
     resumed = fake_server.requests[-1].body["messages"]
