@@ -370,7 +370,11 @@ class AgentLoop:
         parsed = self.toolbox.parse(call.name, call.arguments)
         tool_ = None if isinstance(parsed, ToolOutput) else parsed[0]
         if self._custom is not None:  # resumed, waiting for the client's result
-            assert tool_ is not None
+            if tool_ is None or tool_.kind != "custom":  # the agent no longer has that tool
+                self._custom = None
+                gone = f"error: the agent no longer has the custom tool {call.name!r}"
+                out = ToolOutput(gone, is_error=True)
+                return self._answer(call, None, out, time.perf_counter())
             return await self._custom_call(call, tool_, self._custom["input"])
         resumed_approval = self._approval is not None
         carried = self._approval.get("decision") if self._approval is not None else None
@@ -467,7 +471,8 @@ class AgentLoop:
                 return self._outcome("interrupted", f"interrupted awaiting the result of {call.id}")
             return self._outcome("parked", f"{call.name} call {call.id} awaits the client's result")
         self._custom = None
-        return self._answer(call, tool_, ToolOutput(result.text, is_error=result.is_error), started)
+        text = truncate(result.text, self.ctx.output_limit)
+        return self._answer(call, tool_, ToolOutput(text, is_error=result.is_error), started)
 
     def _answer(
         self, call: ToolCall, tool_: Tool | None, out: ToolOutput, started: float

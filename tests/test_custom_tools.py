@@ -322,3 +322,30 @@ def test_a_result_given_while_the_session_still_waits_is_delivered_to_it(
             assert "task.parked" not in types  # it never stopped waiting
     finally:
         fleet.close()
+
+
+def test_a_result_that_reaches_the_worker_as_the_session_parks_rides_with_the_parked_state() -> (
+    None
+):
+    from actors.session import carry_late_decision
+
+    state = {"pending_approval": None, "pending_custom_tool": {"call_id": "c1", "tool": "t"}}
+    parked = SessionResult.model_validate(
+        {
+            "task_id": "t",
+            "session_id": "s",
+            "attempt": 1,
+            "worker": "w",
+            "status": "failed",
+            "outcome": {"status": "parked", "state": state},
+        }
+    )
+    hooks = InboxHooks()
+    assert not carry_late_decision(parked, hooks)  # nothing came
+    hooks.push_tool_result("c1", ToolResult("late but here"))
+    assert carry_late_decision(parked, hooks)
+    assert parked.outcome.state["pending_custom_tool"]["result"] == {
+        "text": "late but here",
+        "is_error": False,
+    }
+    assert hooks.take_tool_result("c1") is None  # taken: it goes with the state only
