@@ -1,7 +1,7 @@
 """What people ask of the fleet's tasks: submit them; cancel, steer, interrupt, resume,
-decide a tool call, review a result. Each command is checked against the task's state,
-recorded as events, and pushed to the worker running the session, if one does; each
-answers a :class:`CommandResult` that says why when it was refused.
+decide a tool call, answer a custom tool call, review a result. Each command is checked
+against the task's state, recorded as events, and pushed to the worker running the session,
+if one does; each answers a :class:`CommandResult` that says why when it was refused.
 
 Plain: events go through ``record`` and pushes through a :class:`SessionLink` (Ray calls in
 the supervisor, in-process hooks in the tests' fake).
@@ -9,15 +9,18 @@ the supervisor, in-process hooks in the tests' fake).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from actors.delivery import Delivery
 from actors.memory import Decision
-from actors.scheduler import Scheduler, TaskRejected
+from actors.scheduler import Scheduler, TaskRejected, UnknownSpec
 from core.events import Event, EventType
 from core.records import CommandResult, TaskRecord
 from core.specs import TaskSpec, TaskState
+from harness.hooks import content_text
+from harness.tools import schema_problem
 
 
 class SessionLink(Protocol):
@@ -28,8 +31,8 @@ class SessionLink(Protocol):
         ...
 
     def deliver(self, worker_id: str, session_id: str | None, kind: str, data: Any) -> None:
-        """Push a ``message`` (text), an ``interrupt`` or a ``decision`` (call_id, allow,
-        message) to the session."""
+        """Push a ``message`` (text), an ``interrupt``, a ``decision`` (call_id, allow,
+        message) or a ``tool_result`` (call_id, content, is_error) to the session."""
         ...
 
     def stop(self, worker_id: str, session_id: str | None, reason: str = "") -> None:
@@ -185,6 +188,80 @@ class Commands:
         elif record.state == TaskState.awaiting_approval:
             await self.record(self.sched.unpark(task_id))  # parked: any worker picks it up
         return CommandResult.done()
+
+    async def custom_tool_result(
+        self,
+        task_id: str,
+        call_id: str,
+        content: str | list[dict[str, Any]],
+        is_error: bool = False,
+    ) -> CommandResult:
+        """The API client's result of a custom tool call: recorded as
+        ``user.custom_tool_result`` and given to the session (pushed to it while it runs; a
+        parked one resumes on any worker). Refused as ``unknown`` when no call of that id
+        waits, ``invalid`` when the content does not match the tool's ``output_schema``."""
+        record = self.sched.tasks.get(task_id)
+        if record is None:
+            return no_task(task_id)
+        waiting = record.pending_custom_tool
+        if record.state.terminal:
+            return is_in(record, "it has ended")
+        if not waiting or waiting.get("call_id") != call_id:
+            return CommandResult.refused(
+                f"no custom tool call waits for a result with id {call_id!r}", "unknown"
+            )
+        if waiting.get("result") is not None:
+            return CommandResult.refused(f"the custom tool call {call_id!r} has its result")
+        problem = self._result_problem(record, str(waiting.get("tool")), content, is_error)
+        if problem:
+            return CommandResult.refused(problem, "invalid")
+        event = Event(
+            task_id=task_id,
+            type=EventType.user_custom_tool_result,
+            session_id=record.session_id,
+            tool=waiting.get("tool"),
+            payload={"custom_tool_use_id": call_id, "content": content, "is_error": is_error},
+        )
+        worker = self.link.worker_of(task_id)
+        await self.record([event])
+        if worker is not None:
+            result = {"call_id": call_id, "content": content, "is_error": is_error}
+            self.link.deliver(worker, record.session_id, "tool_result", result)
+        elif record.state == TaskState.awaiting_tool_result:
+            await self.record(self.sched.unpark(task_id))  # parked: any worker picks it up
+        return CommandResult.done()
+
+    def _result_problem(self, record: TaskRecord, tool: str, content: Any, is_error: bool) -> str:
+        """What is wrong with a custom tool's result, or empty: content is text or a list of
+        text blocks; unless it is an error, its text must be JSON matching the tool's
+        ``output_schema`` when the tool has one."""
+        blocks = content if isinstance(content, list) else None
+        if not isinstance(content, str) and not (
+            blocks is not None
+            and all(
+                isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+                for b in blocks
+            )
+        ):
+            return "content must be text or a list of text blocks ({type: text, text})"
+        try:
+            agent = self.sched.resolve_agent(record)
+        except UnknownSpec:
+            return ""  # the task fails with the reason when it is next assigned
+        spec = next((t for t in agent.custom_tools if t.name == tool), None)
+        if spec is None or spec.output_schema is None or is_error:
+            return ""
+        text = content_text(content)
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return f"the {tool} tool's result must be JSON matching its output_schema"
+        problem = schema_problem(spec.output_schema, value)
+        return (
+            f"the result does not match the {tool} tool's output_schema: {problem}"
+            if problem
+            else ""
+        )
 
     async def review(self, task_id: str, approve: bool, message: str = "") -> CommandResult:
         """A person approves or rejects a result that awaits review; an approved result on

@@ -33,6 +33,14 @@ KEEPS_WORKSPACE = (
 """Decisions whose events point at the session's stored workspace and loop state."""
 
 
+def answered(record: TaskRecord) -> bool:
+    """Does a parked task have what it waits for already (a decision came, or the client's
+    result of its custom tool call, as it parked)? Then it resumes at once."""
+    if record.state == TaskState.awaiting_tool_result:
+        return bool((record.pending_custom_tool or {}).get("result"))
+    return bool((record.pending_approval or {}).get("decision"))
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -95,11 +103,10 @@ class Dispatcher:
         await self.journal.record(self.journal.live(result.events), then=decide)
         if self.settings.git_push_wip and result.workspace is not None:
             await self.push_wip(result, decided)
-        if any(e.type == EventType.task_parked for e in decided):
-            # A decision that reached the worker as the session parked: resume now.
-            record = self.sched.tasks[result.task_id]
-            if (record.pending_approval or {}).get("decision"):
-                await self.journal.record(self.sched.unpark(result.task_id))
+        parked = any(e.type == EventType.task_parked for e in decided)
+        if parked and answered(self.sched.tasks[result.task_id]):
+            # A decision (or a tool result) reached the worker as the session parked: resume.
+            await self.journal.record(self.sched.unpark(result.task_id))
 
     async def deliver(
         self,

@@ -10,8 +10,10 @@ the same state after a crash.
 | queued            | task.assigned         | running                         |
 | running           | task.retried          | queued (after a backoff)        |
 | running           | handoff               | queued (next stage or agent)    |
-| running           | task.parked           | awaiting_approval or paused     |
+| running           | task.parked           | awaiting_approval,              |
+|                   |                       | awaiting_tool_result or paused  |
 | awaiting_approval | task.retried (resume) | queued                          |
+| awaiting_tool_... | task.retried (resume) | queued                          |
 | running           | task.awaiting_review  | awaiting_review                 |
 | awaiting_review   | task.succeeded        | succeeded (a human approved)    |
 | running           | task.succeeded        | succeeded                       |
@@ -46,6 +48,8 @@ from core.settings import FleetSettings, PoolSpec, resolve
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, RepoSpec, TaskSpec, TaskState
 
 MAX_WORKER_LOSSES = 3
+PARKED = (TaskState.awaiting_approval, TaskState.awaiting_tool_result, TaskState.paused)
+"""States of a task whose session stopped, resumable, while it waits (no worker held)."""
 
 
 class TaskRejected(InputError):
@@ -186,6 +190,8 @@ class Scheduler:
                 # The resume point and history are handed to this session (read before this
                 # event is applied); its own checkpoints set a new resume point.
                 record.workspace_ref = record.loop_state_ref = record.history_ref = None
+                if (record.pending_custom_tool or {}).get("result"):
+                    record.pending_custom_tool = None  # handed over (Assignment.tool_result)
             case EventType.approval_requested:
                 record.pending_approval = {k: p.get(k) for k in ("call_id", "tool", "args")}
             case EventType.approval_decided:
@@ -194,10 +200,23 @@ class Scheduler:
                         "allow": bool(p.get("allow")),
                         "message": p.get("message", ""),
                     }
-            case EventType.agent_tool_result:
+            case EventType.agent_tool_result | EventType.agent_mcp_tool_result:
                 pending = record.pending_approval
                 if pending and pending.get("call_id") == p.get("call_id"):
                     record.pending_approval = None  # the call it waited for has run (or not)
+            case EventType.agent_custom_tool_use:
+                record.pending_custom_tool = {
+                    "call_id": p.get("call_id"),
+                    "tool": event.tool or p.get("name"),
+                    "input": p.get("input"),
+                }
+            case EventType.user_custom_tool_result:
+                waiting = record.pending_custom_tool
+                if waiting and waiting.get("call_id") == p.get("custom_tool_use_id"):
+                    waiting["result"] = {
+                        "content": p.get("content", ""),
+                        "is_error": bool(p.get("is_error")),
+                    }
             case EventType.user_message:
                 if not p.get("delivered"):
                     record.inbox.append(str(p.get("text", "")))
@@ -420,6 +439,7 @@ class Scheduler:
             keep_workspace=not last_stage or isinstance(spec.repo, RepoSpec),  # to deliver
             messages=list(record.inbox),
             decision=self._decision(record),
+            tool_result=self._tool_result(record),
             max_tokens=tokens_left,
             max_cost_usd=cost_left,
         )
@@ -444,6 +464,13 @@ class Scheduler:
         pending = record.pending_approval
         if pending and pending.get("decision"):
             return {"call_id": pending["call_id"], **pending["decision"]}
+        return None
+
+    @staticmethod
+    def _tool_result(record: TaskRecord) -> dict | None:
+        waiting = record.pending_custom_tool
+        if waiting and waiting.get("result"):
+            return {"call_id": waiting["call_id"], **waiting["result"]}
         return None
 
     @staticmethod
@@ -510,7 +537,12 @@ class Scheduler:
             spent = self._budget_spent(record) or outcome.reason
             return [*events, *self._give_up(record, f"budget spent: {spent}", common)]
         if outcome is not None and outcome.status in ("parked", "interrupted"):
-            state = TaskState.awaiting_approval if outcome.status == "parked" else TaskState.paused
+            state = TaskState.paused
+            if outcome.status == "parked":
+                for_client = bool((outcome.state or {}).get("pending_custom_tool"))
+                state = (
+                    TaskState.awaiting_tool_result if for_client else TaskState.awaiting_approval
+                )
             payload = {"state": state.value, "reason": outcome.reason}
             return [*events, Event(type=EventType.task_parked, payload=payload, **common)]
         if result.status == "succeeded":
@@ -657,9 +689,10 @@ class Scheduler:
         return [decided, *self._retry_or_give_up(record, result, common, time.time())]
 
     def unpark(self, task_id: str) -> list[Event]:
-        """Put a parked or paused task back in the queue (its decision or message arrived)."""
+        """Put a parked or paused task back in the queue (its decision, tool result or
+        message arrived)."""
         record = self.tasks.get(task_id)
-        if record is None or record.state not in (TaskState.awaiting_approval, TaskState.paused):
+        if record is None or record.state not in PARKED:
             return []
         payload = {"reason": "resumed", "next_attempt": record.attempts + 1, "resume": True}
         return [

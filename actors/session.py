@@ -21,8 +21,9 @@ from core.records import Assignment, SessionResult
 from core.settings import FleetSettings
 from core.specs import EnvironmentSpec, RepoSpec
 from harness.diffs import workspace_diff
-from harness.hooks import Decision, InboxHooks, SessionHooks
-from harness.loop import AgentLoop, SessionOutcome, StateFn, carry_decision
+from harness.hooks import Decision, InboxHooks, SessionHooks, ToolResult, content_text
+from harness.loop import AgentLoop, SessionOutcome, StateFn, carry_decision, carry_tool_result
+from harness.mcp import McpError, McpTools
 from harness.models import close_model, make_model
 from harness.skills import SKILLS_DIR, Skill, install_skills, load_skills
 from harness.tools import ToolContext, truncate
@@ -98,18 +99,23 @@ class Checkpointer:
 
 
 def carry_late_decision(result: SessionResult, hooks: SessionHooks) -> bool:
-    """When the session parked on an approval and its decision has reached ``hooks`` since
-    (too late for the loop), move the decision into the parked state so it is not lost:
-    the resumed session uses it. True when one was carried."""
+    """When the session parked on an approval (or a custom tool's result) and its decision
+    (or result) has reached ``hooks`` since, too late for the loop, move it into the parked
+    state so it is not lost: the resumed session uses it. True when one was carried."""
     outcome = result.outcome
     if outcome is None or outcome.status != "parked" or not outcome.state:
         return False
     pending = outcome.state.get("pending_approval") or {}
     call_id = pending.get("call_id")
-    if not call_id or pending.get("decision"):
-        return False
-    decision = hooks.take_decision(call_id)
-    return decision is not None and carry_decision(outcome.state, call_id, decision)
+    if call_id and not pending.get("decision"):
+        decision = hooks.take_decision(call_id)
+        return decision is not None and carry_decision(outcome.state, call_id, decision)
+    waiting = outcome.state.get("pending_custom_tool") or {}
+    call_id = waiting.get("call_id")
+    if call_id and not waiting.get("result"):
+        answer = hooks.take_tool_result(call_id)
+        return answer is not None and carry_tool_result(outcome.state, call_id, answer)
+    return False
 
 
 class SessionRecorder:
@@ -261,6 +267,11 @@ class SessionRunner:
                     a.decision["call_id"],
                     Decision(a.decision["allow"], a.decision["message"], recorded=True),
                 )
+            if a.tool_result:
+                answer = ToolResult(
+                    content_text(a.tool_result["content"]), bool(a.tool_result.get("is_error"))
+                )
+                hooks.push_tool_result(a.tool_result["call_id"], answer)
         try:
             outcome = await self._agent(a, sandbox, rec, hooks, skills, seeded)
         except AgentStartError as exc:
@@ -322,29 +333,41 @@ class SessionRunner:
         skills: list[Skill],
         seeded: bytes | None = None,
     ) -> SessionOutcome:
+        cannot = f"agent {a.agent.name!r} cannot start"
         try:
             model = make_model(a.agent, script=a.script, attempt=a.attempt, settings=self.settings)
-            loop = AgentLoop.from_spec(
-                a.agent,
-                model=model,
-                ctx=self._tool_context(sandbox),
-                emit=rec.emit,
-                max_turns=a.max_turns,
-                time_limit_s=a.time_limit_s,
-                skills=skills,
-                hooks=hooks,
-                approval_wait_s=self.settings.approval_wait_s,
-                checkpoint=self._checkpointer(a, sandbox, seeded),
-                max_tokens=a.agent.max_tokens if a.max_tokens is None else a.max_tokens,
-                max_cost_usd=a.agent.max_cost_usd if a.max_cost_usd is None else a.max_cost_usd,
-            )
         except Exception as exc:
-            raise AgentStartError(f"agent {a.agent.name!r} cannot start: {exc}") from exc
+            raise AgentStartError(f"{cannot}: {exc}") from exc
+        # The agent's MCP servers, in this sandbox or on this worker, for this session only.
+        servers = McpTools(a.agent.mcp_servers, sandbox, self.settings.mcp_start_timeout_s)
         try:
+            try:
+                await servers.start()
+            except McpError as exc:
+                raise AgentStartError(f"{cannot}: {exc}") from exc
+            try:
+                loop = AgentLoop.from_spec(
+                    a.agent,
+                    model=model,
+                    ctx=self._tool_context(sandbox),
+                    emit=rec.emit,
+                    max_turns=a.max_turns,
+                    time_limit_s=a.time_limit_s,
+                    skills=skills,
+                    mcp_tools=servers.tools,
+                    hooks=hooks,
+                    approval_wait_s=self.settings.approval_wait_s,
+                    checkpoint=self._checkpointer(a, sandbox, seeded),
+                    max_tokens=a.agent.max_tokens if a.max_tokens is None else a.max_tokens,
+                    max_cost_usd=a.agent.max_cost_usd if a.max_cost_usd is None else a.max_cost_usd,
+                )
+            except Exception as exc:
+                raise AgentStartError(f"{cannot}: {exc}") from exc
             if a.loop_state is not None:
                 return await loop.resume(a.loop_state)
             return await loop.run(a.prompt or a.task.prompt, history=a.history)
         finally:
+            await servers.close()
             await close_model(model)
 
     def _tool_context(self, sandbox: Sandbox) -> ToolContext:

@@ -11,13 +11,31 @@ from core.specs import TaskState
 
 PROMPT_SHOWN = 160
 """Characters of each listed task's prompt the status carries (the dashboard shows them)."""
-WAITING_ON_A_PERSON = (TaskState.awaiting_approval, TaskState.awaiting_review, TaskState.paused)
+WAITING_ON_A_PERSON = (
+    TaskState.awaiting_approval,
+    TaskState.awaiting_tool_result,
+    TaskState.awaiting_review,
+    TaskState.paused,
+)
+"""(On a person, or the API client that runs a custom tool.)"""
 
 
 def asks_now(record: TaskRecord) -> bool:
-    """A running session waits on a person for a tool call (before it parks)."""
-    pending = record.pending_approval
-    return record.state == TaskState.running and bool(pending) and not pending.get("decision")
+    """A running session waits on a person for a tool call, or on the client for a custom
+    tool's result (before it parks)."""
+    if record.state != TaskState.running:
+        return False
+    pending, waiting = record.pending_approval, record.pending_custom_tool
+    return bool(pending and not pending.get("decision")) or bool(
+        waiting and not waiting.get("result")
+    )
+
+
+def waited_call(record: TaskRecord) -> dict:
+    """The tool call a task waits on: the one asking for approval, else its custom tool's."""
+    if record.pending_approval:
+        return record.pending_approval
+    return record.pending_custom_tool or {}
 
 
 def fleet_status(
@@ -49,8 +67,8 @@ def fleet_status(
         {
             "task_id": r.id,
             "state": r.state.value,
-            "call_id": (r.pending_approval or {}).get("call_id"),
-            "tool": (r.pending_approval or {}).get("tool"),
+            "call_id": waited_call(r).get("call_id"),
+            "tool": waited_call(r).get("tool"),
             "reason": r.reason,
         }
         for r in sched.tasks.values()

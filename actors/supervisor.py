@@ -354,6 +354,15 @@ class Supervisor:
     ) -> CommandResult:
         return await self.commands.decide_approval(task_id, call_id, allow, message)
 
+    async def custom_tool_result(
+        self,
+        task_id: str,
+        call_id: str,
+        content: str | list[dict[str, Any]],
+        is_error: bool = False,
+    ) -> CommandResult:
+        return await self.commands.custom_tool_result(task_id, call_id, content, is_error)
+
     async def review(self, task_id: str, approve: bool, message: str = "") -> CommandResult:
         return await self.commands.review(task_id, approve, message)
 

@@ -21,7 +21,7 @@ from core.events import Event, EventType
 from core.records import Assignment, SessionResult
 from core.settings import FleetSettings
 from core.specs import EnvironmentSpec
-from harness.hooks import Decision, InboxHooks
+from harness.hooks import Decision, InboxHooks, ToolResult, content_text
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
 from sandboxes.pool import WarmPool
@@ -200,7 +200,8 @@ class Worker:
         return result
 
     def deliver(self, session_id: str, kind: str, data: Any) -> bool:
-        """A push from the supervisor to the running session: message, interrupt, decision."""
+        """A push from the supervisor to the running session: message, interrupt, decision,
+        custom tool result."""
         hooks = self._hooks
         if hooks is None or self._session_id != session_id:
             return False
@@ -211,6 +212,9 @@ class Worker:
         elif kind == "decision":
             decision = Decision(bool(data["allow"]), data["message"], recorded=True)
             hooks.push_decision(data["call_id"], decision)
+        elif kind == "tool_result":
+            result = ToolResult(content_text(data["content"]), bool(data["is_error"]))
+            hooks.push_tool_result(data["call_id"], result)
         return True
 
     async def stop_session(self, session_id: str, reason: str = "") -> bool:

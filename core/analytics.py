@@ -16,11 +16,24 @@ import pyarrow.fs as pafs
 
 from core.errors import StorageError
 from core.eventlog import partition_files
-from core.events import ARROW_SCHEMA, TERMINAL_EVENTS
+from core.events import ARROW_SCHEMA, TERMINAL_EVENTS, EventType
 from core.specs import BUILTIN_REPORTS, SavedReport
 
 TERMINAL = "(" + ", ".join(f"'{t.value}'" for t in sorted(TERMINAL_EVENTS)) + ")"
 """The terminal event types as an SQL list."""
+TOOL_USES = (
+    "("
+    + ", ".join(
+        f"'{t.value}'"
+        for t in (
+            EventType.agent_tool_use,
+            EventType.agent_mcp_tool_use,
+            EventType.agent_custom_tool_use,
+        )
+    )
+    + ")"
+)
+"""The events of a model's tool call (built-in, MCP server's, custom), as an SQL list."""
 
 TASKS_VIEW = f"""
 CREATE OR REPLACE VIEW tasks AS
@@ -33,7 +46,7 @@ WITH per_task AS (
         max(attempt) AS attempts,
         coalesce(sum(CAST(json_extract(payload, '$.turns') AS BIGINT))
             FILTER (WHERE type = 'session.ended'), 0) AS turns,
-        count(*) FILTER (WHERE type = 'agent.tool_use') AS tool_calls,
+        count(*) FILTER (WHERE type IN {TOOL_USES}) AS tool_calls,
         min(ts) FILTER (WHERE type = 'task.submitted') AS submitted_at,
         min(ts) FILTER (WHERE type = 'task.assigned') AS started_at,
         max(ts) FILTER (WHERE type IN {TERMINAL}) AS finished_at,
@@ -55,7 +68,7 @@ FROM per_task
 """
 
 
-SESSIONS_VIEW = """
+SESSIONS_VIEW = f"""
 CREATE OR REPLACE VIEW sessions AS
 SELECT
     task_id,
@@ -75,7 +88,7 @@ SELECT
     arg_max(json_extract_string(payload, '$.reason'), seq)
         FILTER (WHERE type = 'session.ended') AS reason,
     count(*) FILTER (WHERE type = 'usage') AS turns,
-    count(*) FILTER (WHERE type = 'agent.tool_use') AS tool_calls,
+    count(*) FILTER (WHERE type IN {TOOL_USES}) AS tool_calls,
     coalesce(sum(tokens_in), 0) AS tokens_in,
     coalesce(sum(tokens_out), 0) AS tokens_out,
     coalesce(sum(cost_usd), 0) AS cost_usd,
@@ -92,7 +105,7 @@ CREATE OR REPLACE VIEW tool_calls AS
 WITH uses AS (
     SELECT task_id, session_id, json_extract_string(payload, '$.call_id') AS call_id,
            ts AS called_at, CAST(json_extract(payload, '$.turn') AS INTEGER) AS turn
-    FROM events WHERE type = 'agent.tool_use'
+    FROM events WHERE type IN ('agent.tool_use', 'agent.mcp_tool_use')
 )
 SELECT
     r.task_id,
@@ -110,9 +123,10 @@ FROM events r
 LEFT JOIN uses u
     ON u.task_id = r.task_id AND u.session_id IS NOT DISTINCT FROM r.session_id
     AND u.call_id = json_extract_string(r.payload, '$.call_id')
-WHERE r.type = 'agent.tool_result'
+WHERE r.type IN ('agent.tool_result', 'agent.mcp_tool_result')
 """
-"""One row per tool call that returned: its tool, turn, timing, exit code and error flag."""
+"""One row per tool call that returned (built-in or an MCP server's): its tool, turn,
+timing, exit code and error flag."""
 
 TURNS_VIEW = """
 CREATE OR REPLACE VIEW turns AS
@@ -252,7 +266,7 @@ def report(events_dir: str, batch: str | None = None, task_limit: int = 50) -> l
                round(avg(duration_ms), 2) AS avg_ms,
                round(quantile_cont(duration_ms, 0.95), 2) AS p95_ms
         FROM events
-        WHERE type = 'agent.tool_result' {batch_filter}
+        WHERE type IN ('agent.tool_result', 'agent.mcp_tool_result') {batch_filter}
         GROUP BY tool ORDER BY calls DESC
         """,
         params,

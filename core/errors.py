@@ -31,6 +31,8 @@ also a ``ValueError``, ``UnknownSpec`` also a ``LookupError``, ...). The tree::
     │   ├── SandboxLost              sandboxes.base   the sandbox is gone; the session cannot go on
     │   └── ImageBuildError          sandboxes.images an environment image cannot be built
     ├── ModelError (RuntimeError)    harness.models   the model could not produce a turn
+    ├── McpError (RuntimeError)      harness.mcp      an agent's MCP server cannot be started
+    │                                                 or reached (its stderr's end)
     ├── SourceError                  sources.base     a work source cannot be reached (back off)
     ├── _Transient                   harness.models.openai_client  a retryable model failure
     │                                                 (never leaves the client)

@@ -29,6 +29,17 @@ class EventType(StrEnum):
     agent_message = "agent.message"
     agent_tool_use = "agent.tool_use"
     agent_tool_result = "agent.tool_result"
+    agent_mcp_tool_use = "agent.mcp_tool_use"
+    """The model called a tool of one of its agent's MCP servers (``server``, ``name``: the
+    server's own tool name; ``tool`` is ``mcp__<server>__<name>``)."""
+    agent_mcp_tool_result = "agent.mcp_tool_result"
+    """What that MCP tool answered (or why it could not: ``is_error``)."""
+    agent_custom_tool_use = "agent.custom_tool_use"
+    """The model called a custom tool: the API client runs it and answers with
+    ``user.custom_tool_result`` (``call_id`` is its ``custom_tool_use_id``)."""
+    user_custom_tool_result = "user.custom_tool_result"
+    """The client's result of a custom tool call (``custom_tool_use_id``, ``content``,
+    ``is_error``), recorded by the supervisor; the session gives it to the model."""
     approval_requested = "approval.requested"
     approval_decided = "approval.decided"
     gate_passed = "gate.passed"

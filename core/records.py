@@ -19,7 +19,7 @@ OutcomeStatus = Literal[
     "error",  # the model failed (after its retries)
     "cancelled",
     "interrupted",  # stopped at a safe point on request; ``state`` resumes it
-    "parked",  # waiting on an approval decision; ``state`` resumes it
+    "parked",  # waiting on an approval decision or a custom tool's result; ``state`` resumes it
 ]
 RESUMABLE: frozenset[str] = frozenset(
     {"parked", "interrupted", "budget", "max_turns", "timeout", "error"}
@@ -74,6 +74,8 @@ class Assignment(BaseModel):
     """Steering messages sent while no session ran."""
     decision: dict[str, Any] | None = None
     """The decision a parked session waited for: call_id, allow, message."""
+    tool_result: dict[str, Any] | None = None
+    """The custom tool result a parked session waited for: call_id, content, is_error."""
     history: list[dict[str, Any]] | None = None
     """Messages a handed-over session starts with (what the previous agent did)."""
     max_tokens: int | None = None
@@ -129,6 +131,9 @@ class TaskRecord(BaseModel):
     lost_workers: int = 0
     pending_approval: dict[str, Any] | None = None
     """The tool call waiting for a decision: call_id, tool, args."""
+    pending_custom_tool: dict[str, Any] | None = None
+    """The custom tool call waiting for the client: call_id, tool, input; ``result``
+    (content, is_error) once the client answered, until a session takes it."""
     stage: int = 0
     agent: str | None = None
     """The agent of the current stage (a handoff or a stage changes it)."""
@@ -175,6 +180,9 @@ class CommandResult(BaseModel):
 
     ok: bool
     reason: str = ""
+    refusal: Literal["state", "unknown", "invalid"] = "state"
+    """Why it was refused: the task's state does not allow it (HTTP 409), what it names is
+    not there (404), or what it carries is not valid (422)."""
 
     def __bool__(self) -> bool:
         return self.ok
@@ -184,5 +192,7 @@ class CommandResult(BaseModel):
         return cls(ok=True)
 
     @classmethod
-    def refused(cls, reason: str) -> CommandResult:
-        return cls(ok=False, reason=reason)
+    def refused(
+        cls, reason: str, refusal: Literal["state", "unknown", "invalid"] = "state"
+    ) -> CommandResult:
+        return cls(ok=False, reason=reason, refusal=refusal)

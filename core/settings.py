@@ -226,7 +226,10 @@ class FleetSettings(BaseSettings):
         "that it resumes there if its worker dies (0: never).",
     )
     approval_wait_s: float = Field(
-        30.0, ge=0, description="How long a session waits for an approval before it parks."
+        30.0,
+        ge=0,
+        description="How long a session waits for an approval, or for the client's result of "
+        "a custom tool call, before it parks.",
     )
     skill_dirs: list[str] = Field(
         default_factory=list, description="Folders searched for skills (before the built-ins)."
@@ -338,6 +341,12 @@ class FleetSettings(BaseSettings):
     )
     command_timeout_s: float = Field(
         120.0, gt=0, description="Longest an agent's command runs, whatever timeout it asks for."
+    )
+    mcp_start_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long an agent's MCP server may take to start and list its tools "
+        "(its calls are bounded by command_timeout_s).",
     )
     max_followups: int = Field(
         10, ge=0, description="Follow-up task requests one session may make."
@@ -486,7 +495,7 @@ def resolve(
 def host_variable(name: str) -> str | None:
     """A variable of another tool, read here so that one module reads the environment: the
     key an agent's ``api_key_env`` names, ``OPENAI_BASE_URL``, ``DOCKER_HOST``, pip's CA
-    variables, ``COLUMNS``. Empty counts as unset."""
+    variables, ``COLUMNS``, the ``PATH`` a worker-side MCP server gets. Empty counts as unset."""
     return os.environ.get(name) or None
 
 

@@ -8,11 +8,19 @@ import uuid
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.events import TERMINAL_EVENTS
 
 BUILTIN_TOOLS = ["shell", "read_file", "write_file", "edit_file", "list_files", "search", "finish"]
+RESERVED_TOOL_NAMES = frozenset([*BUILTIN_TOOLS, "handoff", "create_followup"])
+"""Every built-in tool's name (``harness.tools.BUILTINS``): no custom tool may take one."""
+MCP_TOOL_PREFIX = "mcp__"
+"""An MCP server's tools reach the model as ``mcp__<server>__<tool>``."""
+MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*$")
+"""Letters and digits, single '-' or '_' between them (so '__' only ever separates)."""
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""A tool name as model APIs take it (OpenAI: letters, digits, '_' and '-', 64 at most)."""
 
 SPEC_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 """Agent, environment and skill names as the HTTP API takes them (no slashes or spaces)."""
@@ -52,6 +60,125 @@ class Strict(BaseModel):
     """Base for user-written specs: unknown fields are errors, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def json_schema(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` if it is a valid JSON Schema (by its ``$schema``, else draft 2020-12),
+    else ValueError saying what is wrong with it."""
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    try:
+        validator_for(value).check_schema(value)
+    except SchemaError as exc:
+        where = "/".join(str(part) for part in exc.path)
+        raise ValueError(
+            f"not a valid JSON Schema: {exc.message}" + (f" (at {where})" if where else "")
+        ) from None
+    return value
+
+
+class McpServerSpec(Strict):
+    """An MCP server whose tools an agent gets, as ``mcp__<name>__<tool>``: a command that
+    speaks MCP over stdio, or a streamable HTTP endpoint."""
+
+    name: str = Field(max_length=32, description="Unique among the agent's MCP servers.")
+    command: str | None = Field(
+        None, min_length=1, description="A stdio server: the program to run (with ``args``)."
+    )
+    args: list[str] = Field(default_factory=list)
+    url: str | None = Field(
+        None, description="A streamable HTTP server (http or https), reached from the worker."
+    )
+    where: Literal["sandbox", "harness"] | None = Field(
+        None,
+        description="Where a stdio server runs: 'sandbox' (the default: in the session's "
+        "sandbox, in the workspace, under its network policy) or 'harness' (on the worker's "
+        "host, outside the sandbox). A URL is always reached from the harness.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="A stdio server's environment variables."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not MCP_SERVER_NAME.fullmatch(value):
+            raise ValueError("letters and digits, with single '-' or '_' between them")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSpec:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command (a stdio server) or url (streamable HTTP)")
+        if self.url is not None:
+            if self.where == "sandbox":
+                raise ValueError("where: a URL server is reached from the harness, not the sandbox")
+            if self.args or self.env:
+                raise ValueError("args and env are for a stdio server (command), not a URL")
+        return self
+
+    @property
+    def runs_in_sandbox(self) -> bool:
+        """True for a stdio server that runs inside the session's sandbox."""
+        return self.command is not None and self.where != "harness"
+
+
+class CustomToolSpec(Strict):
+    """A tool the API client runs (as in the managed-agents APIs): the model's call goes out
+    as an ``agent.custom_tool_use`` event and the session waits for the client's
+    ``user.custom_tool_result``."""
+
+    name: str = Field(description="Letters, digits, '_' and '-'; not a built-in tool's name.")
+    description: str = Field("", max_length=10_000)
+    input_schema: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON Schema of the call's input (an object); calls that do not match "
+        "it go back to the model as errors.",
+    )
+    output_schema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema a result's text must match, parsed as JSON (results marked "
+        "is_error are not checked). None: any text.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_builtin(cls, value: str) -> str:
+        if not TOOL_NAME.fullmatch(value):
+            raise ValueError("must be 1 to 64 letters, digits, '_' or '-'")
+        if value in RESERVED_TOOL_NAMES:
+            raise ValueError(f"{value!r} is the name of a built-in tool")
+        if value.startswith(MCP_TOOL_PREFIX):
+            raise ValueError(f"names starting with {MCP_TOOL_PREFIX!r} are MCP servers' tools")
+        return value
+
+    @field_validator("input_schema")
+    @classmethod
+    def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        json_schema(value)
+        if value.get("type") != "object":
+            raise ValueError('must describe an object ("type": "object")')
+        return value
+
+    @field_validator("output_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else json_schema(value)
+
+
+def _unique_names(items: list[Any], what: str) -> None:
+    names = [item.name for item in items]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"two {what} are named {name!r}")
 
 
 class AgentSpec(Strict):
@@ -103,6 +230,27 @@ class AgentSpec(Strict):
     max_cost_usd: float | None = Field(
         None, gt=0, description="Task budget in USD, over all its attempts and stages."
     )
+    mcp_servers: list[McpServerSpec] = Field(
+        default_factory=list,
+        description="MCP servers whose tools the agent gets (mcp__<server>__<tool>), started "
+        "with each session; one that does not start fails the session's start.",
+    )
+    custom_tools: list[CustomToolSpec] = Field(
+        default_factory=list,
+        description="Tools the API client runs: a call waits for its user.custom_tool_result.",
+    )
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _server_names_unique(cls, value: list[McpServerSpec]) -> list[McpServerSpec]:
+        _unique_names(value, "MCP servers")
+        return value
+
+    @field_validator("custom_tools")
+    @classmethod
+    def _tool_names_unique(cls, value: list[CustomToolSpec]) -> list[CustomToolSpec]:
+        _unique_names(value, "custom tools")
+        return value
 
     @field_validator("api_key_env")
     @classmethod
@@ -161,6 +309,8 @@ class TaskState(StrEnum):
     running = "running"
     awaiting_approval = "awaiting_approval"
     """Parked: a tool call waits for a human decision; no worker is held."""
+    awaiting_tool_result = "awaiting_tool_result"
+    """Parked: a custom tool call waits for the API client's result; no worker is held."""
     awaiting_review = "awaiting_review"
     """The agent finished and the gate passed; a human approves or rejects the result."""
     paused = "paused"

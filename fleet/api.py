@@ -261,6 +261,22 @@ class Fleet:
         """Decide on a tool call waiting for approval (a parked session resumes anywhere)."""
         return ray.get(self.supervisor.decide_approval.remote(task_id, call_id, allow, message))
 
+    def tool_result(
+        self,
+        task_id: str,
+        call_id: str,
+        content: str | list[dict[str, Any]],
+        is_error: bool = False,
+    ) -> CommandResult:
+        """Give the result of a custom tool call (an ``agent.custom_tool_use`` event's
+        ``call_id``) that you ran: the session goes on (a parked one resumes anywhere).
+        ``content``: text, or text blocks ``{"type": "text", "text": ...}``. Refused with
+        ``refusal`` ``unknown`` (no such call waits) or ``invalid`` (not matching the tool's
+        ``output_schema``)."""
+        return ray.get(
+            self.supervisor.custom_tool_result.remote(task_id, call_id, content, is_error)
+        )
+
     def review(self, task_id: str, approve: bool, message: str = "") -> CommandResult:
         """Approve a result awaiting review (it succeeds) or reject it (a new attempt)."""
         return ray.get(self.supervisor.review.remote(task_id, approve, message))

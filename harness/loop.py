@@ -11,13 +11,20 @@ How a session ends:
 | ----------- | ------------------------------------------------------ | --------- |
 | finished    | the agent called ``finish``                            | no        |
 | handoff     | the agent called ``handoff`` (``handoff_history`` set)  | no        |
-| parked      | a call needs approval and no decision came in time     | yes       |
+| parked      | a call needs approval and no decision came in time, or | yes       |
+|             | a custom tool's result did not come in time            |           |
 | interrupted | ``hooks.interrupted()`` at a safe point                | yes       |
 | budget      | the token or cost budget was spent (checked per turn)  | yes       |
 | max_turns   | ``max_turns`` model turns done                         | yes       |
 | timeout     | ``time_limit_s`` of active time used (across resumes)  | yes       |
 | error       | the model failed after its retries, or the sandbox was | yes       |
 |             | lost (reason ``sandbox lost: ...``)                    |           |
+
+A custom tool (run by the API client) emits ``agent.custom_tool_use`` and waits the same way
+for the client's result (``hooks.tool_result``), parking after ``approval_wait_s``; a result
+that came just after it parked rides in the parked state (:func:`carry_tool_result`). An MCP
+server's tool is logged as ``agent.mcp_tool_use`` / ``agent.mcp_tool_result``, under the same
+approval rules as a built-in.
 
 Safe points are before each model turn and before each tool call. Tool calls of one turn run
 one at a time, in the order the model gave them. A call that needs approval emits
@@ -41,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.events import EventType
@@ -53,9 +60,17 @@ from harness.compaction import (
     estimate_tokens,
     message_chars,
 )
-from harness.hooks import Decision, SessionHooks
+from harness.hooks import Decision, SessionHooks, ToolResult
 from harness.models.base import ModelClient, ModelError, ToolCall
-from harness.tools import ToolBox, ToolContext, ToolOutput, approval_needed, truncate
+from harness.tools import (
+    Tool,
+    ToolBox,
+    ToolContext,
+    ToolOutput,
+    approval_needed,
+    custom_tool,
+    truncate,
+)
 from sandboxes.base import SandboxLost
 
 if TYPE_CHECKING:
@@ -133,6 +148,9 @@ class AgentLoop:
         """Calls of the last model turn not answered yet, in order."""
         self._approval: dict[str, Any] | None = None
         """The first pending call's approval request, once emitted."""
+        self._custom: dict[str, Any] | None = None
+        """The first pending call when it is a custom tool's that waits for the client:
+        call_id, tool, input (and ``result`` once one came in after the session parked)."""
         self._prefix_len = 2
         self._compactions = 0
         self._reported_input = 0
@@ -159,12 +177,14 @@ class AgentLoop:
         max_turns: int,
         time_limit_s: float,
         skills: list[Skill] | None = None,
+        mcp_tools: Sequence[Tool] = (),
         **kwargs: Any,
     ) -> AgentLoop:
-        """A loop configured from an agent's spec: its tools, approvals, budgets, window,
-        handoff targets, and instructions with the skills section appended. ``kwargs`` go to
-        the constructor (hooks, approval_wait_s, checkpoint) and override the spec's (e.g.
-        ``max_tokens``: what is left of the task's budget)."""
+        """A loop configured from an agent's spec: its tools (built-ins, custom tools, and
+        ``mcp_tools``: its MCP servers' tools, from :class:`harness.mcp.McpTools`),
+        approvals, budgets, window, handoff targets, and instructions with the skills section
+        appended. ``kwargs`` go to the constructor (hooks, approval_wait_s, checkpoint) and
+        override the spec's (e.g. ``max_tokens``: what is left of the task's budget)."""
         from harness.skills import with_skills
 
         if agent.handoffs:
@@ -180,7 +200,7 @@ class AgentLoop:
         return cls(
             with_skills(agent.instructions, skills or []),
             model,
-            ToolBox(agent.tools),
+            ToolBox(agent.tools, extra=[*map(custom_tool, agent.custom_tools), *mcp_tools]),
             ctx,
             emit,
             max_turns,
@@ -227,6 +247,7 @@ class AgentLoop:
                 {"id": c.id, "name": c.name, "arguments": c.arguments} for c in self._pending
             ],
             "pending_approval": self._approval,
+            "pending_custom_tool": self._custom,
             "followups": self.followups,
             "model_position": getattr(self.model, "position", None),
             "elapsed_s": self._elapsed(),
@@ -255,6 +276,7 @@ class AgentLoop:
             ToolCall(c["id"], c["name"], c["arguments"]) for c in state["pending_calls"]
         ]
         self._approval = state["pending_approval"]
+        self._custom = state.get("pending_custom_tool")
         self.followups = list(state["followups"])
         self._elapsed_before = state["elapsed_s"]
         self._prefix_len = state["prefix_len"]
@@ -352,19 +374,26 @@ class AgentLoop:
     async def _next_call(self) -> SessionOutcome | None:
         """Run the first pending call; an outcome when the session stops there."""
         call = self._pending[0]
+        parsed = self.toolbox.parse(call.name, call.arguments)
+        tool_ = None if isinstance(parsed, ToolOutput) else parsed[0]
+        if self._custom is not None:  # resumed, waiting for the client's result
+            if tool_ is None or tool_.kind != "custom":  # the agent no longer has that tool
+                self._custom = None
+                gone = f"error: the agent no longer has the custom tool {call.name!r}"
+                out = ToolOutput(gone, is_error=True)
+                return self._answer(call, None, out, time.perf_counter())
+            return await self._custom_call(call, tool_, self._custom["input"])
         resumed_approval = self._approval is not None
         carried = self._approval.get("decision") if self._approval is not None else None
         if not resumed_approval:
             if self.hooks.interrupted():
                 return self._outcome("interrupted", f"interrupted before tool call {call.id}")
             self.tool_calls += 1
-            self.emit(
-                EventType.agent_tool_use,
-                {"call_id": call.id, "args": truncate(call.arguments, 4000), "turn": self.turns},
-                tool=call.name,
-            )
+            if tool_ is not None and tool_.kind == "custom":
+                assert not isinstance(parsed, ToolOutput)
+                return await self._custom_call(call, tool_, parsed[1])
+            self._emit_use(call, tool_)
         started = time.perf_counter()
-        parsed = self.toolbox.parse(call.name, call.arguments)
         if isinstance(parsed, ToolOutput):
             out = parsed
         else:
@@ -414,6 +443,50 @@ class AgentLoop:
                 )
             else:
                 out = await self.toolbox.run(self.ctx, tool_, args)
+        return self._answer(call, tool_, out, started)
+
+    def _emit_use(self, call: ToolCall, tool_: Tool | None) -> None:
+        """The event of a call about to run: ``agent.mcp_tool_use`` for an MCP server's tool,
+        else ``agent.tool_use`` (a built-in, or a call that is not valid)."""
+        payload = {"call_id": call.id, "args": truncate(call.arguments, 4000), "turn": self.turns}
+        if tool_ is not None and tool_.kind == "mcp":
+            payload |= tool_.origin
+            self.emit(EventType.agent_mcp_tool_use, payload, tool=call.name)
+        else:
+            self.emit(EventType.agent_tool_use, payload, tool=call.name)
+
+    async def _custom_call(
+        self, call: ToolCall, tool_: Tool, args: dict[str, Any]
+    ) -> SessionOutcome | None:
+        """A custom tool: the API client runs it. ``agent.custom_tool_use`` goes out once;
+        the session waits up to ``approval_wait_s`` for the result, then parks (resuming
+        waits on the same call; a result that came meanwhile is in the parked state)."""
+        if self._custom is None:
+            self._custom = {"call_id": call.id, "tool": call.name, "input": args}
+            payload = {"call_id": call.id, "name": call.name, "input": args, "turn": self.turns}
+            self.emit(EventType.agent_custom_tool_use, payload, tool=call.name)
+        started = time.perf_counter()
+        carried = self._custom.get("result")
+        if carried:
+            result: ToolResult | None = ToolResult(
+                str(carried.get("text", "")), bool(carried.get("is_error"))
+            )
+        else:
+            result = await self.hooks.tool_result(call.id, call.name, wait_s=self.approval_wait_s)
+        if result is None:
+            if self.hooks.interrupted():
+                return self._outcome("interrupted", f"interrupted awaiting the result of {call.id}")
+            return self._outcome("parked", f"{call.name} call {call.id} awaits the client's result")
+        self._custom = None
+        text = truncate(result.text, self.ctx.output_limit)
+        return self._answer(call, tool_, ToolOutput(text, is_error=result.is_error), started)
+
+    def _answer(
+        self, call: ToolCall, tool_: Tool | None, out: ToolOutput, started: float
+    ) -> SessionOutcome | None:
+        """Give the model a call's result and log it (an MCP tool's as
+        ``agent.mcp_tool_result``; a custom tool's result is the client's own event); an
+        outcome when the call ends the session."""
         if out.followup is not None:
             if len(self.followups) >= self.ctx.max_followups:
                 limit = self.ctx.max_followups
@@ -422,13 +495,18 @@ class AgentLoop:
                 )
             else:
                 self.followups.append(out.followup)
-        self.emit(
-            EventType.agent_tool_result,
-            {"call_id": call.id, "output": out.text, "is_error": out.is_error, **out.data},
-            tool=call.name,
-            exit_code=out.exit_code,
-            duration_ms=(time.perf_counter() - started) * 1000,
-        )
+        kind = tool_.kind if tool_ is not None else "builtin"
+        if kind != "custom":
+            payload = {"call_id": call.id, "output": out.text, "is_error": out.is_error}
+            if kind == "mcp":
+                payload |= tool_.origin if tool_ is not None else {}
+            self.emit(
+                EventType.agent_mcp_tool_result if kind == "mcp" else EventType.agent_tool_result,
+                payload | out.data,
+                tool=call.name,
+                exit_code=out.exit_code,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
         self._pending.pop(0)
         self.messages.append({"role": "tool", "tool_call_id": call.id, "content": out.text})
         if not out.final:
@@ -524,6 +602,17 @@ def carry_decision(state: dict[str, Any], call_id: str, decision: Decision) -> b
     pending["decision"] = {"allow": decision.allow, "message": decision.message}
     if decision.recorded:
         pending["decision"]["recorded"] = True
+    return True
+
+
+def carry_tool_result(state: dict[str, Any], call_id: str, result: ToolResult) -> bool:
+    """Put the client's ``result`` into a parked ``state`` when it answers the custom tool
+    call the state waits on (``pending_custom_tool.result``), as :func:`carry_decision`.
+    False (state unchanged) when the state waits on no such call."""
+    pending = state.get("pending_custom_tool")
+    if not pending or pending.get("call_id") != call_id:
+        return False
+    pending["result"] = {"text": result.text, "is_error": result.is_error}
     return True
 
 

@@ -1,6 +1,10 @@
-"""Tools the agent calls. A tool is an async Python function; its argument schema comes from
-its type hints through pydantic, so the model sees a JSON schema and bad arguments become an
-error result the model can fix, never a crash.
+"""Tools the agent calls. A built-in tool is an async Python function; its argument schema
+comes from its type hints through pydantic, so the model sees a JSON schema and bad arguments
+become an error result the model can fix, never a crash.
+
+Tools that come with their own JSON Schema (an MCP server's, ``harness/mcp.py``; a custom
+tool the API client runs, :func:`custom_tool`) sit in the same :class:`ToolBox`: their
+arguments are checked against that schema with ``jsonschema``, with the same error results.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ import json
 import logging
 import re
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from core.settings import FleetSettings
+from core.specs import MCP_TOOL_PREFIX, CustomToolSpec
 from sandboxes.base import Sandbox, SandboxError, SandboxLost, workspace_relative
 
 log = logging.getLogger("harness.tools")
@@ -55,27 +60,79 @@ class ToolOutput:
 
 
 ToolFn = Callable[..., Awaitable[ToolOutput]]
+"""A built-in tool: ``fn(ctx, **args)``; a schema tool (``input_schema``): ``fn(ctx, args)``."""
+ToolKind = Literal["builtin", "mcp", "custom"]
 
 
 @dataclass
 class Tool:
     name: str
     description: str
-    args_model: type[BaseModel]
-    fn: ToolFn
+    args_model: type[BaseModel] | None
+    fn: ToolFn | None
+    input_schema: dict[str, Any] | None = None
+    """A JSON Schema given as is (MCP and custom tools), instead of ``args_model``."""
+    kind: ToolKind = "builtin"
+    """``mcp``: a tool of an MCP server; ``custom``: the API client runs it (no ``fn``: the
+    loop waits for the client's result)."""
+    origin: dict[str, str] = field(default_factory=dict)
+    """An MCP tool's ``server`` and ``name`` (the server's own name for it)."""
+    output_schema: dict[str, Any] | None = None
+    """A custom tool's: what its results must match (checked where they come in)."""
 
     def schema(self) -> dict[str, Any]:
         """The tool as the model sees it (built once: pydantic's schema generation is slow)."""
         cached = _SCHEMAS.get(id(self))
         if cached is None or cached[0] is not self:
-            params = self.args_model.model_json_schema()
-            params.pop("title", None)
+            if self.input_schema is not None:
+                params = self.input_schema
+            else:
+                assert self.args_model is not None
+                params = self.args_model.model_json_schema()
+                params.pop("title", None)
             schema = {"name": self.name, "description": self.description, "parameters": params}
             cached = _SCHEMAS[id(self)] = (self, schema)
         return cached[1]
 
+    def check(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``args`` validated: by the pydantic model (with defaults filled in) or the JSON
+        Schema; ValueError (or pydantic's ValidationError) says what is wrong."""
+        if self.input_schema is None:
+            assert self.args_model is not None
+            return self.args_model.model_validate(args).model_dump()
+        problem = schema_problem(self.input_schema, args)
+        if problem:
+            raise ValueError(problem)
+        return args
+
 
 _SCHEMAS: dict[int, tuple[Tool, dict[str, Any]]] = {}
+
+
+def schema_problem(schema: dict[str, Any], value: Any) -> str:
+    """What is wrong with ``value`` under the JSON Schema ``schema`` (its most relevant
+    error, with where in the value), or empty when it matches."""
+    from jsonschema.exceptions import best_match
+    from jsonschema.validators import validator_for
+
+    error = best_match(validator_for(schema)(schema).iter_errors(value))
+    if error is None:
+        return ""
+    where = "/".join(str(part) for part in error.absolute_path)
+    return f"{error.message} (at {where})" if where else error.message
+
+
+def custom_tool(spec: CustomToolSpec) -> Tool:
+    """The tool the model sees for a custom tool the API client runs."""
+    return Tool(
+        name=spec.name,
+        description=spec.description or spec.name,
+        args_model=None,
+        fn=None,
+        input_schema=spec.input_schema,
+        kind="custom",
+        output_schema=spec.output_schema,
+    )
 
 
 def tool(fn: ToolFn) -> Tool:
@@ -322,11 +379,18 @@ APPROVAL_DEFAULT_KEY = "*"
 def approval_needed(approvals: Mapping[str, Any], tool_name: str, args: Mapping[str, Any]) -> bool:
     """Whether a call needs a decision, from an agent's ``approvals`` policy.
 
-    ``approvals`` maps a tool name (or ``"*"`` for any other tool) to ``"always_allow"``,
-    ``"always_ask"`` or ``{"ask_if": {argument: regex}}`` (ask when any named argument,
-    as text, matches its regex anywhere). Tools not named are allowed.
+    ``approvals`` maps a tool name (an MCP tool's is ``mcp__<server>__<tool>``; the key
+    ``mcp__<server>__*`` stands for every tool of that server not named itself; ``"*"`` for
+    any other tool) to ``"always_allow"``, ``"always_ask"`` or ``{"ask_if": {argument:
+    regex}}`` (ask when any named argument, as text, matches its regex anywhere). Tools not
+    named are allowed.
     """
-    policy = approvals.get(tool_name, approvals.get(APPROVAL_DEFAULT_KEY, "always_allow"))
+    policy = approvals.get(tool_name)
+    if policy is None and tool_name.startswith(MCP_TOOL_PREFIX):
+        server = tool_name.removeprefix(MCP_TOOL_PREFIX).split("__", 1)[0]
+        policy = approvals.get(f"{MCP_TOOL_PREFIX}{server}__*")
+    if policy is None:
+        policy = approvals.get(APPROVAL_DEFAULT_KEY, "always_allow")
     if policy == "always_allow":
         return False
     if policy == "always_ask":
@@ -344,9 +408,17 @@ def approval_needed(approvals: Mapping[str, Any], tool_name: str, args: Mapping[
 
 
 class ToolBox:
-    """The tools one agent may use, and the one place tool calls are validated and run."""
+    """The tools one agent may use, and the one place tool calls are validated and run.
 
-    def __init__(self, names: list[str], registry: dict[str, Tool] | None = None) -> None:
+    ``names`` are taken from ``registry`` (the built-ins); ``extra`` tools (an agent's MCP
+    and custom tools) come after them, under names of their own."""
+
+    def __init__(
+        self,
+        names: list[str],
+        registry: dict[str, Tool] | None = None,
+        extra: Sequence[Tool] = (),
+    ) -> None:
         registry = registry or BUILTINS
         unknown = [n for n in names if n not in registry]
         if unknown:
@@ -354,6 +426,10 @@ class ToolBox:
         self.tools = {n: registry[n] for n in names}
         if "finish" not in self.tools:
             self.tools["finish"] = registry.get("finish", finish)
+        for tool_ in extra:
+            if tool_.name in self.tools or tool_.name in registry:
+                raise ValueError(f"two tools are named {tool_.name!r}")
+            self.tools[tool_.name] = tool_
         self._schemas = [t.schema() for t in self.tools.values()]
 
     def schemas(self) -> list[dict[str, Any]]:
@@ -369,16 +445,20 @@ class ToolBox:
             raw = json.loads(arguments or "{}")
             if not isinstance(raw, dict):
                 raise ValueError("arguments must be a JSON object")
-            args = tool_.args_model.model_validate(raw)
+            args = tool_.check(raw)
         except (ValueError, ValidationError) as exc:
             return ToolOutput(text=f"error: bad arguments for {name}: {exc}", is_error=True)
-        return tool_, args.model_dump()
+        return tool_, args
 
     async def run(self, ctx: ToolContext, tool_: Tool, args: dict[str, Any]) -> ToolOutput:
         """Run a validated call. Any exception the tool raises is an error result the model
         can act on, not a crash; except SandboxLost (the session cannot go on) and
         cancellation (a BaseException), which propagate."""
+        if tool_.fn is None:
+            return ToolOutput(text=f"error: {tool_.name} is not run here", is_error=True)
         try:
+            if tool_.input_schema is not None:
+                return await tool_.fn(ctx, args)
             return await tool_.fn(ctx, **args)
         except SandboxLost:
             raise

@@ -31,13 +31,44 @@ class ExecResult:
     """True when output went past the cap and its middle was dropped while streaming."""
 
 
+STDERR_TAIL = 4096
+"""Bytes of a spawned process's stderr kept (its last ones: why it failed)."""
+
+
+@runtime_checkable
+class SandboxProcess(Protocol):
+    """A long-lived process started by :meth:`Sandbox.spawn` (a stdio MCP server): bytes go
+    to its stdin and come from its stdout; the end of its stderr is kept."""
+
+    async def read(self) -> bytes:
+        """The next bytes of its stdout (at most a chunk); ``b""`` once it closed it."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data`` to its stdin; SandboxError once it cannot take any more."""
+        ...
+
+    def stderr_tail(self) -> str:
+        """The last ``STDERR_TAIL`` bytes it wrote to stderr, as text."""
+        ...
+
+    async def wait(self, timeout_s: float) -> int | None:
+        """Its exit code, waiting up to ``timeout_s`` for it to exit; None if it has not."""
+        ...
+
+    async def close(self) -> None:
+        """End it: its stdin closed, then killed if it does not exit at once."""
+        ...
+
+
 @runtime_checkable
 class Sandbox(Protocol):
     """One isolated place where one session runs commands and edits files.
 
     Paths given to the file methods are relative to ``workdir`` (absolute paths must lie
     inside it). ``snapshot`` returns the workspace as a tar archive; ``restore`` unpacks
-    one into the workspace (also how a workspace is seeded with a task's files).
+    one into the workspace (also how a workspace is seeded with a task's files). ``spawn``
+    starts a process that outlives commands, with a stream to its stdin and from its stdout.
     """
 
     kind: str
@@ -56,6 +87,12 @@ class Sandbox(Protocol):
     async def snapshot(self) -> bytes: ...
 
     async def restore(self, archive: bytes) -> None: ...
+
+    async def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> SandboxProcess:
+        """Start a long-lived process in the workspace, with the sandbox's environment (plus
+        ``env``) and network: it runs until closed or the sandbox closes, and commands run
+        meanwhile do not end it."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 from core.settings import host_variable
 from sandboxes import images, network
 from sandboxes.base import (
+    STDERR_TAIL,
     CappedOutput,
     ExecResult,
     SandboxError,
@@ -82,31 +83,11 @@ class _AgentChannel:
 
     @classmethod
     async def attach(cls, api: docker.APIClient, container_id: str, max_body: int) -> _AgentChannel:
-        base = host_variable("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        url = urlparse(base)
-        if url.scheme == "unix":
-            reader, writer = await asyncio.open_unix_connection(url.path, limit=1 << 22)
-        elif url.scheme in ("tcp", "http") and not host_variable("DOCKER_TLS_VERIFY"):
-            reader, writer = await asyncio.open_connection(url.hostname, url.port, limit=1 << 22)
-        else:
-            raise SandboxError(f"exec agent attach does not support DOCKER_HOST={base}")
         path = (
             f"/v{api.api_version}/containers/{container_id}/attach"
             "?stream=1&stdin=1&stdout=1&stderr=1"
         )
-        writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\n"
-            "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode()
-        )
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READY_TIMEOUT_S)
-        status = head.split(b"\r\n", 1)[0]
-        if b" 101 " not in status and b" 200 " not in status:
-            writer.close()
-            raise SandboxError(f"attach to container failed: {status.decode(errors='replace')}")
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader, writer = await _hijack(path, what="attach to container")
         return cls(reader, writer, max_body)
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
@@ -156,6 +137,112 @@ class _AgentChannel:
         return header, body
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+
+async def _hijack(
+    path: str, body: dict[str, Any] | None = None, what: str = "request"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """POST ``path`` to the Docker engine and take over the connection as a raw stream (the
+    attach and exec-start endpoints): Docker's stdout/stderr frames come back on it."""
+    base = host_variable("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    url = urlparse(base)
+    if url.scheme == "unix":
+        reader, writer = await asyncio.open_unix_connection(url.path, limit=1 << 22)
+    elif url.scheme in ("tcp", "http") and not host_variable("DOCKER_TLS_VERIFY"):
+        reader, writer = await asyncio.open_connection(url.hostname, url.port, limit=1 << 22)
+    else:
+        raise SandboxError(f"exec agent attach does not support DOCKER_HOST={base}")
+    data = json.dumps(body).encode() if body is not None else b""
+    kind = "Content-Type: application/json\r\n" if body is not None else ""
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: docker\r\n{kind}Content-Length: {len(data)}\r\n"
+        "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode()
+        + data
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READY_TIMEOUT_S)
+    status = head.split(b"\r\n", 1)[0]
+    if b" 101 " not in status and b" 200 " not in status:
+        writer.close()
+        raise SandboxError(f"{what} failed: {status.decode(errors='replace')}")
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family != socket.AF_UNIX:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+class DockerProcess:
+    """A process started in a container by ``docker exec`` with its stdin attached (a
+    :class:`sandboxes.base.SandboxProcess`): the exec agent spares it when it ends what a
+    command left running (see ``exec_agent.kill_others``)."""
+
+    MAX_CHUNK = 16 << 20
+    """A Docker frame bigger than this ends the stream (the process is cut off)."""
+
+    def __init__(
+        self,
+        api: docker.APIClient,
+        exec_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self._api = api
+        self._exec_id = exec_id
+        self._reader = reader
+        self._writer = writer
+        self._stderr = bytearray()
+        self._ended = False
+
+    async def read(self) -> bytes:
+        while not self._ended:
+            try:
+                prefix = await self._reader.readexactly(8)
+                size = int.from_bytes(prefix[4:8], "big")
+                if size > self.MAX_CHUNK:
+                    raise ConnectionError(f"a frame of {size} bytes")
+                payload = await self._reader.readexactly(size)
+            except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                self._ended = True
+                break
+            if prefix[0] == 2:
+                self._stderr += payload
+                del self._stderr[:-STDERR_TAIL]
+            elif payload:
+                return payload
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (OSError, RuntimeError) as exc:
+            raise SandboxError(f"the process does not read its input any more: {exc}") from None
+
+    def stderr_tail(self) -> str:
+        return self._stderr.decode(errors="replace")
+
+    async def wait(self, timeout_s: float) -> int | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                info = await asyncio.to_thread(self._api.exec_inspect, self._exec_id)
+            except Exception:  # the container is gone: so is the process
+                return None
+            if not info.get("Running"):
+                return info.get("ExitCode")
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        """Close its stdin (a stdio server then exits) and the stream; what still runs ends
+        with the container."""
+        with contextlib.suppress(OSError, RuntimeError):
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+        self._ended = True
         with contextlib.suppress(Exception):
             self._writer.close()
 
@@ -435,6 +522,34 @@ class DockerSandbox:
             timed_out=timed_out,
             truncated=out.truncated or err.truncated,
         )
+
+    async def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> DockerProcess:
+        """A long-lived process in the container (``docker exec``, stdin attached), in the
+        workspace, with the commands' user, environment (plus ``env``) and network."""
+        if self._broken:
+            raise SandboxLost(f"sandbox {self.name} is not usable: {self._broken}")
+        if self._client is None or self.container_id is None:
+            raise SandboxError("sandbox not started")
+        api = self._client.api
+        try:
+            created = await asyncio.to_thread(
+                api.exec_create,
+                self.container_id,
+                argv,
+                stdout=True,
+                stderr=True,
+                stdin=True,
+                tty=False,
+                user="1000:1000",
+                environment=self._env(env),
+                workdir=self.workdir,
+            )
+        except Exception as exc:
+            where = self.container_name
+            raise SandboxError(f"cannot start {argv[0]!r} in {where}: {exc}") from None
+        path = f"/v{api.api_version}/exec/{created['Id']}/start"
+        reader, writer = await _hijack(path, {"Detach": False, "Tty": False}, f"exec {argv[0]!r}")
+        return DockerProcess(api, created["Id"], reader, writer)
 
     async def _file_op(self, header: dict[str, Any], body: bytes = b"") -> bytes:
         reply, data = await self._request(header, body, timeout_s=120.0)

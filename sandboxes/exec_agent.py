@@ -12,7 +12,10 @@ on the ``done`` frame. So a command printing gigabytes costs memory of ``limit``
 
 After every command (finished, timed out or cancelled) every other process in the
 container is killed with ``kill(-1, SIGKILL)`` and reaped: nothing escapes by ``setsid``
-or double fork, and a fork bomb ends. Standard library only; runs on any python3 >= 3.8.
+or double fork, and a fork bomb ends. Processes the host started with ``docker exec``
+(long-lived services, such as a stdio MCP server) and their descendants are spared: while
+one runs, the others are killed one by one, as listed in ``/proc``, until none is left.
+Standard library only; runs on any python3 >= 3.8.
 
 Commands run as the agent's own uid, so the agent guards itself from them: it makes itself
 non-dumpable (``PR_SET_DUMPABLE`` 0), so a command can neither open ``/proc/1/fd/*`` (to
@@ -122,11 +125,50 @@ class Capped:
                 del self.tail[: len(self.tail) - self.tail_limit]
 
 
+def processes() -> dict[int, int]:
+    """Every process in the container: pid -> parent pid (0: a parent outside it)."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:  # it just ended
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        parents[int(name)] = int(data[data.rindex(b")") + 2 :].split()[1])
+    return parents
+
+
+def services(parents: dict[int, int]) -> set[int]:
+    """The processes the host started with ``docker exec`` (``Sandbox.spawn``: a stdio MCP
+    server), and their descendants. Their parent is outside the container, so their ppid
+    reads 0; a command can neither make such a process nor move one into such a tree."""
+    spared = {pid for pid, ppid in parents.items() if ppid == 0 and pid != os.getpid()}
+    grown = bool(spared)
+    while grown:
+        grown = False
+        for pid, ppid in parents.items():
+            if ppid in spared and pid not in spared:
+                spared.add(pid)
+                grown = True
+    return spared
+
+
 def kill_others(deadline: float, main: subprocess.Popen | None) -> None:
-    """SIGKILL every other process in the container and reap them all."""
+    """SIGKILL every other process in the container, but the host's services, and reap
+    them all."""
     while time.monotonic() < deadline:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(-1, signal.SIGKILL)
+        parents = processes()
+        spared = services(parents)
+        if not spared:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(-1, signal.SIGKILL)
+        for pid in parents if spared else ():
+            if pid not in spared and pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         try:
             while True:
                 pid, status = os.waitpid(-1, os.WNOHANG)

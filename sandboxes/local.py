@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from sandboxes.base import (
+    STDERR_TAIL,
     CappedOutput,
     ExecResult,
     SandboxError,
@@ -54,6 +55,8 @@ class LocalSandbox:
         self._root = root
         self._name = name
         self.workdir = ""
+        self._processes: list[HostProcess] = []
+        """What ``spawn`` started: ended by ``close``."""
 
     async def start(self) -> None:
         self.workdir = tempfile.mkdtemp(prefix=f"fleet-{self._name}-", dir=self._root)
@@ -177,9 +180,94 @@ class LocalSandbox:
 
         await asyncio.to_thread(unpack)
 
+    async def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> HostProcess:
+        """A long-lived process in the workspace, with the commands' environment (plus
+        ``env``); ``close`` ends it if nothing did before."""
+        self._check_alive()
+        process = await HostProcess.start(argv, self.workdir, self._env(env))
+        self._processes.append(process)
+        return process
+
     async def close(self) -> None:
+        processes, self._processes = self._processes, []
+        for process in processes:
+            await process.close()
         if self.workdir:
             await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+
+
+class HostProcess:
+    """A process of this host with pipes to its stdin and stdout (a
+    :class:`sandboxes.base.SandboxProcess`): what :meth:`LocalSandbox.spawn` starts, and
+    what runs an agent's MCP server on the worker's side. In its own process group, which
+    ``close`` kills."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self._stderr = bytearray()
+        self._stderr_pump = asyncio.create_task(self._pump_stderr())
+
+    @classmethod
+    async def start(cls, argv: list[str], cwd: str, env: dict[str, str]) -> HostProcess:
+        """Start ``argv`` in ``cwd`` with exactly ``env`` (its PATH finds the program)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                env=env,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"cannot start {argv[0]!r}: {exc}") from None
+        return cls(proc)
+
+    async def _pump_stderr(self) -> None:
+        assert self._proc.stderr is not None
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := await self._proc.stderr.read(65536):
+                self._stderr += chunk
+                del self._stderr[:-STDERR_TAIL]
+
+    async def read(self) -> bytes:
+        assert self._proc.stdout is not None
+        try:
+            return await self._proc.stdout.read(65536)
+        except (OSError, ValueError):
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        stdin = self._proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (OSError, RuntimeError) as exc:  # closed pipe, or a transport already closed
+            raise SandboxError(f"the process does not read its input any more: {exc}") from None
+
+    def stderr_tail(self) -> str:
+        return self._stderr.decode(errors="replace")
+
+    async def wait(self, timeout_s: float) -> int | None:
+        # Not Process.wait(): it also waits for the pipes, which a child may hold open.
+        deadline = time.monotonic() + timeout_s
+        while self._proc.returncode is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self._proc.returncode
+
+    async def close(self) -> None:
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                self._proc.stdin.close()
+        if await self.wait(0.5) is None:
+            _kill_group(self._proc.pid)
+            await self.wait(2.0)
+        else:  # what it left running in its group goes too
+            _kill_group(self._proc.pid)
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(self._stderr_pump, 1.0)
 
 
 def _workspace_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:

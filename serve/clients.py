@@ -88,14 +88,22 @@ class Admission:
 
 
 def shown(record: TaskRecord) -> TaskRecord:
-    """A record as a client sees it: no environment variable values."""
-    if not isinstance(record.spec.environment, EnvironmentSpec):
+    """A record as a client sees it: no environment variable values (of its inline
+    environment, or of its inline agent's MCP servers)."""
+    update: dict[str, Any] = {}
+    environment, agent = record.spec.environment, record.spec.agent
+    if isinstance(environment, EnvironmentSpec):
+        masked = dict.fromkeys(environment.env, SECRET_MASK)
+        update["environment"] = environment.model_copy(update={"env": masked})
+    if isinstance(agent, AgentSpec) and any(server.env for server in agent.mcp_servers):
+        servers = [
+            server.model_copy(update={"env": dict.fromkeys(server.env, SECRET_MASK)})
+            for server in agent.mcp_servers
+        ]
+        update["agent"] = agent.model_copy(update={"mcp_servers": servers})
+    if not update:
         return record
-    environment = record.spec.environment
-    masked = environment.model_copy(update={"env": dict.fromkeys(environment.env, SECRET_MASK)})
-    return record.model_copy(
-        update={"spec": record.spec.model_copy(update={"environment": masked})}
-    )
+    return record.model_copy(update={"spec": record.spec.model_copy(update=update)})
 
 
 def shown_event(event: Event) -> Event:

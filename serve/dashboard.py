@@ -51,7 +51,8 @@ PAGE = """<!doctype html>
   .count { background:#eef2f8; border-radius:6px; padding:6px 10px; min-width:84px; }
   .count b { display:block; font-size:20px; }
   .succeeded { color:var(--ok); } .failed, .needs_human { color:var(--bad); }
-  .awaiting_approval, .paused, .cancelled { color:var(--warn); } .running { color:var(--acc); }
+  .awaiting_approval, .awaiting_tool_result, .paused, .cancelled { color:var(--warn); }
+  .running { color:var(--acc); }
   .big { font-size:34px; font-weight:600; }
   button { border:0; border-radius:5px; padding:3px 9px; cursor:pointer; color:#fff; }
   .allow { background:var(--ok); } .deny { background:var(--bad); }
@@ -152,11 +153,13 @@ const BUTTONS = {
 async function refreshBlocked() {
   try {
     const lists = await Promise.all(
-      ["awaiting_approval", "awaiting_review", "needs_human", "paused"].map(
+      ["awaiting_approval", "awaiting_tool_result", "awaiting_review", "needs_human", "paused"].map(
         (st) => api("/v1/sessions?limit=20&status=" + st)));
     const items = lists.flatMap((l) => l.data);
-    const waiting = (x) => x.pending_approval ? esc(x.pending_approval.tool) + " " +
-      esc(JSON.stringify(x.pending_approval.args || {}).slice(0, 80)) :
+    const custom = (c) => c && {tool: c.tool, args: c.input};
+    const call = (x) => x.pending_approval || custom(x.pending_custom_tool);
+    const waiting = (x) => call(x) ? esc(call(x).tool) + " " +
+      esc(JSON.stringify(call(x).args || {}).slice(0, 80)) :
       esc(x.status === "awaiting_review" ? x.summary || "the result" : x.reason);
     rows("blocked", ["session: waiting on", "status"], items, (x) => [
       about(x.id, x.prompt) + '<div class="sub">' + waiting(x) + "</div>",
@@ -295,7 +298,8 @@ SESSION_PAGE_TEMPLATE = """<!doctype html>
   th { color:var(--mute); font-weight:500; font-size:12px; }
   td.t { white-space:nowrap; color:var(--mute); font-size:12px; }
   .succeeded { color:var(--ok); } .failed, .needs_human { color:var(--bad); }
-  .awaiting_approval, .paused, .cancelled { color:var(--warn); } .running { color:var(--acc); }
+  .awaiting_approval, .awaiting_tool_result, .paused, .cancelled { color:var(--warn); }
+  .running { color:var(--acc); }
   .diff .add { background:#e6ffec; color:#1a7f37; }
   .diff .del { background:#ffebe9; color:#c62828; }
   .diff .hunk { color:#6b7482; background:#f0f3f8; } .diff .file { font-weight:600; }

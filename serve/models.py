@@ -107,8 +107,27 @@ class ToolConfirmationIn(Strict):
     deny_message: str = Field("", max_length=10_000)
 
 
+class CustomToolResultIn(Strict):
+    """The result of a custom tool call (an ``agent.custom_tool_use`` event), which the
+    client ran: the session gives it to the model and goes on."""
+
+    type: Literal["user.custom_tool_result"]
+    custom_tool_use_id: str = Field(
+        min_length=1, max_length=200, description="The call_id of the agent.custom_tool_use."
+    )
+    content: (
+        Annotated[str, Field(max_length=1_000_000)]
+        | Annotated[list[TextBlock], Field(max_length=100)]
+    ) = Field(
+        description="Text, or text blocks; unless is_error, JSON matching the tool's "
+        "output_schema when it has one (else 422)."
+    )
+    is_error: bool = False
+
+
 UserEvent = Annotated[
-    UserMessageIn | UserInterruptIn | ToolConfirmationIn, Field(discriminator="type")
+    UserMessageIn | UserInterruptIn | ToolConfirmationIn | CustomToolResultIn,
+    Field(discriminator="type"),
 ]
 
 
@@ -165,6 +184,9 @@ class SessionView(BaseModel):
     summary: str
     reason: str
     pending_approval: dict[str, Any] | None
+    pending_custom_tool: dict[str, Any] | None = Field(
+        None, description="The custom tool call waiting for your result: call_id, tool, input."
+    )
     duration_s: float | None
     branch: str | None = Field(None, description="The branch the task's work was pushed to.")
     pr_url: str | None = Field(None, description="The pull request opened for it.")
@@ -194,6 +216,7 @@ class SessionView(BaseModel):
             summary=record.summary,
             reason=record.reason,
             pending_approval=record.pending_approval,
+            pending_custom_tool=record.pending_custom_tool,
             duration_s=record.duration_s,
             # Set by git delivery when the record has them (read so, to need no such fields).
             branch=getattr(record, "branch", None),

@@ -37,10 +37,13 @@ CLIENT_AGENT_FIELDS = frozenset(
         "approvals",
         "max_tokens",
         "max_cost_usd",
+        "custom_tools",
     }
 )
 """What a client's inline agent may set. Not: model, api, base_url, api_key_env (where the
-model runs and with whose key), stream, context_window, compact_at (how it is called)."""
+model runs and with whose key), stream, context_window, compact_at (how it is called),
+mcp_servers (commands run in sandboxes or on workers, URLs reached from workers). Custom
+tools are the client's own: it runs them."""
 
 CLIENT_ENVIRONMENT_FIELDS = frozenset({"files", "cpus", "memory_mb", "pids", "disk_mb"})
 """What a client's inline environment may set. Not: name, image, apt, pip (what runs as root
@@ -208,9 +211,20 @@ def masked_environment(spec: dict[str, Any]) -> dict[str, Any]:
     return spec | {"env": dict.fromkeys(spec["env"], SECRET_MASK)}
 
 
+def masked_agent(spec: dict[str, Any]) -> dict[str, Any]:
+    """An agent spec (as JSON) to show to a client: its MCP servers' ``env`` keep their
+    names, not their values (as an environment's)."""
+    servers = spec.get("mcp_servers")
+    if not servers or not any(server.get("env") for server in servers):
+        return spec
+    return spec | {"mcp_servers": [masked_environment(server) for server in servers]}
+
+
 def masked_task(task: dict[str, Any]) -> dict[str, Any]:
-    """A task spec (as JSON) to show to a client: its inline environment masked."""
-    environment = task.get("environment")
-    if not isinstance(environment, dict):
-        return task
-    return task | {"environment": masked_environment(environment)}
+    """A task spec (as JSON) to show to a client: its inline environment and agent masked."""
+    environment, agent = task.get("environment"), task.get("agent")
+    if isinstance(environment, dict):
+        task = task | {"environment": masked_environment(environment)}
+    if isinstance(agent, dict):
+        task = task | {"agent": masked_agent(agent)}
+    return task

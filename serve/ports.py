@@ -30,6 +30,9 @@ class SupervisorPort(Protocol):
     async def decide_approval(
         self, task_id: str, call_id: str, allow: bool, message: str
     ) -> CommandResult: ...
+    async def custom_tool_result(
+        self, task_id: str, call_id: str, content: str | list[dict[str, Any]], is_error: bool
+    ) -> CommandResult: ...
     async def events_since(
         self, task_id: str, after_seq: int, timeout_s: float, limit: int
     ) -> list[Event]: ...
@@ -92,6 +95,11 @@ class ActorPort:
         self, task_id: str, call_id: str, allow: bool, message: str
     ) -> CommandResult:
         return await self.handle.decide_approval.remote(task_id, call_id, allow, message)
+
+    async def custom_tool_result(
+        self, task_id: str, call_id: str, content: str | list[dict[str, Any]], is_error: bool
+    ) -> CommandResult:
+        return await self.handle.custom_tool_result.remote(task_id, call_id, content, is_error)
 
     async def events_since(
         self, task_id: str, after_seq: int, timeout_s: float, limit: int

@@ -5,9 +5,9 @@ It is built on the real plain parts: :class:`actors.scheduler.Scheduler` decides
 :class:`actors.registry.Registry` keeps agents and environments, :class:`core.eventlog.
 EventLog` writes Parquet (the reports read it), :class:`actors.session.SessionRunner` runs
 sessions in local sandboxes with :class:`harness.hooks.InboxHooks`, :class:`actors.commands.
-Commands` answers steer, interrupt, tool confirmations, cancel and review (the fake is its
-session link), :class:`actors.artifacts.ArtifactStore` keeps what sessions leave (parked loop
-states, diffs, workspaces: the results routes read them). What it
+Commands` answers steer, interrupt, tool confirmations, custom tool results, cancel and
+review (the fake is its session link), :class:`actors.artifacts.ArtifactStore` keeps what
+sessions leave (parked loop states, diffs, workspaces: the results routes read them). What it
 leaves out of :class:`actors.supervisor.Supervisor`: Ray actors (workers are coroutines),
 recovery, the manager agent, memory, heartbeats and time limits.
 
@@ -30,6 +30,7 @@ from actors import artifacts as art
 from actors import results
 from actors.artifacts import ArtifactStore
 from actors.commands import Commands
+from actors.dispatch import answered
 from actors.registry import Registry
 from actors.scheduler import Scheduler
 from actors.session import SessionRunner, carry_late_decision
@@ -39,7 +40,7 @@ from core.events import Event, EventType
 from core.records import Assignment, CommandResult, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
 from core.specs import EnvironmentSpec, FleetConfig, SavedReport
-from harness.hooks import Decision, InboxHooks
+from harness.hooks import Decision, InboxHooks, ToolResult, content_text
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
 
@@ -144,6 +145,12 @@ class FakeSupervisor:
         return await self.commands.decide_approval(task_id, call_id, allow, message)
 
     @on_fleet_loop
+    async def custom_tool_result(
+        self, task_id: str, call_id: str, content: str | list[dict[str, Any]], is_error: bool
+    ) -> CommandResult:
+        return await self.commands.custom_tool_result(task_id, call_id, content, is_error)
+
+    @on_fleet_loop
     async def events_since(
         self, task_id: str, after_seq: int, timeout_s: float, limit: int
     ) -> list[Event]:
@@ -220,6 +227,9 @@ class FakeSupervisor:
         elif kind == "decision":
             decision = Decision(bool(data["allow"]), data["message"], recorded=True)
             hooks.push_decision(data["call_id"], decision)
+        elif kind == "tool_result":
+            result = ToolResult(content_text(data["content"]), bool(data["is_error"]))
+            hooks.push_tool_result(data["call_id"], result)
 
     def stop(self, worker_id: str, session_id: str | None, reason: str = "") -> None:
         """The :class:`actors.commands.SessionLink` stop: cancel the session's coroutine."""
@@ -305,5 +315,5 @@ class FakeSupervisor:
             decided.insert(0, art.diff_event(self.artifacts, result, refs["diff_ref"]))
         self._record(decided)
         parked_now = any(e.type == EventType.task_parked for e in decided)
-        if parked_now and (self.sched.tasks[a.task.id].pending_approval or {}).get("decision"):
-            self._record(self.sched.unpark(a.task.id))  # decided as it parked
+        if parked_now and answered(self.sched.tasks[a.task.id]):
+            self._record(self.sched.unpark(a.task.id))  # decided (or answered) as it parked

@@ -110,14 +110,23 @@ async def list_events(
 
 @router.post("/sessions/{session_id}/events", responses={**NOT_FOUND, **CONFLICT})
 async def post_events(sup: Sup, session_id: str, body: m.EventsIn) -> m.EventsPosted:
-    """Steer (`user.message`), interrupt, or answer a tool confirmation, in order.
-    Stops at the first event the session cannot take (409)."""
+    """Steer (`user.message`), interrupt, answer a tool confirmation, or give a custom tool
+    call's result (`user.custom_tool_result`), in order. Stops at the first event the session
+    cannot take: 409 (its state), 404 (no custom tool call of that id waits), 422 (the result
+    does not match the tool's output_schema)."""
     await record_of(sup, session_id)
     for n, event in enumerate(body.events):
         if isinstance(event, m.UserMessageIn):
             done = await sup.steer(session_id, event.text())
         elif isinstance(event, m.UserInterruptIn):
             done = await sup.interrupt(session_id)
+        elif isinstance(event, m.CustomToolResultIn):
+            content = event.content
+            if not isinstance(content, str):
+                content = [block.model_dump() for block in content]
+            done = await sup.custom_tool_result(
+                session_id, event.custom_tool_use_id, content, event.is_error
+            )
         else:
             pending = (await record_of(sup, session_id)).pending_approval or {}
             call_id = event.tool_use_id or pending.get("call_id")
@@ -126,8 +135,11 @@ async def post_events(sup: Sup, session_id: str, body: m.EventsIn) -> m.EventsPo
             else:
                 allow = event.result == "allow"
                 done = await sup.decide_approval(session_id, call_id, allow, event.deny_message)
+        if not done and done.refusal == "invalid":
+            raise field_error(("body", "events", n, "content"), done.reason)
         if not done:
-            raise HTTPException(409, f"events[{n}] ({event.type}) refused: {done.reason}")
+            status = 404 if done.refusal == "unknown" else 409
+            raise HTTPException(status, f"events[{n}] ({event.type}) refused: {done.reason}")
     return m.EventsPosted(
         accepted=len(body.events), session=m.SessionView.of(await record_of(sup, session_id))
     )

@@ -1,5 +1,6 @@
 """Agents and environments: named, versioned specs. Everyone reads them; only the operator
-(admin token) creates, updates and archives them. Environment variable values read `***`."""
+(admin token) creates, updates and archives them. Environment variable values (of
+environments, of agents' MCP servers) read `***`."""
 
 from typing import Any
 
@@ -7,11 +8,13 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from actors.registry import SpecConflict
 from core.errors import one_line, root_cause
+from harness import mcp
 from serve import models as m
 from serve.auth import operator
 from serve.deps import Sup
 from serve.openapi import CONFLICT, NOT_FOUND
-from serve.policy import masked_environment
+from serve.plumbing import field_error
+from serve.policy import masked_agent, masked_environment
 from serve.ports import SupervisorPort
 from serve.routes import v1_router
 
@@ -45,15 +48,27 @@ def add_routes(
             raise HTTPException(409, one_line(root_cause(exc))) from None
 
     def shown_view(found: dict[str, Any]) -> dict[str, Any]:
-        if kind != "environment":
-            return found
+        if kind == "agent":
+            return found | {"spec": masked_agent(found["spec"])}
         return found | {"spec": masked_environment(found["spec"])}
+
+    async def servers_start(sup: SupervisorPort, body: Any) -> None:
+        """An agent's MCP servers outside sandboxes (worker side, URLs) must start: else a
+        422 naming the server, with its error (stderr's end)."""
+        if kind != "agent" or not body.mcp_servers:
+            return
+        timeout_s = (await sup.get_settings()).mcp_start_timeout_s
+        failed = await mcp.probe(body.mcp_servers, timeout_s)
+        if failed is not None:
+            raise field_error(("body", "mcp_servers", failed[0]), failed[1])
 
     @router.post(
         f"/{plural}", status_code=201, responses=CONFLICT, tags=[plural], dependencies=OPERATOR
     )
     async def create_spec(sup: Sup, body: create) -> view:  # type: ignore[valid-type]
-        """Create (version 1). 409 if the name is taken. Admin token only."""
+        """Create (version 1). 409 if the name is taken; 422 if an agent's MCP server that
+        runs outside sandboxes does not start. Admin token only."""
+        await servers_start(sup, body)
         return shown_view(await put(sup, body.model_dump(mode="json"), 0))
 
     @router.get(f"/{plural}", tags=[plural])
@@ -78,6 +93,7 @@ def add_routes(
         current = await get_view(sup, name)
         if current.get("archived"):
             raise HTTPException(404, f"{kind} {name!r} is archived")
+        await servers_start(sup, body)
         spec = body.model_dump(mode="json", exclude={"version"}) | {"name": name}
         return shown_view(await put(sup, spec, body.version))
 
