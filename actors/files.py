@@ -25,11 +25,8 @@ MAX_NAME_CHARS = 255
 
 
 class FileTooLarge(InputError):
-    """An upload over the ``max_file_bytes`` setting (HTTP 413)."""
-
-    def __init__(self, size: int, max_bytes: int) -> None:
-        super().__init__(f"file of {size} bytes is over max_file_bytes ({max_bytes})")
-        self.max_bytes = max_bytes
+    """An upload over the ``max_file_bytes`` setting (HTTP 413). One message argument, so
+    that it crosses Ray (an actor's error is rebuilt from its arguments)."""
 
 
 class NoSuchFile(StateError, LookupError):
@@ -53,7 +50,9 @@ class FileStore:
         ``filename``, ``media_type``, ``size_bytes``, ``created_at``). Bytes kept already are
         not written again and keep their first metadata."""
         if len(data) > self.max_bytes:
-            raise FileTooLarge(len(data), self.max_bytes)
+            raise FileTooLarge(
+                f"file of {len(data)} bytes is over max_file_bytes ({self.max_bytes})"
+            )
         found = file_id(data)
         known = self.info(found)
         if known is not None:

@@ -524,9 +524,21 @@ class Scheduler:
                 "agent": agent.name,
                 "stage": record.stage,
                 "pool": pool.name,
+                **self._versions_of(record, agent, environment),
             },
         )
         return assignment, event
+
+    @staticmethod
+    def _versions_of(
+        record: TaskRecord, agent: AgentSpec, environment: EnvironmentSpec
+    ) -> dict[str, int]:
+        """The pinned versions a session runs, for its ``task.assigned`` event."""
+        found = {
+            "agent_version": record.versions.get("agent", {}).get(agent.name),
+            "environment_version": record.versions.get("environment", {}).get(environment.name),
+        }
+        return {k: v for k, v in found.items() if v is not None}
 
     @staticmethod
     def _decision(record: TaskRecord) -> dict | None:
