@@ -42,7 +42,6 @@ from actors.delivery import Delivery
 from actors.registry import Registry
 from core.errors import InputError, StateError
 from core.events import (
-    PSEUDO_ID_PREFIXES,
     REGISTRY_EVENTS,
     SOURCE_ID_PREFIX,
     Event,
@@ -322,10 +321,8 @@ class Scheduler:
         """Validate a new task against what the fleet knows; return its submitted event."""
         if spec.id in self.tasks or spec.id in self.taken_ids:
             raise TaskRejected(spec.id, "id", "a task with this id already exists")
-        if spec.id.startswith(PSEUDO_ID_PREFIXES):
-            prefix = next(p for p in PSEUDO_ID_PREFIXES if spec.id.startswith(p))
-            what = "sources" if prefix == SOURCE_ID_PREFIX else "agents and environments"
-            raise TaskRejected(spec.id, "id", f"{prefix!r} starts the ids of {what}")
+        if spec.id.startswith(SOURCE_ID_PREFIX):
+            raise TaskRejected(spec.id, "id", f"{SOURCE_ID_PREFIX!r} starts the ids of sources")
         cap = self.settings.max_prompt_chars
         prompts = [("prompt", spec.prompt)]
         prompts += [(f"stages.{n}.prompt", st.prompt or "") for n, st in enumerate(spec.stages)]

@@ -64,8 +64,7 @@ class EventType(StrEnum):
 
 SOURCE_ID_PREFIX = "source:"
 REGISTRY_ID_PREFIX = "registry:"
-PSEUDO_ID_PREFIXES = (SOURCE_ID_PREFIX, REGISTRY_ID_PREFIX)
-"""Task ids that start so are fleet-level pseudo ids: no task may take one."""
+"""Registry pseudo ids hold a '/', which no task id may (``TaskSpec.id``)."""
 REGISTRY_EVENTS = frozenset({EventType.registry_put, EventType.registry_archived})
 
 

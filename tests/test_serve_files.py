@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from core.events import EventType
 from serve.app import ServeSettings
+from serve.clients import shown_event
+from serve.policy import SECRET_MASK
 from tests.conftest import script
 from tests.fake_supervisor import FakeSupervisor
 from tests.test_serve_app import (
@@ -159,3 +162,15 @@ def test_an_archived_agent_refuses_new_sessions_with_409(admin: TestClient) -> N
     assert unknown.status_code == 422  # an unknown name is bad input, as before
     # Its versions stay readable.
     assert admin.get("/v1/agents/retired/versions/1").json()["archived"] is True
+
+
+def test_the_fleet_stream_shows_a_put_environments_variable_names_not_values(
+    admin: TestClient, fleet: FakeSupervisor
+) -> None:
+    created = admin.post("/v1/environments", json={"name": "keyed", "env": {"KEY": "s3cret"}})
+    assert created.status_code == 201
+    [put] = [e for e in fleet.stream if e.task_id == "registry:environment/keyed"]
+    assert put.type == EventType.registry_put and put.payload["spec"]["env"] == {"KEY": "s3cret"}
+    shown = shown_event(put)  # what /v1/events/stream sends
+    assert shown.payload["spec"]["env"] == {"KEY": SECRET_MASK}
+    assert put.payload["spec"]["env"] == {"KEY": "s3cret"}  # the logged event is as it was
