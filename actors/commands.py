@@ -1,7 +1,8 @@
 """What people ask of the fleet's tasks: submit them; cancel, steer, interrupt, resume,
-decide a tool call, answer a custom tool call, review a result. Each command is checked
-against the task's state, recorded as events, and pushed to the worker running the session,
-if one does; each answers a :class:`CommandResult` that says why when it was refused.
+decide a tool call, answer a custom tool call, review a result; and of its agents and
+environments: put a version, archive a name. Each command is checked against the task's
+state, recorded as events, and pushed to the worker running the session, if one does; each
+answers a :class:`CommandResult` that says why when it was refused.
 
 Plain: events go through ``record`` and pushes through a :class:`SessionLink` (Ray calls in
 the supervisor, in-process hooks in the tests' fake).
@@ -82,7 +83,8 @@ class Commands:
                 plan, decisions = self.planner(spec) if self.planner else ({}, [])
                 event = self.sched.submit(spec, batch, plan)
             except TaskRejected as exc:
-                rejected.append({"task_id": exc.task_id, "field": exc.field, "error": exc.message})
+                rejection = {"task_id": exc.task_id, "field": exc.field, "error": exc.message}
+                rejected.append(rejection | ({"conflict": True} if exc.conflict else {}))
                 continue
             except ValueError as exc:
                 task_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
@@ -92,6 +94,29 @@ class Commands:
             await self.record([event, *(d.event(spec.id) for d in decisions)])
             accepted.append(spec.id)
         return {"accepted": accepted, "rejected": rejected, "batch": batch}
+
+    async def put_spec(
+        self, kind: str, spec: dict[str, Any], expected_version: int | None = None
+    ) -> dict[str, Any]:
+        """Create or update a named agent or environment: ``registry.put`` is logged before
+        this returns the new version's view (SpecConflict when ``expected_version`` is not
+        the current version; a pydantic ValidationError for a bad spec)."""
+        registry = self.sched.registry
+        event = registry.put_event(kind, spec, expected_version)
+        await self.record([event])
+        view = registry.view(kind, event.payload["name"], event.payload["version"])
+        assert view is not None
+        return view
+
+    async def archive_spec(self, kind: str, name: str) -> CommandResult:
+        """New tasks may no longer name it (``registry.archived``); its versions stay
+        readable and tasks that started with one go on with it."""
+        registry = self.sched.registry
+        why = registry.archive_refusal(kind, name)
+        if why:
+            return CommandResult.refused(why)
+        await self.record([registry.archived_event(kind, name)])
+        return CommandResult.done()
 
     async def cancel(self, task_id: str, reason: str = "cancelled by user") -> CommandResult:
         """End a task that has not ended (``reason`` goes in its event); its running session

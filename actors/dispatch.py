@@ -15,6 +15,7 @@ from actors import artifacts as art
 from actors import delivery, pulls
 from actors.artifacts import ArtifactStore
 from actors.delivery import Delivery, branch_name
+from actors.files import FileStore
 from actors.journal import Journal
 from actors.manager import Manager
 from actors.pool import WorkerPool
@@ -50,6 +51,7 @@ class Dispatcher:
         store: ArtifactStore,
         manager: Manager,
         settings: FleetSettings,
+        files: FileStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sched = sched
@@ -58,6 +60,7 @@ class Dispatcher:
         self.store = store
         self.manager = manager
         self.settings = settings
+        self.files = files or FileStore(store, settings.max_file_bytes)
         self.clock = clock
 
     async def next_assignment(
@@ -235,6 +238,8 @@ class Dispatcher:
         await self.journal.record([event])
         if any(refs):
             await asyncio.to_thread(art.load_into, self.store, assignment, *refs)
+        if assignment.workspace is None and assignment.task.resources:  # it seeds: the files
+            assignment.resources = await asyncio.to_thread(self.files.resources, assignment.task)
         return assignment
 
     async def checkpoint(

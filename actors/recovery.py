@@ -1,5 +1,7 @@
-"""Recovery: a supervisor that restarts (or starts with ``resume``) rebuilds its state from
-the event log before it assigns anything. Plain functions of the log and the scheduler."""
+"""Recovery: a supervisor that restarts (or starts with ``recover``) rebuilds its state from
+the event log before it assigns anything; one that starts without it still gets its agents'
+and environments' versions back (:func:`restore_registry`). Plain functions of the log and
+the scheduler."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pyarrow.parquet as pq
 
 from actors.scheduler import Scheduler
 from core.eventlog import EventLog, partition_files
-from core.events import Event, EventType
+from core.events import REGISTRY_EVENTS, Event, EventType
 from core.records import TaskRecord
 from core.specs import TaskState
 
@@ -33,6 +35,25 @@ def recover(event_log: EventLog, sched: Scheduler) -> int:
         event_log.append(orphans)
         log.warning("requeued %d tasks running when the supervisor died", len(orphans))
     return count + len(orphans)
+
+
+def restore_registry(event_log: EventLog, sched: Scheduler) -> int:
+    """Fold this fleet's registry events (``registry.put``, ``registry.archived``) into the
+    scheduler's registry, tasks left out: a fleet started without ``recover`` on an events
+    directory has the agents and environments (every version) an earlier life made. Returns
+    how many events were folded."""
+    files = event_log.files()
+    if not files:
+        return 0
+    table = pq.read_table(
+        files,
+        filters=[("type", "in", sorted(t.value for t in REGISTRY_EVENTS))],
+        filesystem=event_log.fs,
+    )
+    rows = sorted(table.to_pylist(), key=lambda r: (r["task_id"], r["seq"]))
+    for row in rows:
+        sched.apply(Event.from_row(row))
+    return len(rows)
 
 
 def ids_in_history(event_log: EventLog) -> set[str]:

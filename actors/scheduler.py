@@ -41,8 +41,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from actors.delivery import Delivery
+from actors.registry import Registry
 from core.errors import InputError, StateError
-from core.events import SOURCE_ID_PREFIX, Event, EventType, source_task_id
+from core.events import (
+    REGISTRY_EVENTS,
+    SOURCE_ID_PREFIX,
+    Event,
+    EventType,
+    source_task_id,
+)
 from core.records import Assignment, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec, resolve
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, RepoSpec, TaskSpec, TaskState
@@ -53,13 +60,15 @@ PARKED = (TaskState.awaiting_approval, TaskState.awaiting_tool_result, TaskState
 
 
 class TaskRejected(InputError):
-    """A submitted task is refused; ``field`` names what is wrong with it."""
+    """A submitted task is refused; ``field`` names what is wrong with it. ``conflict``: the
+    task is fine as written but the fleet's state refuses it (an archived agent)."""
 
-    def __init__(self, task_id: str, field: str, message: str) -> None:
+    def __init__(self, task_id: str, field: str, message: str, conflict: bool = False) -> None:
         super().__init__(f"task {task_id}: {field}: {message}")
         self.task_id = task_id
         self.field = field
         self.message = message
+        self.conflict = conflict
 
 
 class UnknownSpec(StateError, LookupError):
@@ -126,9 +135,17 @@ class TaskQueue:
 
 
 class Scheduler:
-    def __init__(self, config: FleetConfig, settings: FleetSettings) -> None:
-        self.config = config
+    def __init__(
+        self,
+        config: FleetConfig,
+        settings: FleetSettings,
+        file_exists: Callable[[str], bool] | None = None,
+    ) -> None:
         self.settings = settings
+        self.registry = Registry(config)
+        """The versions of agents and environments (its events fold in through apply)."""
+        self.file_exists = file_exists or (lambda _: False)
+        """Is there an uploaded file of this id (``actors.files``)? Without a store: no."""
         self.tasks: dict[str, TaskRecord] = {}
         self.queue = TaskQueue()
         self.finished: list[str] = []
@@ -139,7 +156,18 @@ class Scheduler:
         """Source name -> its last error (``error``, ``at``, ``failures``), from the
         ``source.error`` events of watchers (shown by the status)."""
         self._pseudo_seq: dict[str, int] = {}
-        """Last ``seq`` of each fleet-level pseudo id (``source:<name>``)."""
+        """Last ``seq`` of each fleet-level pseudo id (``source:<name>``,
+        ``registry:<kind>/<name>``)."""
+
+    @property
+    def config(self) -> FleetConfig:
+        """The agents and environments new tasks may name: the registry's current ones."""
+        return self.registry.config
+
+    @config.setter
+    def config(self, config: FleetConfig) -> None:
+        """Start over from ``config`` (its specs are version 1), before any task."""
+        self.registry = Registry(config)
 
     def next_seq(self, task_id: str) -> int:
         """The ``seq`` the next event of ``task_id`` gets (a task's or a pseudo id's)."""
@@ -159,9 +187,15 @@ class Scheduler:
                 batch=p.get("batch"),
                 submitted_at=event.ts,
                 plan=p.get("plan") or {},
+                versions={k: dict(v) for k, v in (p.get("versions") or {}).items()},
             )
             self.tasks[spec.id] = record
             self._enqueue(record)
+        elif event.type in REGISTRY_EVENTS:
+            seen = self._pseudo_seq.get(event.task_id, -1)
+            self._pseudo_seq[event.task_id] = max(seen, event.seq)
+            self.registry.apply(event)
+            return
         elif event.type == EventType.source_error:
             seen = self._pseudo_seq.get(event.task_id, -1)
             self._pseudo_seq[event.task_id] = max(seen, event.seq)
@@ -249,6 +283,9 @@ class Scheduler:
                 record.state = TaskState.queued
                 record.stage = int(p.get("stage", record.stage))
                 record.agent = p.get("to_agent")
+                if p.get("to_agent") and p.get("to_version"):  # pinned as it takes over
+                    pins = record.versions.setdefault("agent", {})
+                    pins.setdefault(p["to_agent"], int(p["to_version"]))
                 record.attempts = 0
                 record.feedback = (
                     [f"Handed over by {p.get('from_agent')}: {p['note']}"] if p.get("note") else []
@@ -316,16 +353,23 @@ class Scheduler:
         names = [spec.agent] if isinstance(spec.agent, str) else []
         names += spec.agents + [st.agent for st in spec.stages]
         names += [spec.reviewer] if spec.reviewer else []
-        for name in names:
-            if name not in self.config.agents:
-                known = ", ".join(sorted(self.config.agents))
-                raise TaskRejected(spec.id, "agent", f"unknown agent {name!r} (known: {known})")
-        if isinstance(spec.environment, str) and spec.environment not in self.config.environments:
-            known = ", ".join(sorted(self.config.environments))
-            raise TaskRejected(
-                spec.id, "environment", f"unknown environment {spec.environment!r} (known: {known})"
-            )
         first = (plan or {}).get("agent") or spec.agent_name
+        names += [first] if (plan or {}).get("agent") else []
+        versions: dict[str, dict[str, int]] = {}
+        for name in names:
+            self._check_named(spec.id, "agent", name)
+            versions.setdefault("agent", {})[name] = self.registry.current_version("agent", name)
+        if isinstance(spec.environment, str):
+            self._check_named(spec.id, "environment", spec.environment)
+            current = self.registry.current_version("environment", spec.environment)
+            versions["environment"] = {spec.environment: current}
+        for n, resource in enumerate(spec.resources):
+            if not self.file_exists(resource.file_id):
+                raise TaskRejected(
+                    spec.id,
+                    f"resources.{n}.file_id",
+                    f"no file {resource.file_id!r}: upload it first (POST /v1/files)",
+                )
         for agent in [first] + [st.agent for st in spec.stages]:
             if not any(
                 pool.takes(spec.requires, spec.environment_name, agent)
@@ -337,7 +381,20 @@ class Scheduler:
         payload = {"task": spec.model_dump(mode="json", exclude_none=True), "batch": batch}
         if plan:
             payload["plan"] = plan
+        if versions:
+            payload["versions"] = versions
         return Event(task_id=spec.id, type=EventType.task_submitted, payload=payload)
+
+    def _check_named(self, task_id: str, kind: str, name: str) -> None:
+        """A name a new task gives must be live: TaskRejected says it is unknown, or (a
+        conflict) archived."""
+        if self.registry.live(kind, name):
+            return
+        if self.registry.is_archived(kind, name):
+            message = f"{kind} {name!r} is archived: new tasks may not name it"
+            raise TaskRejected(task_id, kind, message, conflict=True)
+        known = ", ".join(self.registry.names(kind))
+        raise TaskRejected(task_id, kind, f"unknown {kind} {name!r} (known: {known})")
 
     def agent_name(self, record: TaskRecord) -> str:
         """The agent of the task's current stage."""
@@ -349,27 +406,53 @@ class Scheduler:
         return record.plan.get("agent") or spec.agent_name
 
     def resolve_agent(self, record: TaskRecord) -> AgentSpec:
-        """The agent spec of the task's current stage (inline, or named in the config)."""
+        """The agent spec of the task's current stage (inline, or the pinned version of a
+        named one)."""
         name = self.agent_name(record)
         inline = record.spec.agent
         if isinstance(inline, AgentSpec) and name == inline.name and record.stage == 0:
             return inline
-        return self._named_agent(name, "agent")
-
-    def _named_agent(self, name: str, role: str) -> AgentSpec:
-        agent = self.config.agents.get(name)
-        if agent is None:  # archived (or lost) since submit: never another agent instead
-            raise UnknownSpec(f"{role} {name!r} no longer exists")
+        agent = self._named(record, "agent", name, "agent")
+        assert isinstance(agent, AgentSpec)
         return agent
 
     def resolve_environment(self, record: TaskRecord) -> EnvironmentSpec:
+        """The task's environment: inline, or the pinned version of a named one."""
         spec = record.spec
         if isinstance(spec.environment, EnvironmentSpec):
             return spec.environment
-        environment = self.config.environments.get(spec.environment)
-        if environment is None:
-            raise UnknownSpec(f"environment {spec.environment!r} no longer exists")
+        environment = self._named(record, "environment", spec.environment, "environment")
+        assert isinstance(environment, EnvironmentSpec)
         return environment
+
+    def _named(
+        self, record: TaskRecord, kind: str, name: str, role: str
+    ) -> AgentSpec | EnvironmentSpec:
+        """The version of a named spec the task is pinned to. A task that has not started
+        fails (UnknownSpec) when the name was archived or removed since it was submitted;
+        one that started goes on with its pinned version. Never another spec instead."""
+        live = self.registry.live(kind, name)
+        if not live and record.started_at is None:
+            raise UnknownSpec(f"{role} {name!r} no longer exists")
+        version = record.versions.get(kind, {}).get(name)
+        if version is None:  # not pinned (a log from before versions): the current one
+            if not live:
+                raise UnknownSpec(f"{role} {name!r} no longer exists")
+            return self.registry.spec(kind, name, self.registry.current_version(kind, name))
+        found = self.registry.spec(kind, name, version)
+        if found is None:
+            raise UnknownSpec(f"{role} {name!r} version {version} no longer exists")
+        return found
+
+    def resources_missing(self, record: TaskRecord) -> str:
+        """The first uploaded file of a task about to seed its workspace that the store does
+        not have (empty: none is missing)."""
+        if record.workspace_ref or record.base_ref:  # it starts from a snapshot that has them
+            return ""
+        for resource in record.spec.resources:
+            if not self.file_exists(resource.file_id):
+                return resource.file_id
+        return ""
 
     def fits(
         self, record: TaskRecord, pool: PoolSpec, running: list[TaskRecord], now: float
@@ -417,7 +500,10 @@ class Scheduler:
             environment = self.resolve_environment(record)
             reviewer = None
             if spec.reviewer and last_stage:
-                reviewer = self._named_agent(spec.reviewer, "reviewer agent")
+                reviewer = self._named(record, "agent", spec.reviewer, "reviewer agent")
+                assert isinstance(reviewer, AgentSpec)
+            if missing := self.resources_missing(record):
+                raise UnknownSpec(f"file {missing!r} no longer exists")
         except UnknownSpec as exc:
             payload = {"reason": f"cannot run: {exc}", "attempts": record.attempts}
             return None, Event(task_id=task_id, type=EventType.task_failed, payload=payload)
@@ -455,9 +541,21 @@ class Scheduler:
                 "agent": agent.name,
                 "stage": record.stage,
                 "pool": pool.name,
+                **self._versions_of(record, agent, environment),
             },
         )
         return assignment, event
+
+    @staticmethod
+    def _versions_of(
+        record: TaskRecord, agent: AgentSpec, environment: EnvironmentSpec
+    ) -> dict[str, int]:
+        """The pinned versions a session runs, for its ``task.assigned`` event."""
+        found = {
+            "agent_version": record.versions.get("agent", {}).get(agent.name),
+            "environment_version": record.versions.get("environment", {}).get(environment.name),
+        }
+        return {k: v for k, v in found.items() if v is not None}
 
     @staticmethod
     def _decision(record: TaskRecord) -> dict | None:
@@ -563,6 +661,8 @@ class Scheduler:
                     "note": outcome.handoff_note,
                     "stage": record.stage,
                 }
+                if target not in record.versions.get("agent", {}):
+                    payload["to_version"] = self.registry.current_version("agent", target)
                 return [*events, Event(type=EventType.handoff, payload=payload, **common)]
             if record.stage < len(spec.stages):
                 nxt = spec.stages[record.stage]

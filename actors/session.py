@@ -430,7 +430,8 @@ class SessionRunner:
         return verdict
 
     async def _seed(self, sandbox: Sandbox, a: Assignment, checkout: Checkout | None) -> None:
-        """Put the task's starting files (repository, environment files, task files) in place."""
+        """Put the task's starting files (repository, environment files, task files, then
+        its uploaded files, ``resources``) in place."""
         if checkout is not None:  # a git repository, cloned on the host (actors/delivery.py)
             await sandbox.restore(checkout.archive)
         elif isinstance(a.task.repo, str):
@@ -442,6 +443,8 @@ class SessionRunner:
         files = {**env_files, **a.task.files}
         if files:
             await sandbox.restore(tar_files({k: v.encode() for k, v in files.items()}))
+        if a.resources:
+            await sandbox.restore(tar_files(a.resources))
 
 
 class AgentStartError(FleetError, RuntimeError):

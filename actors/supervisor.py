@@ -33,12 +33,12 @@ from actors import results, watchdog
 from actors.artifacts import ArtifactStore
 from actors.commands import Commands
 from actors.dispatch import Dispatcher
+from actors.files import FileStore
 from actors.journal import Journal
 from actors.manager import Manager
 from actors.memory import Memory
 from actors.pool import WorkerPool, prewarm_environments, worker_options
-from actors.recovery import ids_in_history, recover
-from actors.registry import Registry
+from actors.recovery import ids_in_history, recover, restore_registry
 from actors.results import NoResults, ResultKind
 from actors.scheduler import Scheduler
 from actors.status import fleet_status, list_tasks
@@ -83,8 +83,12 @@ class Supervisor:
         self.settings = settings
         self.config = config
         self.started_at = time.time()
-        self.sched = Scheduler(config, settings)
-        self.registry = Registry(config)
+        self.artifacts = ArtifactStore(
+            settings.artifacts_dir or f"{settings.events_dir.rstrip('/')}/_artifacts"
+        )
+        self.files = FileStore(self.artifacts, settings.max_file_bytes)
+        self.sched = Scheduler(config, settings, self.files.exists)
+        self.registry = self.sched.registry
         self.memory = Memory(settings)
         self.log = EventLog(
             settings.events_dir,
@@ -94,12 +98,13 @@ class Supervisor:
             writer=settings.name,
             wal_fsync=settings.wal_fsync,
         )
-        self.artifacts = ArtifactStore(
-            settings.artifacts_dir or f"{settings.events_dir.rstrip('/')}/_artifacts"
-        )
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.pool = WorkerPool(life=f".{uuid.uuid4().hex[:4]}" if restarted else "")
-        self.recovered = recover(self.log, self.sched) if restarted or settings.recover else 0
+        if restarted or settings.recover:
+            self.recovered = recover(self.log, self.sched)
+        else:  # no task comes back, but every version of every agent and environment does
+            restore_registry(self.log, self.sched)
+            self.recovered = 0
         self.sched.taken_ids = ids_in_history(self.log)
         self.streams = LiveStreams(settings.stream_events, settings.recent_tasks, self.recovered)
         self._background: set[asyncio.Task[Any]] = set()
@@ -114,7 +119,7 @@ class Supervisor:
         )
         planner = self.memory.plan if settings.memory else None
         self.dispatch = Dispatcher(
-            self.sched, self.pool, self.journal, self.artifacts, self.manager, settings
+            self.sched, self.pool, self.journal, self.artifacts, self.manager, settings, self.files
         )
         self.commands = Commands(
             self.sched, record, self.sessions, planner, self.dispatch.deliver_reviewed
@@ -374,21 +379,42 @@ class Supervisor:
         return self.memory.tables()
 
     # -- agents and environments (versioned; tasks refer to them by name) -------------
-    def put_spec(
+    async def put_spec(
         self, kind: str, spec: dict[str, Any], expected_version: int | None = None
     ) -> dict[str, Any]:
-        """Create or update a named agent or environment; raises SpecConflict when
-        ``expected_version`` is given and is not the current version."""
-        return self.registry.put(kind, spec, expected_version)
+        """Create or update a named agent or environment (logged: ``registry.put``); raises
+        SpecConflict when ``expected_version`` is given and is not the current version."""
+        return await self.commands.put_spec(kind, spec, expected_version)
 
-    def get_spec(self, kind: str, name: str) -> dict[str, Any] | None:
-        return self.registry.get(kind, name)
+    def get_spec(self, kind: str, name: str, version: int | None = None) -> dict[str, Any] | None:
+        """The current (or newest archived) version of a name, or that ``version``."""
+        return self.registry.get(kind, name, version)
+
+    def spec_versions(self, kind: str, name: str) -> list[dict[str, Any]] | None:
+        """Every version of a name, oldest first (None: no such name)."""
+        return self.registry.versions(kind, name)
 
     def list_specs(self, kind: str, include_archived: bool = False) -> list[dict[str, Any]]:
         return self.registry.list(kind, include_archived)
 
-    def archive_spec(self, kind: str, name: str) -> CommandResult:
-        return self.registry.archive(kind, name)
+    async def archive_spec(self, kind: str, name: str) -> CommandResult:
+        """New tasks may no longer name it (logged: ``registry.archived``)."""
+        return await self.commands.archive_spec(kind, name)
+
+    # -- uploaded files (content-addressed; a task's ``resources`` name them) ----------
+    async def put_file(
+        self, data: bytes, filename: str = "", media_type: str = "application/octet-stream"
+    ) -> dict[str, Any]:
+        """Keep a file; its metadata (``id``: the SHA-256 of the bytes). FileTooLarge over
+        ``max_file_bytes``."""
+        return await asyncio.to_thread(self.files.put, data, filename, media_type)
+
+    async def get_file(self, file_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.files.info, file_id)
+
+    async def file_content(self, file_id: str) -> bytes:
+        """A file's bytes; NoSuchFile when there is none of that id."""
+        return await asyncio.to_thread(self.files.read, file_id)
 
     # -- worker calls ------------------------------------------------------------------
     async def next_assignment(

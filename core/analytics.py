@@ -56,7 +56,9 @@ WITH per_task AS (
         arg_max(json_extract_string(payload, '$.reason'), seq)
             FILTER (WHERE type IN {TERMINAL}) AS reason
     FROM events
-    WHERE type NOT LIKE 'source.%'  -- a source's events (task_id 'source:<name>') are no task
+    -- a source's and the registry's events (task_id 'source:<name>', 'registry:<kind>/<name>')
+    -- are no task's
+    WHERE type NOT LIKE 'source.%' AND type NOT LIKE 'registry.%'
     GROUP BY task_id
 )
 SELECT

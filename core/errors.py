@@ -16,12 +16,14 @@ also a ``ValueError``, ``UnknownSpec`` also a ``LookupError``, ...). The tree::
     │   ├── JobError                 fleet.job        a batch job's arguments or setup are wrong
     │   ├── SourceConfigError        sources.base     a source's config entry is unusable (field)
     │   ├── UnsafePath               actors.results   a result path leading out of the workspace
+    │   ├── FileTooLarge             actors.files     an upload over max_file_bytes (413)
     │   ├── RowError                 sources.sql      a table row cannot become a task (reason)
     │   └── IssueError               sources.github   an issue cannot become a task (reason)
     ├── StateError                   core.errors      the request does not fit the fleet's state
     │   ├── SpecConflict (ValueError)  actors.registry  a spec changed since the caller read it
     │   ├── UnknownSpec (LookupError)  actors.scheduler a task names a spec that is gone
     │   ├── NoResults (LookupError)    actors.results   a task, its results or a file not there
+    │   ├── NoSuchFile (LookupError)   actors.files     no uploaded file has that id
     │   └── IssueGone                sources.github   an issue was deleted or moved (handled
     │                                                 inside the GitHub source)
     ├── StorageError (RuntimeError)  core.errors      the event history cannot be written or read

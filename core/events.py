@@ -64,14 +64,29 @@ class EventType(StrEnum):
     source_error = "source.error"
     """A source of work could not be reached. Not a task's event: its ``task_id`` is the
     fleet-level pseudo id ``source:<source name>`` (see :func:`source_task_id`)."""
+    registry_put = "registry.put"
+    """An agent or environment was created or updated: ``kind``, ``name``, ``version`` and
+    the whole ``spec`` (its JSON as validated). Not a task's event: its ``task_id`` is the
+    pseudo id ``registry:<kind>/<name>`` (see :func:`registry_task_id`)."""
+    registry_archived = "registry.archived"
+    """An agent or environment was archived (``kind``, ``name``, ``version``): new tasks may
+    not name it; its versions stay readable and tasks that started with one keep it."""
 
 
 SOURCE_ID_PREFIX = "source:"
+REGISTRY_ID_PREFIX = "registry:"
+"""Registry pseudo ids hold a '/', which no task id may (``TaskSpec.id``)."""
+REGISTRY_EVENTS = frozenset({EventType.registry_put, EventType.registry_archived})
 
 
 def source_task_id(source: str) -> str:
     """The pseudo task id that a source's fleet-level events (``source.error``) carry."""
     return f"{SOURCE_ID_PREFIX}{source}"
+
+
+def registry_task_id(kind: str, name: str) -> str:
+    """The pseudo task id of the registry events of one agent or environment."""
+    return f"{REGISTRY_ID_PREFIX}{kind}/{name}"
 
 
 TERMINAL_EVENTS: frozenset[EventType] = frozenset(

@@ -82,6 +82,9 @@ class Assignment(BaseModel):
     """What is left of the task's token budget (None: the agent's ``max_tokens``)."""
     max_cost_usd: float | None = None
     """What is left of the task's cost budget (None: the agent's ``max_cost_usd``)."""
+    resources: dict[str, bytes] = Field(default_factory=dict)
+    """The task's uploaded files by workspace path (``TaskSpec.resources``), for a session
+    that seeds the workspace (one that starts from a snapshot has them there already)."""
 
 
 class SessionResult(BaseModel):
@@ -144,6 +147,10 @@ class TaskRecord(BaseModel):
     """One line per ended session: what was tried and how it ended (the brief for humans)."""
     plan: dict[str, Any] = Field(default_factory=dict)
     """Decisions taken from memory at submit: expected_s, time_limit_s, agent, max_attempts."""
+    versions: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """The versions the task is pinned to, by kind and name (``{"agent": {"coder": 2},
+    "environment": {"default": 1}}``): taken at submit (a handoff's target at the handoff);
+    every session of the task runs them, whatever later updates say."""
     base_ref: str | None = None
     """The workspace this stage starts from (the previous stage's), when not seeded."""
     workspace_ref: str | None = None

@@ -212,6 +212,12 @@ class FleetSettings(BaseSettings):
         None, description="Workspace diffs and snapshots; default: <events_dir>/_artifacts."
     )
     capture_diff: bool = Field(True, description="Save each session's workspace diff.")
+    max_file_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1,
+        description="Largest file POST /v1/files (or Fleet.upload) takes (413 beyond); files "
+        "are kept in the artifact store, by the SHA-256 of their bytes.",
+    )
     keep_workspaces_days: float = Field(
         30.0,
         ge=0,

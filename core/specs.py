@@ -391,6 +391,30 @@ class RepoSpec(Strict):
         return value
 
 
+FILE_ID = re.compile(r"^[0-9a-f]{64}$")
+"""An uploaded file's id: the SHA-256 of its bytes, in lowercase hex."""
+
+
+class ResourceSpec(Strict):
+    """An uploaded file (``POST /v1/files``, ``Fleet.upload``) placed in the workspace before
+    the agent starts."""
+
+    file_id: str = Field(description="The file's id: the SHA-256 of its bytes (64 hex digits).")
+    path: str = Field(description="Where it goes: workspace-relative, no '..'.")
+
+    @field_validator("file_id")
+    @classmethod
+    def _file_id_is_a_digest(cls, value: str) -> str:
+        if not FILE_ID.fullmatch(value):
+            raise ValueError("must be a file id: the SHA-256 of the file, 64 lowercase hex digits")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path_inside_workspace(cls, value: str) -> str:
+        return workspace_path(value)
+
+
 def new_task_id() -> str:
     return "t-" + uuid.uuid4().hex[:12]
 
@@ -413,6 +437,11 @@ class TaskSpec(Strict):
         default_factory=dict,
         description=f"Files the workspace starts with (at most {MAX_TASK_FILES}; "
         "workspace-relative paths, no '..').",
+    )
+    resources: list[ResourceSpec] = Field(
+        default_factory=list,
+        description=f"Uploaded files placed in the workspace (after `files`; at most "
+        f"{MAX_TASK_FILES}, each path once).",
     )
     repo: str | RepoSpec | None = Field(
         None,
@@ -470,6 +499,17 @@ class TaskSpec(Strict):
             raise ValueError(f"more than {MAX_TASK_FILES} files")
         for path in value:
             workspace_path(path)
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_paths_unique(cls, value: list[ResourceSpec]) -> list[ResourceSpec]:
+        if len(value) > MAX_TASK_FILES:
+            raise ValueError(f"more than {MAX_TASK_FILES} resources")
+        paths = [os.path.normpath(r.path) for r in value]
+        for path in paths:
+            if paths.count(path) > 1:
+                raise ValueError(f"two resources go to {path!r}")
         return value
 
     @property

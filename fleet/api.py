@@ -12,10 +12,12 @@ The CLI is built on this class and nothing private.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -307,8 +309,55 @@ class Fleet:
         return self._results(task_id, "archive")
 
     def _results(self, task_id: str, what: str, path: str = "") -> Any:
+        return self._call(self.supervisor.results, task_id, what, path)
+
+    # Agents and environments: every version is logged, so a restart keeps them all.
+    def put_spec(
+        self, kind: str, spec: dict[str, Any], expected_version: int | None = None
+    ) -> dict[str, Any]:
+        """Create or update an ``agent`` or ``environment`` (the next version); its view
+        (``name``, ``version``, ``archived``, ``spec``). SpecConflict when
+        ``expected_version`` is given and is not the current one."""
+        return self._call(self.supervisor.put_spec, kind, spec, expected_version)
+
+    def get_spec(self, kind: str, name: str, version: int | None = None) -> dict[str, Any] | None:
+        """The current version of a name (or that ``version``); None when there is none."""
+        return ray.get(self.supervisor.get_spec.remote(kind, name, version))
+
+    def spec_versions(self, kind: str, name: str) -> list[dict[str, Any]] | None:
+        """Every version of a name, oldest first; None for an unknown name."""
+        return ray.get(self.supervisor.spec_versions.remote(kind, name))
+
+    def archive_spec(self, kind: str, name: str) -> CommandResult:
+        """New tasks may no longer name it; tasks that started with it keep their version."""
+        return ray.get(self.supervisor.archive_spec.remote(kind, name))
+
+    # Files a task's ``resources`` place in its workspace.
+    def upload(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        filename: str | None = None,
+        media_type: str = "application/octet-stream",
+    ) -> dict[str, Any]:
+        """Keep a file (bytes, or the file at a path) for tasks' ``resources``; its metadata,
+        whose ``id`` (the SHA-256 of the bytes) a resource names. FileTooLarge over the
+        ``max_file_bytes`` setting."""
+        if isinstance(source, bytes):
+            data = source
+        else:
+            path = Path(source)
+            data = path.read_bytes()
+            filename = path.name if filename is None else filename
+        return self._call(self.supervisor.put_file, data, filename or "", media_type)
+
+    def file_info(self, file_id: str) -> dict[str, Any] | None:
+        """An uploaded file's metadata; None when there is no file of that id."""
+        return ray.get(self.supervisor.get_file.remote(file_id))
+
+    def _call(self, method: Any, *args: Any) -> Any:
+        """A supervisor call whose FleetError reaches the caller as itself."""
         try:
-            return ray.get(self.supervisor.results.remote(task_id, what, path))
+            return ray.get(method.remote(*args))
         except ray.exceptions.RayTaskError as exc:
             cause = root_cause(exc)
             if isinstance(cause, FleetError):

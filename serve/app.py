@@ -21,14 +21,14 @@ from serve.clients import Quotas
 from serve.openapi import install_openapi
 from serve.plumbing import BodyLimit, install_error_handlers
 from serve.ports import port_of
+from serve.routes import files, meta, reports, results, sessions, specs, tasks
 from serve.routes import fleet as fleet_routes
-from serve.routes import meta, reports, results, sessions, specs, tasks
 from serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]  # ServeSettings lives in serve.settings
 
 DESCRIPTION = (
-    "Run coding agents on a Ray fleet: agents, environments, sessions, events, "
+    "Run coding agents on a Ray fleet: agents, environments, files, sessions, events, "
     "streams, tasks and reports. Every /v1 route needs `Authorization: Bearer <token>`: "
     "the API token (clients) or the admin token (the operator: it alone may create, "
     "update or archive agents and environments, and send full agent and environment "
@@ -53,7 +53,8 @@ def create_app(fleet: Any = None, settings: ServeSettings | None = None) -> Fast
     app.state.supervisor = sup
     app.state.quotas = Quotas()
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Uploads are limited by the fleet's max_file_bytes, in their route.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, own_limit=("/v1/files",))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -67,6 +68,7 @@ def create_app(fleet: Any = None, settings: ServeSettings | None = None) -> Fast
     app.include_router(specs.router)
     app.include_router(sessions.router)
     app.include_router(results.router)
+    app.include_router(files.router)
     app.include_router(tasks.router)
     app.include_router(fleet_routes.router)
     app.include_router(reports.router)

@@ -12,7 +12,14 @@ from core.records import TaskRecord
 from core.settings import FleetSettings
 from core.specs import AgentSpec, EnvironmentSpec, TaskSpec
 from serve.auth import Caller
-from serve.policy import SECRET_MASK, OperatorSpecs, PolicyError, client_task, masked_task
+from serve.policy import (
+    SECRET_MASK,
+    OperatorSpecs,
+    PolicyError,
+    client_task,
+    masked_environment,
+    masked_task,
+)
 from serve.ports import SupervisorPort
 from serve.settings import ServeSettings
 
@@ -107,7 +114,11 @@ def shown(record: TaskRecord) -> TaskRecord:
 
 
 def shown_event(event: Event) -> Event:
-    """An event as a client sees it: a submitted task's environment variables masked."""
+    """An event as a client sees it: a submitted task's (or a put environment's) environment
+    variables masked."""
+    if event.type == EventType.registry_put and event.payload.get("kind") == "environment":
+        spec = masked_environment(event.payload.get("spec") or {})
+        return event.model_copy(update={"payload": event.payload | {"spec": spec}})
     if event.type != EventType.task_submitted or "task" not in event.payload:
         return event
     return event.model_copy(

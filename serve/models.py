@@ -9,7 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.events import Event
 from core.records import TaskRecord
-from core.specs import SPEC_NAME_PATTERN, AgentSpec, EnvironmentSpec, ScriptStep, TaskState
+from core.specs import (
+    SPEC_NAME_PATTERN,
+    AgentSpec,
+    EnvironmentSpec,
+    ResourceSpec,
+    ScriptStep,
+    TaskState,
+)
 
 NAME_PATTERN = SPEC_NAME_PATTERN
 """Agent and environment names: they appear in URLs, so no slashes or spaces."""
@@ -149,6 +156,10 @@ class SessionCreate(Strict):
         description="Initial user.message events; their text is the prompt when none is given.",
     )
     files: dict[str, str] = Field(default_factory=dict)
+    resources: list[ResourceSpec] = Field(
+        default_factory=list,
+        description="Uploaded files (POST /v1/files) placed at `path` in the workspace.",
+    )
     labels: list[str] = Field(default_factory=list)
     priority: int = 0
     gate: str | None = None
@@ -166,7 +177,13 @@ class SessionView(BaseModel):
     type: Literal["session"] = "session"
     status: TaskState
     agent: str
+    agent_version: int | None = Field(
+        None, description="The version of the named agent the session runs (pinned at create)."
+    )
     environment: str
+    environment_version: int | None = Field(
+        None, description="The version of the named environment it runs (pinned at create)."
+    )
     labels: list[str]
     batch: str | None
     prompt: str
@@ -194,11 +211,15 @@ class SessionView(BaseModel):
     @classmethod
     def of(cls, record: TaskRecord) -> SessionView:
         spec = record.spec
+        agent = record.agent or spec.agent_name
+        versions = record.versions
         return cls(
             id=record.id,
             status=record.state,
-            agent=record.agent or spec.agent_name,
+            agent=agent,
+            agent_version=versions.get("agent", {}).get(agent),
             environment=spec.environment_name,
+            environment_version=versions.get("environment", {}).get(spec.environment_name),
             labels=spec.labels,
             batch=record.batch,
             prompt=spec.prompt,
@@ -326,6 +347,17 @@ class Report(BaseModel):
 
 class Health(BaseModel):
     ok: bool
+
+
+class FileView(BaseModel):
+    """An uploaded file (``POST /v1/files``)."""
+
+    id: str = Field(description="The SHA-256 of its bytes (64 hex digits).")
+    type: Literal["file"] = "file"
+    filename: str = Field(description="As the first upload named it (may be empty).")
+    media_type: str
+    size_bytes: int
+    created_at: datetime = Field(description="When it was first uploaded.")
 
 
 class FileEntry(BaseModel):

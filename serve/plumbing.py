@@ -32,14 +32,17 @@ class BodyTooLarge(FleetError, StarletteHTTPException):
 
 
 class BodyLimit:
-    """Refuse bodies over ``max_bytes`` (413), by Content-Length or as they stream in."""
+    """Refuse bodies over ``max_bytes`` (413), by Content-Length or as they stream in.
+    Requests to the ``own_limit`` paths pass: their routes enforce a limit of their own
+    (file uploads, up to the fleet's ``max_file_bytes``)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, own_limit: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.own_limit = frozenset(own_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.own_limit:
             await self.app(scope, receive, send)
             return
         for key, value in scope.get("headers", []):

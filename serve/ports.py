@@ -50,9 +50,20 @@ class SupervisorPort(Protocol):
     async def put_spec(
         self, kind: str, spec: dict[str, Any], expected_version: int | None
     ) -> dict[str, Any]: ...
-    async def get_spec(self, kind: str, name: str) -> dict[str, Any] | None: ...
+    async def get_spec(
+        self, kind: str, name: str, version: int | None = None
+    ) -> dict[str, Any] | None: ...
+    async def spec_versions(self, kind: str, name: str) -> list[dict[str, Any]] | None: ...
     async def list_specs(self, kind: str, include_archived: bool) -> list[dict[str, Any]]: ...
     async def archive_spec(self, kind: str, name: str) -> CommandResult: ...
+    async def put_file(self, data: bytes, filename: str, media_type: str) -> dict[str, Any]:
+        """Keep an uploaded file; its metadata. Raises ``actors.files.FileTooLarge``."""
+        ...
+
+    async def get_file(self, file_id: str) -> dict[str, Any] | None: ...
+    async def file_content(self, file_id: str) -> bytes:
+        """Raises ``actors.files.NoSuchFile``."""
+        ...
 
 
 class ActorPort:
@@ -125,14 +136,28 @@ class ActorPort:
     ) -> dict[str, Any]:
         return await self.handle.put_spec.remote(kind, spec, expected_version)
 
-    async def get_spec(self, kind: str, name: str) -> dict[str, Any] | None:
-        return await self.handle.get_spec.remote(kind, name)
+    async def get_spec(
+        self, kind: str, name: str, version: int | None = None
+    ) -> dict[str, Any] | None:
+        return await self.handle.get_spec.remote(kind, name, version)
+
+    async def spec_versions(self, kind: str, name: str) -> list[dict[str, Any]] | None:
+        return await self.handle.spec_versions.remote(kind, name)
 
     async def list_specs(self, kind: str, include_archived: bool) -> list[dict[str, Any]]:
         return await self.handle.list_specs.remote(kind, include_archived)
 
     async def archive_spec(self, kind: str, name: str) -> CommandResult:
         return await self.handle.archive_spec.remote(kind, name)
+
+    async def put_file(self, data: bytes, filename: str, media_type: str) -> dict[str, Any]:
+        return await self.handle.put_file.remote(data, filename, media_type)
+
+    async def get_file(self, file_id: str) -> dict[str, Any] | None:
+        return await self.handle.get_file.remote(file_id)
+
+    async def file_content(self, file_id: str) -> bytes:
+        return await self.handle.file_content.remote(file_id)
 
 
 def port_of(fleet: Any) -> SupervisorPort:

@@ -1,13 +1,14 @@
 """An in-process fleet for the HTTP routes' tests: a :class:`serve.ports.SupervisorPort`
 without Ray.
 
-It is built on the real plain parts: :class:`actors.scheduler.Scheduler` decides,
-:class:`actors.registry.Registry` keeps agents and environments, :class:`core.eventlog.
+It is built on the real plain parts: :class:`actors.scheduler.Scheduler` decides (its
+:class:`actors.registry.Registry` keeps agents and environments), :class:`core.eventlog.
 EventLog` writes Parquet (the reports read it), :class:`actors.session.SessionRunner` runs
-sessions in local sandboxes with :class:`harness.hooks.InboxHooks`, :class:`actors.commands.
-Commands` answers steer, interrupt, tool confirmations, custom tool results, cancel and
-review (the fake is its session link), :class:`actors.artifacts.ArtifactStore` keeps what
-sessions leave (parked loop states, diffs, workspaces: the results routes read them). What it
+sessions in local sandboxes with :class:`harness.hooks.InboxHooks`, :class:`actors.files.
+FileStore` keeps uploaded files, :class:`actors.commands.Commands` answers steer, interrupt,
+tool confirmations, custom tool results, cancel and review (the fake is its session link),
+:class:`actors.artifacts.ArtifactStore` keeps what sessions leave (parked loop states, diffs,
+workspaces: the results routes read them). What it
 leaves out of :class:`actors.supervisor.Supervisor`: Ray actors (workers are coroutines),
 recovery, the manager agent, memory, heartbeats and time limits.
 
@@ -31,7 +32,7 @@ from actors import results
 from actors.artifacts import ArtifactStore
 from actors.commands import Commands
 from actors.dispatch import answered
-from actors.registry import Registry
+from actors.files import FileStore
 from actors.scheduler import Scheduler
 from actors.session import SessionRunner, carry_late_decision
 from actors.status import fleet_status, list_tasks
@@ -63,10 +64,11 @@ class FakeSupervisor:
     def __init__(self, settings: FleetSettings, config: FleetConfig | None = None) -> None:
         self.settings = settings
         self.config = config or FleetConfig()
-        self.sched = Scheduler(self.config, settings)
-        self.registry = Registry(self.config)
-        self.log = EventLog(settings.events_dir, settings.wal_dir, writer=settings.name)
         self.artifacts = ArtifactStore(f"{settings.events_dir.rstrip('/')}/_artifacts")
+        self.files = FileStore(self.artifacts, settings.max_file_bytes)
+        self.sched = Scheduler(self.config, settings, self.files.exists)
+        self.registry = self.sched.registry
+        self.log = EventLog(settings.events_dir, settings.wal_dir, writer=settings.name)
         self.runner = SessionRunner(settings, "fake", self._sandbox)
         self.history: dict[str, list[Event]] = {}
         self.stream: list[Event] = []
@@ -199,11 +201,17 @@ class FakeSupervisor:
     async def put_spec(
         self, kind: str, spec: dict[str, Any], expected_version: int | None
     ) -> dict[str, Any]:
-        return self.registry.put(kind, spec, expected_version)
+        return await self.commands.put_spec(kind, spec, expected_version)
 
     @on_fleet_loop
-    async def get_spec(self, kind: str, name: str) -> dict[str, Any] | None:
-        return self.registry.get(kind, name)
+    async def get_spec(
+        self, kind: str, name: str, version: int | None = None
+    ) -> dict[str, Any] | None:
+        return self.registry.get(kind, name, version)
+
+    @on_fleet_loop
+    async def spec_versions(self, kind: str, name: str) -> list[dict[str, Any]] | None:
+        return self.registry.versions(kind, name)
 
     @on_fleet_loop
     async def list_specs(self, kind: str, include_archived: bool) -> list[dict[str, Any]]:
@@ -211,7 +219,19 @@ class FakeSupervisor:
 
     @on_fleet_loop
     async def archive_spec(self, kind: str, name: str) -> CommandResult:
-        return self.registry.archive(kind, name)
+        return await self.commands.archive_spec(kind, name)
+
+    @on_fleet_loop
+    async def put_file(self, data: bytes, filename: str, media_type: str) -> dict[str, Any]:
+        return self.files.put(data, filename, media_type)
+
+    @on_fleet_loop
+    async def get_file(self, file_id: str) -> dict[str, Any] | None:
+        return self.files.info(file_id)
+
+    @on_fleet_loop
+    async def file_content(self, file_id: str) -> bytes:
+        return self.files.read(file_id)
 
     # -- the fleet's loop ----------------------------------------------------------------
     async def _record_async(self, events: list[Event]) -> None:
@@ -238,8 +258,7 @@ class FakeSupervisor:
     def _record(self, events: list[Event]) -> None:
         """Number, apply, log and keep events, then wake whoever waits (all on the loop)."""
         for event in events:
-            record = self.sched.tasks.get(event.task_id)
-            event.seq = record.seq + 1 if record else 0
+            event.seq = self.sched.next_seq(event.task_id)
             self.sched.apply(event)
             self.history.setdefault(event.task_id, []).append(event)
         self.log.append(events)
@@ -282,6 +301,8 @@ class FakeSupervisor:
                     record.loop_state_ref if record.workspace_ref else None,
                     record.history_ref,
                 )
+                if assignment.workspace is None:  # it seeds: the task's uploaded files
+                    assignment.resources = self.files.resources(assignment.task)
             self._record([event])
             if assignment is not None:
                 await self._session(assignment, worker)

@@ -31,8 +31,11 @@ streams = v1_router(tags=["sessions"], streams=True)
 async def create_session(
     sup: Sup, admit: Admit, caller: ClientCaller, body: m.SessionCreate
 ) -> m.SessionView:
-    """Submit one task; the session id is the task id. An inline agent or environment
-    from an API client may set only a few fields (see the README), within caps."""
+    """Submit one task; the session id is the task id. It runs the current versions of the
+    agent and environment it names, whatever later updates say (409 when one is archived).
+    An inline agent or environment from an API client may set only a few fields (see the
+    README), within caps. `resources` place uploaded files (POST /v1/files) in its
+    workspace (422 for an unknown file id)."""
     texts = [event.text() for event in body.events]
     prompt = body.prompt or "\n\n".join(texts)
     if not prompt:  # a blank one is refused by TaskSpec, as on every route
@@ -51,7 +54,7 @@ async def create_session(
     out = await admit.submit([spec], f"s-{uuid.uuid4().hex[:8]}", caller)
     if out["rejected"]:
         rejected = out["rejected"][0]
-        if rejected["field"] == "id":
+        if rejected["field"] == "id" or rejected.get("conflict"):
             raise HTTPException(409, rejected["error"])
         raise field_error(("body", rejected["field"] or "body"), rejected["error"])
     return m.SessionView.of(await record_of(sup, spec.id))

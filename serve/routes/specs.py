@@ -1,10 +1,11 @@
-"""Agents and environments: named, versioned specs. Everyone reads them; only the operator
-(admin token) creates, updates and archives them. Environment variable values (of
-environments, of agents' MCP servers) read `***`."""
+"""Agents and environments: named, versioned specs. Everyone reads them (every version);
+only the operator (admin token) creates, updates and archives them. Environment variable
+values (of environments, of agents' MCP servers) read `***`. Each change is logged, so every
+version survives a restart."""
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path
 
 from actors.registry import SpecConflict
 from core.errors import one_line, root_cause
@@ -31,7 +32,7 @@ def add_routes(
     view: type,
     listing: type,
 ) -> None:
-    """The five routes of one kind (``agent`` or ``environment``) under ``/{plural}``."""
+    """The seven routes of one kind (``agent`` or ``environment``) under ``/{plural}``."""
 
     async def get_view(sup: SupervisorPort, name: str) -> dict[str, Any]:
         found = await sup.get_spec(kind, name)
@@ -80,6 +81,22 @@ def add_routes(
     @router.get(f"/{plural}/{{name}}", responses=NOT_FOUND, tags=[plural])
     async def get_spec(sup: Sup, name: str) -> view:  # type: ignore[valid-type]
         return shown_view(await get_view(sup, name))
+
+    @router.get(f"/{plural}/{{name}}/versions", responses=NOT_FOUND, tags=[plural])
+    async def list_versions(sup: Sup, name: str) -> listing:  # type: ignore[valid-type]
+        """Every version, oldest first (an archived name's too)."""
+        found = await sup.spec_versions(kind, name)
+        if found is None:
+            raise HTTPException(404, f"no {kind} {name!r}")
+        return {"data": [shown_view(v) for v in found]}
+
+    @router.get(f"/{plural}/{{name}}/versions/{{version}}", responses=NOT_FOUND, tags=[plural])
+    async def get_version(sup: Sup, name: str, version: Annotated[int, Path(ge=1)]) -> view:  # type: ignore[valid-type]
+        """One version, as it was put (tasks pinned to it run it)."""
+        found = await sup.get_spec(kind, name, version)
+        if found is None:
+            raise HTTPException(404, f"no version {version} of {kind} {name!r}")
+        return shown_view(found)
 
     @router.post(
         f"/{plural}/{{name}}",
