@@ -162,43 +162,42 @@ def failure_reasons(con: duckdb.DuckDBPyConnection, batch: str | None) -> str:
     return charts.bars("Most common failure reasons (tasks)", [(r, [float(n)]) for r, n in rows])
 
 
-def tool_latency(con: duckdb.DuckDBPyConnection, batch: str | None) -> str:
+def _latency(
+    con: duckdb.DuckDBPyConnection,
+    batch: str | None,
+    title: str,
+    view: str,
+    key: str,
+    column: str,
+    what: str,
+) -> str:
+    """p50 and p95 of ``column`` of ``view`` by ``key`` (the busiest 12), as bars."""
     scope, params = _scope(batch)
     rows = _rows(
         con,
         f"""{scope}
-        SELECT tool, median(duration_ms), quantile_cont(duration_ms, 0.95), count(*)
-        FROM tool_calls WHERE task_id IN (SELECT task_id FROM scope)
-            AND duration_ms IS NOT NULL
-        GROUP BY tool ORDER BY count(*) DESC, tool LIMIT 12
+        SELECT coalesce({key}, '?') AS name, median({column}), quantile_cont({column}, 0.95),
+               count(*)
+        FROM {view} WHERE task_id IN (SELECT task_id FROM scope) AND {column} IS NOT NULL
+        GROUP BY name ORDER BY count(*) DESC, name LIMIT 12
         """,
         params,
     )
     return charts.bars(
-        "Tool latency (ms)",
-        [(f"{tool} ({n} calls)", [float(p50), float(p95)]) for tool, p50, p95, n in rows],
+        title,
+        [(f"{name} ({n} {what})", [float(p50), float(p95)]) for name, p50, p95, n in rows],
         series=("p50", "p95"),
         unit=" ms",
     )
+
+
+def tool_latency(con: duckdb.DuckDBPyConnection, batch: str | None) -> str:
+    return _latency(con, batch, "Tool latency (ms)", "tool_calls", "tool", "duration_ms", "calls")
 
 
 def model_latency(con: duckdb.DuckDBPyConnection, batch: str | None) -> str:
-    scope, params = _scope(batch)
-    rows = _rows(
-        con,
-        f"""{scope}
-        SELECT coalesce(model, '?'), median(latency_ms), quantile_cont(latency_ms, 0.95),
-               count(*)
-        FROM turns WHERE task_id IN (SELECT task_id FROM scope) AND latency_ms IS NOT NULL
-        GROUP BY 1 ORDER BY count(*) DESC LIMIT 8
-        """,
-        params,
-    )
-    return charts.bars(
-        "Model latency per turn (ms)",
-        [(f"{model} ({n} turns)", [float(p50), float(p95)]) for model, p50, p95, n in rows],
-        series=("p50", "p95"),
-        unit=" ms",
+    return _latency(
+        con, batch, "Model latency per turn (ms)", "turns", "model", "latency_ms", "turns"
     )
 
 
