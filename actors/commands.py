@@ -76,12 +76,14 @@ class Commands:
         for raw in tasks:
             try:
                 spec = raw if isinstance(raw, TaskSpec) else TaskSpec.model_validate(raw)
+                if self.sched.vault is not None:  # an inline environment's values: by reference
+                    spec = self.sched.vault.seal(spec)
                 plan, decisions = self.planner(spec) if self.planner else ({}, [])
                 event = self.sched.submit(spec, batch, plan)
             except TaskRejected as exc:
                 rejected.append({"task_id": exc.task_id, "field": exc.field, "error": exc.message})
                 continue
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:  # OSError: the vault could not keep a value
                 task_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
                 rejected.append({"task_id": task_id, "field": "", "error": str(exc)})
                 continue

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from actors.delivery import Delivery
 from core.errors import InputError, StateError
@@ -44,6 +44,7 @@ from core.events import SOURCE_ID_PREFIX, Event, EventType, source_task_id
 from core.records import Assignment, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec, resolve
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, RepoSpec, TaskSpec, TaskState
+from core.vault import UnknownSecret, Vault, needed_secrets
 
 MAX_WORKER_LOSSES = 3
 
@@ -136,6 +137,9 @@ class Scheduler:
         ``source.error`` events of watchers (shown by the status)."""
         self._pseudo_seq: dict[str, int] = {}
         """Last ``seq`` of each fleet-level pseudo id (``source:<name>``)."""
+        self.vault: Vault | None = None
+        """Where the secrets a session names are read when it is assigned (None: no task
+        may name one)."""
 
     def next_seq(self, task_id: str) -> int:
         """The ``seq`` the next event of ``task_id`` gets (a task's or a pseudo id's)."""
@@ -306,6 +310,10 @@ class Scheduler:
             raise TaskRejected(
                 spec.id, "environment", f"unknown environment {spec.environment!r} (known: {known})"
             )
+        for field, inline in (("agent", spec.agent), ("environment", spec.environment)):
+            for name in sorted(needed_secrets(inline) if not isinstance(inline, str) else ()):
+                if self.vault is None or self.vault.origin(name) is None:
+                    raise TaskRejected(spec.id, field, f"unknown secret {name!r}")
         first = (plan or {}).get("agent") or spec.agent_name
         for agent in [first] + [st.agent for st in spec.stages]:
             if not any(
@@ -399,7 +407,8 @@ class Scheduler:
             reviewer = None
             if spec.reviewer and last_stage:
                 reviewer = self._named_agent(spec.reviewer, "reviewer agent")
-        except UnknownSpec as exc:
+            secrets = self._secrets(agent, environment, reviewer)
+        except (UnknownSpec, UnknownSecret) as exc:
             payload = {"reason": f"cannot run: {exc}", "attempts": record.attempts}
             return None, Event(task_id=task_id, type=EventType.task_failed, payload=payload)
         attempt = record.attempts + 1
@@ -422,6 +431,7 @@ class Scheduler:
             decision=self._decision(record),
             max_tokens=tokens_left,
             max_cost_usd=cost_left,
+            secrets=secrets,
         )
         event = Event(
             task_id=task_id,
@@ -438,6 +448,15 @@ class Scheduler:
             },
         )
         return assignment, event
+
+    def _secrets(self, *specs: AgentSpec | EnvironmentSpec | None) -> dict[str, SecretStr]:
+        """The values of the secrets a session of these specs is given, read now."""
+        names = needed_secrets(*specs)
+        if not names:
+            return {}
+        if self.vault is None:
+            raise UnknownSecret(f"no vault for the secrets {', '.join(sorted(names))}")
+        return self.vault.values(names)
 
     @staticmethod
     def _decision(record: TaskRecord) -> dict | None:

@@ -402,7 +402,7 @@ def watch(
     )  # fmt: skip
     try:
         fleet_config = load_config(config)
-        sources = build_sources(fleet_config)
+        sources = build_sources(fleet_config, settings)
     except InputError as exc:
         _fail(one_line(exc), debug, exc)
     if not sources:
@@ -475,7 +475,7 @@ def serve_cmd(
             recover=recover,
         )
         fleet_config = load_config(config)
-        sources = build_sources(fleet_config)
+        sources = build_sources(fleet_config, settings)
         api_settings = settings.api
         if token_file:
             api_settings = api_settings.model_copy(update={"token_file": token_file})
