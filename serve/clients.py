@@ -12,7 +12,7 @@ from core.records import TaskRecord
 from core.settings import FleetSettings
 from core.specs import AgentSpec, EnvironmentSpec, TaskSpec
 from serve.auth import Caller
-from serve.policy import SECRET_MASK, OperatorSpecs, PolicyError, client_task, masked_task
+from serve.policy import OperatorSpecs, PolicyError, client_task, masked_env, masked_task
 from serve.ports import SupervisorPort
 from serve.settings import ServeSettings
 
@@ -48,10 +48,12 @@ class Admission:
             return None
         agents = await self.sup.list_specs("agent", False)
         environment = await self.sup.get_spec("environment", "default")
+        mine = await self.sup.list_secrets("client") if self.settings.client_secrets else []
         return OperatorSpecs(
             agents={v["name"]: AgentSpec.model_validate(v["spec"]) for v in agents},
             environment=EnvironmentSpec.model_validate(environment["spec"]),
             settings=await self.fleet_settings(),
+            client_secrets=frozenset(info.name for info in mine),
         )
 
     def admit(self, spec: TaskSpec, operator: OperatorSpecs | None) -> TaskSpec:
@@ -88,11 +90,12 @@ class Admission:
 
 
 def shown(record: TaskRecord) -> TaskRecord:
-    """A record as a client sees it: no environment variable values."""
+    """A record as a client sees it: no environment variable values (references to secrets
+    are shown: a name is not a value)."""
     if not isinstance(record.spec.environment, EnvironmentSpec):
         return record
     environment = record.spec.environment
-    masked = environment.model_copy(update={"env": dict.fromkeys(environment.env, SECRET_MASK)})
+    masked = environment.model_copy(update={"env": masked_env(environment.env)})
     return record.model_copy(
         update={"spec": record.spec.model_copy(update={"environment": masked})}
     )

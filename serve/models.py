@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.events import Event
 from core.records import TaskRecord
 from core.specs import SPEC_NAME_PATTERN, AgentSpec, EnvironmentSpec, ScriptStep, TaskState
+from core.vault import SecretInfo
 
 NAME_PATTERN = SPEC_NAME_PATTERN
 """Agent and environment names: they appear in URLs, so no slashes or spaces."""
@@ -70,6 +71,24 @@ class AgentList(BaseModel):
 
 class EnvironmentList(BaseModel):
     data: list[EnvironmentView]
+
+
+# -- secrets (write-only) --------------------------------------------------------------
+class SecretIn(Strict):
+    """A secret's value: it goes in, and no route ever answers it."""
+
+    value: str = Field(
+        description="The value (4 characters to 64 KiB), kept exactly as given.",
+        json_schema_extra={"writeOnly": True, "format": "password"},
+    )
+
+
+SecretView = SecretInfo
+"""What is shown of a secret: name, scope, origin, creation and rotation times."""
+
+
+class SecretList(BaseModel):
+    data: list[SecretInfo]
 
 
 # -- user events -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import ray
 from core.events import Event
 from core.records import CommandResult, TaskRecord
 from core.settings import FleetSettings
+from core.vault import SecretInfo
 
 
 class SupervisorPort(Protocol):
@@ -48,6 +49,12 @@ class SupervisorPort(Protocol):
     async def get_spec(self, kind: str, name: str) -> dict[str, Any] | None: ...
     async def list_specs(self, kind: str, include_archived: bool) -> list[dict[str, Any]]: ...
     async def archive_spec(self, kind: str, name: str) -> CommandResult: ...
+    async def put_secret(self, name: str, value: str, scope: str, create: bool) -> SecretInfo:
+        """Create or rotate a stored secret; raises ``core.vault``'s UnknownSecret,
+        SecretDenied, SecretConflict or an InputError (behind Ray's wrapper)."""
+        ...
+
+    async def list_secrets(self, scope: str | None) -> list[SecretInfo]: ...
 
 
 class ActorPort:
@@ -120,6 +127,12 @@ class ActorPort:
 
     async def archive_spec(self, kind: str, name: str) -> CommandResult:
         return await self.handle.archive_spec.remote(kind, name)
+
+    async def put_secret(self, name: str, value: str, scope: str, create: bool) -> SecretInfo:
+        return await self.handle.put_secret.remote(name, value, scope, create)
+
+    async def list_secrets(self, scope: str | None) -> list[SecretInfo]:
+        return await self.handle.list_secrets.remote(scope)
 
 
 def port_of(fleet: Any) -> SupervisorPort:

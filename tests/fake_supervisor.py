@@ -9,7 +9,8 @@ Commands` answers steer, interrupt, tool confirmations, cancel and review (the f
 session link), :class:`actors.artifacts.ArtifactStore` keeps what sessions leave (parked loop
 states, diffs, workspaces: the results routes read them). What it
 leaves out of :class:`actors.supervisor.Supervisor`: Ray actors (workers are coroutines),
-recovery, the manager agent, memory, heartbeats and time limits.
+recovery, the manager agent, memory, heartbeats and time limits. Its vault
+(:class:`core.vault.Vault`) is beside the events directory unless ``vault_dir`` says.
 
 Like an actor it has a thread and an event loop of its own: every port method runs there,
 whichever loop (a TestClient's) awaits it. ``calls`` counts the calls by method name.
@@ -24,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from actors import artifacts as art
@@ -39,6 +41,7 @@ from core.events import Event, EventType
 from core.records import Assignment, CommandResult, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
 from core.specs import EnvironmentSpec, FleetConfig
+from core.vault import SecretInfo, Vault
 from harness.hooks import Decision, InboxHooks
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
@@ -63,6 +66,11 @@ class FakeSupervisor:
         self.settings = settings
         self.config = config or FleetConfig()
         self.sched = Scheduler(self.config, settings)
+        if settings.vault_dir is None:  # beside the events, not in the home directory
+            vault_dir = str(Path(settings.events_dir).parent / "vault")
+            settings = settings.model_copy(update={"vault_dir": vault_dir})
+        self.vault = Vault.of(settings, self.config.secrets)
+        self.sched.vault = self.vault
         self.registry = Registry(self.config)
         self.log = EventLog(settings.events_dir, settings.wal_dir, writer=settings.name)
         self.artifacts = ArtifactStore(f"{settings.events_dir.rstrip('/')}/_artifacts")
@@ -202,6 +210,14 @@ class FakeSupervisor:
     async def archive_spec(self, kind: str, name: str) -> CommandResult:
         return self.registry.archive(kind, name)
 
+    @on_fleet_loop
+    async def put_secret(self, name: str, value: str, scope: str, create: bool) -> SecretInfo:
+        return self.vault.put(name, value, scope=scope, create=create)  # type: ignore[arg-type]
+
+    @on_fleet_loop
+    async def list_secrets(self, scope: str | None) -> list[SecretInfo]:
+        return self.vault.list(scope)  # type: ignore[arg-type]
+
     # -- the fleet's loop ----------------------------------------------------------------
     async def _record_async(self, events: list[Event]) -> None:
         self._record(events)
@@ -222,7 +238,9 @@ class FakeSupervisor:
         self.sessions[worker_id][0].cancel()
 
     def _record(self, events: list[Event]) -> None:
-        """Number, apply, log and keep events, then wake whoever waits (all on the loop)."""
+        """Redact, number, apply, log and keep events, then wake whoever waits (all on the
+        loop)."""
+        self.vault.redact_events(events)
         for event in events:
             record = self.sched.tasks.get(event.task_id)
             event.seq = record.seq + 1 if record else 0
