@@ -579,7 +579,11 @@ class Scheduler:
             fields.setdefault("id", f"{record.id}.f{n}")
             fields["parent"] = record.id
             try:
-                child = self.submit(TaskSpec.model_validate(fields))
+                spec = TaskSpec.model_validate(fields)
+                inline = [x for x in (spec.agent, spec.environment) if not isinstance(x, str)]
+                if needed_secrets(*inline):  # an agent asks: it gets no secret that way
+                    raise TaskRejected(spec.id, "environment", "a follow-up may not name secrets")
+                child = self.submit(spec)
             except (TaskRejected, ValidationError) as exc:
                 payload = {"error": _refusal(exc), "request": request}
                 events.append(

@@ -308,3 +308,22 @@ def test_times_are_shown_not_values(tmp_path: Path) -> None:
     info = v.put("ABCD", VALUE, scope="client")
     assert info.created_at is not None and datetime.now(UTC) - info.created_at < timedelta(60)
     assert VALUE not in info.model_dump_json()
+
+
+def test_an_agent_cannot_reach_a_secret_through_a_follow_up(tmp_path: Path) -> None:
+    from core.records import SessionOutcome, SessionResult
+
+    v = Vault(tmp_path / "vault")
+    v.put("OPS", VALUE, scope="operator")
+    sched = Scheduler(FleetConfig(), FleetSettings(events_dir=str(tmp_path / "events")))
+    sched.vault = v
+    sched.apply(sched.submit(TaskSpec(id="p", prompt="x")))
+    asked = {"prompt": "leak", "environment": {"env": {"X": {"secret": "OPS"}}}}
+    outcome = SessionOutcome(status="finished", followups=[asked, {"prompt": "fine"}])
+    result = SessionResult(
+        task_id="p", session_id="s", attempt=1, worker="w", status="succeeded", outcome=outcome
+    )
+    events = sched._followups(sched.tasks["p"], result)
+    refused, made = events[0], events[1]
+    assert "a follow-up may not name secrets" in refused.payload["error"]
+    assert made.payload["child"] == "p.f2"
