@@ -327,3 +327,16 @@ def test_an_agent_cannot_reach_a_secret_through_a_follow_up(tmp_path: Path) -> N
     refused, made = events[0], events[1]
     assert "a follow-up may not name secrets" in refused.payload["error"]
     assert made.payload["child"] == "p.f2"
+
+
+def test_the_readme_example_of_secrets_is_a_valid_config() -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "secrets:" in b)
+    config = FleetConfig.model_validate(yaml.safe_load(block))
+    assert config.agents["coder"].api_key_secret == "MODEL_KEY"
+    assert config.environments["deploy"].secret_env() == {"API_TOKEN": "DEPLOY_TOKEN"}
+    assert set(config.secrets) == {"MODEL_KEY", "DEPLOY_TOKEN"}
