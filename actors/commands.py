@@ -80,13 +80,15 @@ class Commands:
         for raw in tasks:
             try:
                 spec = raw if isinstance(raw, TaskSpec) else TaskSpec.model_validate(raw)
+                if self.sched.vault is not None:  # an inline environment's values: by reference
+                    spec = self.sched.vault.seal(spec)
                 plan, decisions = self.planner(spec) if self.planner else ({}, [])
                 event = self.sched.submit(spec, batch, plan)
             except TaskRejected as exc:
                 rejection = {"task_id": exc.task_id, "field": exc.field, "error": exc.message}
                 rejected.append(rejection | ({"conflict": True} if exc.conflict else {}))
                 continue
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:  # OSError: the vault could not keep a value
                 task_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
                 rejected.append({"task_id": task_id, "field": "", "error": str(exc)})
                 continue

@@ -60,9 +60,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from core.errors import FleetError
+from core.errors import FleetError, InputError
 from core.settings import FleetSettings, host_variable
 from core.specs import RepoSpec
+from core.vault import read_secret_file
 from harness.skills import SKILLS_DIR
 from sandboxes.base import tar_directory
 
@@ -90,11 +91,10 @@ class Auth:
     def from_settings(cls, settings: FleetSettings) -> Auth:
         token = host_variable(settings.git_token_env) if settings.git_token_env else None
         if token is None and settings.git_token_file:
-            try:
-                lines = Path(settings.git_token_file).expanduser().read_text().splitlines()
-            except OSError as exc:
-                raise GitError(f"git_token_file cannot be read: {exc.strerror}") from None
-            token = lines[0].strip() if lines and lines[0].strip() else None
+            try:  # the vault's reader (core/vault.py): its first line
+                token = read_secret_file(settings.git_token_file, "git_token_file", True)
+            except InputError as exc:
+                raise GitError(str(exc)) from None
         return cls(token)
 
     def _header(self) -> str:

@@ -40,7 +40,10 @@ class Journal:
         settings: FleetSettings,
         spawn: Spawn,
         clock: Callable[[], float] = time.time,
+        redact: Callable[[list[Event]], list[Event]] | None = None,
     ) -> None:
+        """``redact``: applied to every event before it is applied and logged (the vault's
+        redactor: no secret's value reaches the log, a stream or a record)."""
         self.sched = sched
         self.log = log
         self.streams = streams
@@ -48,6 +51,7 @@ class Journal:
         self.settings = settings
         self.spawn = spawn
         self.clock = clock
+        self.redact = redact
         self._roll_lock: asyncio.Lock | None = None
         self._compacting: asyncio.Future[int] | None = None
 
@@ -63,9 +67,13 @@ class Journal:
         ``then`` decides more events from the state the first ones made (a session's result,
         then what follows it): both are logged in one append, so a crash keeps both or
         neither (never a gate's verdict without the decision it led to)."""
+        if self.redact is not None:
+            events = self.redact(events)
         flags = self._apply(events)
         if then is not None:
             more = then()
+            if self.redact is not None:
+                more = self.redact(more)
             flags = [a or b for a, b in zip(flags, self._apply(more), strict=True)]
             events = events + more
         if not events:

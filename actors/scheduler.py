@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from actors.delivery import Delivery
 from actors.registry import Registry
@@ -53,6 +53,7 @@ from core.events import (
 from core.records import Assignment, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec, resolve
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, RepoSpec, TaskSpec, TaskState
+from core.vault import UnknownSecret, Vault, needed_secrets
 
 MAX_WORKER_LOSSES = 3
 PARKED = (TaskState.awaiting_approval, TaskState.awaiting_tool_result, TaskState.paused)
@@ -158,6 +159,9 @@ class Scheduler:
         self._pseudo_seq: dict[str, int] = {}
         """Last ``seq`` of each fleet-level pseudo id (``source:<name>``,
         ``registry:<kind>/<name>``)."""
+        self.vault: Vault | None = None
+        """Where the secrets a session names are read when it is assigned (None: no task
+        may name one)."""
 
     @property
     def config(self) -> FleetConfig:
@@ -353,6 +357,10 @@ class Scheduler:
         names = [spec.agent] if isinstance(spec.agent, str) else []
         names += spec.agents + [st.agent for st in spec.stages]
         names += [spec.reviewer] if spec.reviewer else []
+        for field, inline in (("agent", spec.agent), ("environment", spec.environment)):
+            for name in sorted(needed_secrets(inline) if not isinstance(inline, str) else ()):
+                if self.vault is None or self.vault.origin(name) is None:
+                    raise TaskRejected(spec.id, field, f"unknown secret {name!r}")
         first = (plan or {}).get("agent") or spec.agent_name
         names += [first] if (plan or {}).get("agent") else []
         versions: dict[str, dict[str, int]] = {}
@@ -504,7 +512,8 @@ class Scheduler:
                 assert isinstance(reviewer, AgentSpec)
             if missing := self.resources_missing(record):
                 raise UnknownSpec(f"file {missing!r} no longer exists")
-        except UnknownSpec as exc:
+            secrets = self._secrets(agent, environment, reviewer)
+        except (UnknownSpec, UnknownSecret) as exc:
             payload = {"reason": f"cannot run: {exc}", "attempts": record.attempts}
             return None, Event(task_id=task_id, type=EventType.task_failed, payload=payload)
         attempt = record.attempts + 1
@@ -528,6 +537,7 @@ class Scheduler:
             tool_result=self._tool_result(record),
             max_tokens=tokens_left,
             max_cost_usd=cost_left,
+            secrets=secrets,
         )
         event = Event(
             task_id=task_id,
@@ -545,6 +555,15 @@ class Scheduler:
             },
         )
         return assignment, event
+
+    def _secrets(self, *specs: AgentSpec | EnvironmentSpec | None) -> dict[str, SecretStr]:
+        """The values of the secrets a session of these specs is given, read now."""
+        names = needed_secrets(*specs)
+        if not names:
+            return {}
+        if self.vault is None:
+            raise UnknownSecret(f"no vault for the secrets {', '.join(sorted(names))}")
+        return self.vault.values(names)
 
     @staticmethod
     def _versions_of(
@@ -692,7 +711,11 @@ class Scheduler:
             fields.setdefault("id", f"{record.id}.f{n}")
             fields["parent"] = record.id
             try:
-                child = self.submit(TaskSpec.model_validate(fields))
+                spec = TaskSpec.model_validate(fields)
+                inline = [x for x in (spec.agent, spec.environment) if not isinstance(x, str)]
+                if needed_secrets(*inline):  # an agent asks: it gets no secret that way
+                    raise TaskRejected(spec.id, "environment", "a follow-up may not name secrets")
+                child = self.submit(spec)
             except (TaskRejected, ValidationError) as exc:
                 payload = {"error": _refusal(exc), "request": request}
                 events.append(

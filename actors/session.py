@@ -20,6 +20,7 @@ from core.events import Event, EventType
 from core.records import Assignment, SessionResult
 from core.settings import FleetSettings
 from core.specs import EnvironmentSpec, RepoSpec
+from core.vault import Redactor
 from harness.diffs import workspace_diff
 from harness.hooks import Decision, InboxHooks, SessionHooks, ToolResult, content_text
 from harness.loop import AgentLoop, SessionOutcome, StateFn, carry_decision, carry_tool_result
@@ -27,7 +28,7 @@ from harness.mcp import McpError, McpTools
 from harness.models import close_model, make_model
 from harness.skills import SKILLS_DIR, Skill, install_skills, load_skills
 from harness.tools import ToolContext, truncate
-from sandboxes.base import Sandbox, SandboxLost, tar_directory, tar_files
+from sandboxes.base import Sandbox, SandboxLost, SessionSandbox, tar_directory, tar_files
 
 log = logging.getLogger("fleet.session")
 
@@ -193,6 +194,14 @@ class SessionRunner:
     async def run(
         self, a: Assignment, sink: EventSink, hooks: SessionHooks | None = None
     ) -> SessionResult:
+        # The session's secret values never leave it: redacted from its events, its
+        # commands' output, the files it reads, its checkpoints and its result.
+        redactor = Redactor(a.secret_values())
+        return redact_result(await self._run(a, redacting(sink, redactor), hooks), redactor)
+
+    async def _run(
+        self, a: Assignment, sink: EventSink, hooks: SessionHooks | None = None
+    ) -> SessionResult:
         rec = SessionRecorder(a, self.worker_id, sink)
         checkout: Checkout | None = None
         checkout_error = ""
@@ -210,6 +219,7 @@ class SessionRunner:
                 "sandbox_kind": self.settings.sandbox,  # docker, or local: not isolated
                 "stage": a.stage,
                 "resumed": a.loop_state is not None,
+                "secrets": sorted(a.secrets),  # names only
                 **self.where,
                 **(checkout.payload() if checkout else {}),
             },
@@ -222,6 +232,7 @@ class SessionRunner:
         except Exception as exc:
             return rec.result("failed", f"sandbox failed to start: {exc}")
         rec.sandbox = getattr(sandbox, "container_name", None) or getattr(sandbox, "workdir", None)
+        sandbox = SessionSandbox(sandbox, a.environment_secrets(), Redactor(a.secret_values()))
         try:
             result = await self._in_sandbox(a, sandbox, rec, hooks, checkout)
         except SandboxLost as exc:
@@ -335,7 +346,13 @@ class SessionRunner:
     ) -> SessionOutcome:
         cannot = f"agent {a.agent.name!r} cannot start"
         try:
-            model = make_model(a.agent, script=a.script, attempt=a.attempt, settings=self.settings)
+            model = make_model(
+                a.agent,
+                script=a.script,
+                attempt=a.attempt,
+                settings=self.settings,
+                api_key=a.api_key(a.agent),
+            )
         except Exception as exc:
             raise AgentStartError(f"{cannot}: {exc}") from exc
         # The agent's MCP servers, in this sandbox or on this worker, for this session only.
@@ -385,7 +402,14 @@ class SessionRunner:
         interval = self.settings.checkpoint_interval_s
         if self.checkpoints is None or interval <= 0:
             return None
-        return Checkpointer(self.checkpoints, a.task.id, a.session_id, sandbox, interval, seeded)
+        checkpoints, redactor = self.checkpoints, Redactor(a.secret_values())
+
+        async def sink(
+            task_id: str, session_id: str, state: dict[str, Any], workspace: bytes, base: Any
+        ) -> Any:  # the loop's state (its history) without the session's secret values
+            return await checkpoints(task_id, session_id, redactor.obj(state), workspace, base)
+
+        return Checkpointer(sink, a.task.id, a.session_id, sandbox, interval, seeded)
 
     async def _review(
         self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, baseline: bytes | None
@@ -402,7 +426,11 @@ class SessionRunner:
             )
 
         model = make_model(
-            reviewer, script=a.task.review_script, attempt=a.attempt, settings=self.settings
+            reviewer,
+            script=a.task.review_script,
+            attempt=a.attempt,
+            settings=self.settings,
+            api_key=a.api_key(reviewer),
         )
         loop = AgentLoop(
             instructions=reviewer.instructions + "\n\n" + REVIEW_INSTRUCTIONS,
@@ -445,6 +473,30 @@ class SessionRunner:
             await sandbox.restore(tar_files({k: v.encode() for k, v in files.items()}))
         if a.resources:
             await sandbox.restore(tar_files(a.resources))
+
+
+def redacting(sink: EventSink, redactor: Redactor) -> EventSink:
+    """``sink`` fed each event with ``redactor``'s values replaced in its payload."""
+    if not redactor:
+        return sink
+
+    def redacted(event: Event) -> None:
+        sink(redactor.events([event])[0])
+
+    return redacted
+
+
+def redact_result(result: SessionResult, redactor: Redactor) -> SessionResult:
+    """``result`` without ``redactor``'s values in what is kept of it (reason, feedback, diff,
+    the outcome and its loop state); its events went through :func:`redacting`."""
+    if not redactor:
+        return result
+    update: dict[str, Any] = {f: redactor.obj(getattr(result, f)) for f in ("reason", "feedback")}
+    update["diff"] = redactor.obj(result.diff)
+    if result.outcome is not None:
+        outcome = redactor.obj(result.outcome.model_dump())
+        update["outcome"] = SessionOutcome.model_validate(outcome)
+    return result.model_copy(update=update)
 
 
 class AgentStartError(FleetError, RuntimeError):

@@ -49,7 +49,9 @@ from core.eventlog import EventLog
 from core.events import Event
 from core.records import Assignment, CommandResult, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
-from core.specs import FleetConfig, SavedReport
+from core.specs import AgentSpec, FleetConfig, SavedReport
+from core.vault import SecretInfo, Vault
+from harness.models import ModelClient, make_model
 
 log = logging.getLogger("fleet.supervisor")
 
@@ -88,6 +90,8 @@ class Supervisor:
         )
         self.files = FileStore(self.artifacts, settings.max_file_bytes)
         self.sched = Scheduler(config, settings, self.files.exists)
+        self.vault = Vault.of(settings, config.secrets)
+        self.sched.vault = self.vault
         self.registry = self.sched.registry
         self.memory = Memory(settings)
         self.log = EventLog(
@@ -111,11 +115,26 @@ class Supervisor:
         self._starting: asyncio.Future[None] | None = None
         self._pruned: set[str] = set()
         """Finished tasks whose old workspaces are already removed (keep_workspaces_days)."""
-        self.journal = Journal(self.sched, self.log, self.streams, self.pool, settings, self._spawn)
+        self.journal = Journal(
+            self.sched,
+            self.log,
+            self.streams,
+            self.pool,
+            settings,
+            self._spawn,
+            redact=self.vault.redact_events,
+        )
         self.sessions = RaySessions(self.pool)
         record = self.journal.record
         self.manager = Manager(
-            settings, config, self.sched, self.pool, record, self.submit, self.sessions.stop
+            settings,
+            config,
+            self.sched,
+            self.pool,
+            record,
+            self.submit,
+            self.sessions.stop,
+            models=self._manager_model,
         )
         planner = self.memory.plan if settings.memory else None
         self.dispatch = Dispatcher(
@@ -158,6 +177,11 @@ class Supervisor:
         if wake is not None:
             self.journal.wake_at(wake)
         await self.pool.wake()
+
+    def _manager_model(self, agent: AgentSpec) -> ModelClient:
+        """The manager agent's model client (its key from the vault when it names one)."""
+        key = self.vault.value(agent.api_key_secret) if agent.api_key_secret else None
+        return make_model(agent, settings=self.settings, api_key=key)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -415,6 +439,18 @@ class Supervisor:
     async def file_content(self, file_id: str) -> bytes:
         """A file's bytes; NoSuchFile when there is none of that id."""
         return await asyncio.to_thread(self.files.read, file_id)
+
+    # -- secrets (values go in, never out) ---------------------------------------------
+    def put_secret(
+        self, name: str, value: str, scope: str = "operator", create: bool = False
+    ) -> SecretInfo:
+        """Create or rotate a stored secret (see :meth:`core.vault.Vault.put`); answers
+        what may be shown of it, never the value."""
+        return self.vault.put(name, value, scope=scope, create=create)  # type: ignore[arg-type]
+
+    def list_secrets(self, scope: str | None = None) -> list[SecretInfo]:
+        """Names, scopes, creation and rotation times (of ``scope`` only, when given)."""
+        return self.vault.list(scope)  # type: ignore[arg-type]
 
     # -- worker calls ------------------------------------------------------------------
     async def next_assignment(

@@ -24,6 +24,11 @@ also a ``ValueError``, ``UnknownSpec`` also a ``LookupError``, ...). The tree::
     │   ├── UnknownSpec (LookupError)  actors.scheduler a task names a spec that is gone
     │   ├── NoResults (LookupError)    actors.results   a task, its results or a file not there
     │   ├── NoSuchFile (LookupError)   actors.files     no uploaded file has that id
+    │   ├── UnknownSecret (LookupError)  core.vault     a reference names no secret (or one that
+    │   │                                               cannot be read now)
+    │   ├── SecretDenied (PermissionError) core.vault   the caller may not change or name it
+    │   ├── SecretConflict (ValueError)  core.vault     a secret exists already, or the config
+    │   │                                               (or the secrets directory) defines it
     │   └── IssueGone                sources.github   an issue was deleted or moved (handled
     │                                                 inside the GitHub source)
     ├── StorageError (RuntimeError)  core.errors      the event history cannot be written or read

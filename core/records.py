@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from core.events import Event
 from core.specs import AgentSpec, EnvironmentSpec, ScriptStep, TaskSpec, TaskState
@@ -85,6 +85,30 @@ class Assignment(BaseModel):
     resources: dict[str, bytes] = Field(default_factory=dict)
     """The task's uploaded files by workspace path (``TaskSpec.resources``), for a session
     that seeds the workspace (one that starts from a snapshot has them there already)."""
+
+    secrets: dict[str, SecretStr] = Field(default_factory=dict, exclude=True, repr=False)
+    """Secret name -> value, for this session only (its agent's and reviewer's keys, its
+    environment's variables): read from the vault on the head when it is assigned, carried
+    in memory, never dumped (``exclude``) nor shown (SecretStr)."""
+
+    def secret_values(self) -> dict[str, str]:
+        """Name -> value of this session's secrets (for its redactor)."""
+        return {name: value.get_secret_value() for name, value in self.secrets.items()}
+
+    def api_key(self, agent: AgentSpec | None) -> str | None:
+        """The key of ``agent`` when it names a vault secret (``api_key_secret``)."""
+        if agent is None or not agent.api_key_secret:
+            return None
+        value = self.secrets.get(agent.api_key_secret)
+        return value.get_secret_value() if value is not None else None
+
+    def environment_secrets(self) -> dict[str, str]:
+        """Variable -> value of the environment's secret variables (for each command)."""
+        return {
+            var: self.secrets[name].get_secret_value()
+            for var, name in self.environment.secret_env().items()
+            if name in self.secrets
+        }
 
 
 class SessionResult(BaseModel):

@@ -85,6 +85,11 @@ class ServeSettings(BaseSettings):
         description="Accept tasks naming a server-side `repo` path from the admin token "
         "(never from API clients; off: 422 for everyone).",
     )
+    client_secrets: bool = Field(
+        False,
+        description="Let API clients create and rotate their own secrets (POST/PUT "
+        "/v1/secrets/{name}) and name them in inline environments; off: the admin token only.",
+    )
 
     def resolve_token(self) -> str:
         token = _read_token(self.token, self.token_file)
@@ -411,7 +416,14 @@ class FleetSettings(BaseSettings):
     secrets_dir: str | None = Field(
         None,
         description="Directory of secret files: an agent's key is the file named after its "
-        "api_key_env when that variable is not set (e.g. a mounted secret).",
+        "api_key_env when that variable is not set (e.g. a mounted secret); on the head, "
+        "each file is also a secret of the vault, named after it.",
+    )
+    vault_dir: str | None = Field(
+        None,
+        description="Where secrets made over HTTP (or with Fleet.put_secret) are kept, one "
+        "file each, mode 0600, on the head; default: ~/fleet-vault/<fleet name>. Never "
+        "inside the events directory.",
     )
 
     # Docker images (read where the image is built: the worker's node).
@@ -463,7 +475,7 @@ class FleetSettings(BaseSettings):
             raise ValueError(f"{value!r} is not a variable name")
         return value
 
-    @field_validator("events_dir", "wal_dir", "artifacts_dir")
+    @field_validator("events_dir", "wal_dir", "artifacts_dir", "vault_dir")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
         """A local path made absolute (``~`` expanded) now; a URI is kept as it is."""

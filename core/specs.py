@@ -26,6 +26,8 @@ SPEC_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 """Agent, environment and skill names as the HTTP API takes them (no slashes or spaces)."""
 PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 """A variable or secret name: letters, digits and '_' (no path, no '..', no '/')."""
+OPERATOR_SECRET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
+"""A secret's name as people give it (names starting with '_' are the fleet's own)."""
 MAX_PATH_CHARS = 4096
 MAX_TASK_FILES = 1000
 TASK_ID = re.compile(r"^[!-~]+$")
@@ -181,6 +183,40 @@ def _unique_names(items: list[Any], what: str) -> None:
             raise ValueError(f"two {what} are named {name!r}")
 
 
+class SecretRef(Strict):
+    """A reference to a named secret of the fleet's vault (``core/vault.py``), written where
+    a value would be: ``{"secret": "API_TOKEN"}``. Specs, events and API answers carry the
+    reference; the value is looked up on the head when a session is assigned and travels
+    to the worker in memory with it."""
+
+    secret: str = Field(description="The secret's name (letters, digits and '_').")
+
+    @field_validator("secret")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return plain_name(value)
+
+
+class SecretSource(Strict):
+    """Where the operator keeps one secret of the config's ``secrets:``: a variable of the
+    head's environment or a file on the head (exactly one). Read when it is needed, so a
+    value rotated there is picked up by the next session."""
+
+    env: str | None = Field(None, description="Environment variable holding the value.")
+    file: str | None = Field(None, description="File holding the value (trailing newline cut).")
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        return None if value is None else plain_name(value)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretSource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env (a variable) or file (a path)")
+        return self
+
+
 class AgentSpec(Strict):
     """An agent: model, instructions, tools and limits, defined once and referenced by name."""
 
@@ -194,6 +230,11 @@ class AgentSpec(Strict):
     api_key_env: str = Field(
         "OPENAI_API_KEY",
         description="Variable (or file in FLEET_SECRETS_DIR) holding the key: a plain name.",
+    )
+    api_key_secret: str | None = Field(
+        None,
+        description="The vault secret holding the key (read on the head, given to the "
+        "session in memory); when set, api_key_env is not used.",
     )
     instructions: str = (
         "You are a careful coding agent working in a sandbox. Use the tools to do the task, "
@@ -257,6 +298,11 @@ class AgentSpec(Strict):
     def _key_is_a_plain_name(cls, value: str) -> str:
         return plain_name(value)
 
+    @field_validator("api_key_secret")
+    @classmethod
+    def _secret_is_a_plain_name(cls, value: str | None) -> str | None:
+        return None if value is None else plain_name(value)
+
     @field_validator("approvals")
     @classmethod
     def _approval_regexes_compile(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -288,7 +334,27 @@ class EnvironmentSpec(Strict):
     memory_mb: int = Field(1024, ge=16)
     pids: int = Field(256, ge=8)
     disk_mb: int = Field(1024, ge=16, description="Size of the workspace (docker backend).")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str | SecretRef] = Field(
+        default_factory=dict,
+        description="Variables of the environment's commands: a plain value, or "
+        "{secret: NAME}, given to each command (never to the image or the container).",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _variable_names(cls, value: dict[str, str | SecretRef]) -> dict[str, str | SecretRef]:
+        for name, given in value.items():
+            if isinstance(given, SecretRef):
+                plain_name(name)
+        return value
+
+    def plain_env(self) -> dict[str, str]:
+        """The variables with plain values (what a sandbox is built with)."""
+        return {k: v for k, v in self.env.items() if isinstance(v, str)}
+
+    def secret_env(self) -> dict[str, str]:
+        """Variable -> the name of the secret it is given (per command, per session)."""
+        return {k: v.secret for k, v in self.env.items() if isinstance(v, SecretRef)}
 
 
 class ScriptStep(Strict):
@@ -558,7 +624,7 @@ class SavedReport(Strict):
 
 
 class FleetConfig(Strict):
-    """Named agents and environments, usually read from a YAML file."""
+    """Named agents, environments, secrets and sources, usually read from a YAML file."""
 
     agents: dict[str, AgentSpec] = Field(default_factory=dict)
     environments: dict[str, EnvironmentSpec] = Field(default_factory=dict)
@@ -578,6 +644,22 @@ class FleetConfig(Strict):
             if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
                 raise ValueError(
                     f"report name {name!r}: use lowercase letters, digits, '_' and '-'"
+                )
+        return value
+
+    secrets: dict[str, SecretSource] = Field(
+        default_factory=dict,
+        description="The operator's named secrets: name -> {env: VAR} or {file: PATH} on "
+        "the head (see core/vault.py).",
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: dict[str, SecretSource]) -> dict[str, SecretSource]:
+        for name in value:
+            if not OPERATOR_SECRET_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r}: a secret's name is letters, digits and '_', starting with a letter"
                 )
         return value
 

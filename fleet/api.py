@@ -28,6 +28,7 @@ from core.events import Event
 from core.records import CommandResult, TaskRecord
 from core.settings import FleetSettings
 from core.specs import FleetConfig, TaskSpec
+from core.vault import SecretInfo
 from sandboxes import describe_kind, resolve_kind
 
 
@@ -363,6 +364,23 @@ class Fleet:
             if isinstance(cause, FleetError):
                 raise cause from None
             raise
+
+    # Secrets: values go in, never out (see core/vault.py). The operator's own calls.
+    def put_secret(self, name: str, value: str, create: bool = False) -> SecretInfo:
+        """Create (``create``: refuse an existing name) or rotate a stored secret, scope
+        ``operator``; answers its name, scope and times. Raises ``core.vault``'s
+        SecretConflict (it exists, or the config defines it) or an InputError."""
+        try:
+            return ray.get(self.supervisor.put_secret.remote(name, value, "operator", create))
+        except ray.exceptions.RayTaskError as exc:
+            cause = root_cause(exc)
+            if isinstance(cause, FleetError):
+                raise cause from None
+            raise
+
+    def secrets(self) -> list[SecretInfo]:
+        """Every secret's name, scope, origin, creation and rotation times (no values)."""
+        return ray.get(self.supervisor.list_secrets.remote(None))
 
     def status(self) -> dict[str, Any]:
         return ray.get(self.supervisor.status.remote())

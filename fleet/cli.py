@@ -315,6 +315,51 @@ def steer(
     _answer(fleet.steer(task_id, message), f"sent to {task_id}", debug)
 
 
+secrets_app = typer.Typer(
+    no_args_is_help=True,
+    help="A running fleet's secrets: list them (names and times, never values), set one.",
+)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("list")
+def secrets_list(
+    address: AddressOpt = "auto", name: NameOpt = "default", debug: DebugOpt = False
+) -> None:
+    """Every secret: name, scope, where it comes from, created and rotated (no values)."""
+    rows = [
+        (s.name, s.scope, s.origin, str(s.created_at or ""), str(s.rotated_at or ""))
+        for s in _connect(address, name, debug).secrets()
+    ]
+    print_table(Table("Secrets", ["name", "scope", "origin", "created", "rotated"], rows))
+
+
+@secrets_app.command("set")
+def secrets_set(
+    secret: Annotated[str, typer.Argument(help="The secret's name.")],
+    from_file: Annotated[
+        Path | None, typer.Option("--from-file", help="Read the value from this file.")
+    ] = None,
+    create: Annotated[bool, typer.Option("--create", help="Refuse a name that exists.")] = False,
+    address: AddressOpt = "auto",
+    name: NameOpt = "default",
+    debug: DebugOpt = False,
+) -> None:
+    """Create or rotate a secret. The value is read from standard input (or --from-file),
+    never from the command line (other users of the host see command lines)."""
+    try:
+        value = from_file.read_text() if from_file else sys.stdin.read()
+    except OSError as exc:
+        _fail(f"{from_file}: {exc.strerror}", debug, exc)
+    value = value.rstrip("\r\n")
+    try:
+        info = _connect(address, name, debug).put_secret(secret, value, create=create)
+    except FleetError as exc:
+        _fail(one_line(exc), debug, exc)
+    how = "rotated" if info.rotated_at else "created"
+    out.print(f"secret {info.name} {how} (scope {info.scope})")
+
+
 @app.command()
 def diff(
     task_id: str,
@@ -483,7 +528,7 @@ def watch(
     )  # fmt: skip
     try:
         fleet_config = load_config(config)
-        sources = build_sources(fleet_config)
+        sources = build_sources(fleet_config, settings)
     except InputError as exc:
         _fail(one_line(exc), debug, exc)
     if not sources:
@@ -556,7 +601,7 @@ def serve_cmd(
             recover=recover,
         )
         fleet_config = load_config(config)
-        sources = build_sources(fleet_config)
+        sources = build_sources(fleet_config, settings)
         api_settings = settings.api
         if token_file:
             api_settings = api_settings.model_copy(update={"token_file": token_file})

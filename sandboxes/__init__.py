@@ -80,7 +80,7 @@ def create_sandbox(
 
         return DockerSandbox(environment, name=name, output_limit=output_limit, fleet=fleet)
     if kind == "local":
-        return LocalSandbox(env=environment.env, output_limit=output_limit, name=name)
+        return LocalSandbox(env=environment.plain_env(), output_limit=output_limit, name=name)
     raise SandboxError(
         f"sandbox kind {kind!r} is not a backend: resolve it once when the fleet starts "
         "(resolve_kind), so that every sandbox gets the same isolation"

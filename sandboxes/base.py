@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from core.errors import FleetError
+from core.vault import Redactor
 
 
 class SandboxError(FleetError, RuntimeError):
@@ -95,6 +97,52 @@ class Sandbox(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class SessionSandbox:
+    """A started sandbox as one session uses it: every command gets the session's secret
+    variables (``env``: the values of the secrets its environment declares, given to each
+    exec, never to the image nor to the container's config), and the values the
+    ``redactor`` knows are replaced with ``[secret:NAME]`` in what commands print and in the
+    files tools read, so that neither the model, the history, the events nor a checkpoint
+    holds one. Everything else is the wrapped sandbox's."""
+
+    def __init__(self, sandbox: Sandbox, env: Mapping[str, str], redactor: Redactor) -> None:
+        self.sandbox = sandbox
+        self.kind = sandbox.kind
+        self._env = dict(env)
+        self._redactor = redactor
+
+    @property
+    def workdir(self) -> str:
+        return self.sandbox.workdir
+
+    async def start(self) -> None:
+        await self.sandbox.start()
+
+    async def exec(
+        self, command: str, timeout_s: float = 60.0, env: dict[str, str] | None = None
+    ) -> ExecResult:
+        result = await self.sandbox.exec(command, timeout_s, {**self._env, **(env or {})})
+        if self._redactor:
+            result.stdout = self._redactor.text(result.stdout)
+            result.stderr = self._redactor.text(result.stderr)
+        return result
+
+    async def read_file(self, path: str) -> bytes:
+        return self._redactor.data(await self.sandbox.read_file(path))
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        await self.sandbox.write_file(path, data)
+
+    async def snapshot(self) -> bytes:
+        return await self.sandbox.snapshot()
+
+    async def restore(self, archive: bytes) -> None:
+        await self.sandbox.restore(archive)
+
+    async def close(self) -> None:
+        await self.sandbox.close()
 
 
 @dataclass

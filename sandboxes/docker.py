@@ -443,7 +443,7 @@ class DockerSandbox:
         if images.host_ca_bundle() is not None:
             for var in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
                 env[var] = images.CA_PATH
-        env.update(self.environment.env)
+        env.update(self.environment.plain_env())  # secrets come per session, in ``extra``
         env.update(extra or {})
         return env
 

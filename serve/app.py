@@ -21,7 +21,7 @@ from serve.clients import Quotas
 from serve.openapi import install_openapi
 from serve.plumbing import BodyLimit, install_error_handlers
 from serve.ports import port_of
-from serve.routes import files, meta, reports, results, sessions, specs, tasks
+from serve.routes import files, meta, reports, results, secrets, sessions, specs, tasks
 from serve.routes import fleet as fleet_routes
 from serve.settings import ServeSettings
 
@@ -32,7 +32,8 @@ DESCRIPTION = (
     "streams, tasks and reports. Every /v1 route needs `Authorization: Bearer <token>`: "
     "the API token (clients) or the admin token (the operator: it alone may create, "
     "update or archive agents and environments, and send full agent and environment "
-    "specs; a client's inline ones are limited and built on the operator's defaults)."
+    "specs; a client's inline ones are limited and built on the operator's defaults). "
+    "Secrets are write-only: no route ever answers a value."
 )
 
 
@@ -59,13 +60,14 @@ def create_app(fleet: Any = None, settings: ServeSettings | None = None) -> Fast
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
     install_error_handlers(app)
 
     app.include_router(meta.router)
     app.include_router(specs.router)
+    app.include_router(secrets.router)
     app.include_router(sessions.router)
     app.include_router(results.router)
     app.include_router(files.router)

@@ -17,6 +17,7 @@ from serve.policy import (
     OperatorSpecs,
     PolicyError,
     client_task,
+    masked_env,
     masked_environment,
     masked_task,
 )
@@ -55,10 +56,12 @@ class Admission:
             return None
         agents = await self.sup.list_specs("agent", False)
         environment = await self.sup.get_spec("environment", "default")
+        mine = await self.sup.list_secrets("client") if self.settings.client_secrets else []
         return OperatorSpecs(
             agents={v["name"]: AgentSpec.model_validate(v["spec"]) for v in agents},
             environment=EnvironmentSpec.model_validate(environment["spec"]),
             settings=await self.fleet_settings(),
+            client_secrets=frozenset(info.name for info in mine),
         )
 
     def admit(self, spec: TaskSpec, operator: OperatorSpecs | None) -> TaskSpec:
@@ -95,13 +98,13 @@ class Admission:
 
 
 def shown(record: TaskRecord) -> TaskRecord:
-    """A record as a client sees it: no environment variable values (of its inline
-    environment, or of its inline agent's MCP servers)."""
+    """A record as a client sees it: no environment variable values of its inline
+    environment (references to secrets are shown: a name is not a value), nor of its inline
+    agent's MCP servers."""
     update: dict[str, Any] = {}
     environment, agent = record.spec.environment, record.spec.agent
     if isinstance(environment, EnvironmentSpec):
-        masked = dict.fromkeys(environment.env, SECRET_MASK)
-        update["environment"] = environment.model_copy(update={"env": masked})
+        update["environment"] = environment.model_copy(update={"env": masked_env(environment.env)})
     if isinstance(agent, AgentSpec) and any(server.env for server in agent.mcp_servers):
         servers = [
             server.model_copy(update={"env": dict.fromkeys(server.env, SECRET_MASK)})

@@ -17,6 +17,7 @@ from core.specs import (
     ScriptStep,
     TaskState,
 )
+from core.vault import SecretInfo
 
 NAME_PATTERN = SPEC_NAME_PATTERN
 """Agent and environment names: they appear in URLs, so no slashes or spaces."""
@@ -77,6 +78,24 @@ class AgentList(BaseModel):
 
 class EnvironmentList(BaseModel):
     data: list[EnvironmentView]
+
+
+# -- secrets (write-only) --------------------------------------------------------------
+class SecretIn(Strict):
+    """A secret's value: it goes in, and no route ever answers it."""
+
+    value: str = Field(
+        description="The value (4 characters to 64 KiB), kept exactly as given.",
+        json_schema_extra={"writeOnly": True, "format": "password"},
+    )
+
+
+SecretView = SecretInfo
+"""What is shown of a secret: name, scope, origin, creation and rotation times."""
+
+
+class SecretList(BaseModel):
+    data: list[SecretInfo]
 
 
 # -- user events -----------------------------------------------------------------------

@@ -9,6 +9,9 @@ what the operator allowed:
   ``default`` agent, so the model, its server and its key stay the operator's;
 - an inline environment may set only ``CLIENT_ENVIRONMENT_FIELDS``, within the operator's
   caps (``FleetSettings.max_*``); it is built on the operator's ``default`` environment;
+  its ``env`` may add variables whose values are the client's own secrets
+  (``{"secret": NAME}`` of scope ``client``), never plain values nor the operator's
+  secrets (those reach a client's task only through an operator environment it names);
 - task fields in ``OPERATOR_TASK_FIELDS`` are refused; limits are capped.
 
 Errors are :class:`PolicyError`, naming the field (``agent.base_url``) and why.
@@ -23,7 +26,14 @@ from typing import Any
 
 from core.errors import InputError
 from core.settings import FleetSettings
-from core.specs import SPEC_NAME_PATTERN, AgentSpec, EnvironmentSpec, TaskSpec, workspace_path
+from core.specs import (
+    SPEC_NAME_PATTERN,
+    AgentSpec,
+    EnvironmentSpec,
+    SecretRef,
+    TaskSpec,
+    workspace_path,
+)
 
 CLIENT_AGENT_FIELDS = frozenset(
     {
@@ -47,7 +57,7 @@ tools are the client's own: it runs them."""
 
 CLIENT_ENVIRONMENT_FIELDS = frozenset({"files", "cpus", "memory_mb", "pids", "disk_mb"})
 """What a client's inline environment may set. Not: name, image, apt, pip (what runs as root
-at image build), network, env."""
+at image build), network, env (but see :func:`client_env`: its own secrets)."""
 
 OPERATOR_TASK_FIELDS = frozenset({"repo", "source"})
 """Task fields only the operator may set (``repo`` copies a directory of the head; ``source``
@@ -79,6 +89,9 @@ class OperatorSpecs:
     """The operator's ``default`` environment: what inline environments are built on."""
     settings: FleetSettings
     """The caps (``max_*``)."""
+    client_secrets: frozenset[str] = frozenset()
+    """The secrets API clients made (scope ``client``): the only ones a client's inline
+    environment may name."""
 
 
 def client_task(spec: TaskSpec, operator: OperatorSpecs) -> TaskSpec:
@@ -162,7 +175,7 @@ def client_agent(agent: AgentSpec, operator: OperatorSpecs) -> AgentSpec:
 def client_environment(environment: EnvironmentSpec, operator: OperatorSpecs) -> EnvironmentSpec:
     """A client's inline environment, on top of the operator's default environment."""
     asked = environment.model_fields_set
-    if refused := sorted(asked - CLIENT_ENVIRONMENT_FIELDS):
+    if refused := sorted(asked - CLIENT_ENVIRONMENT_FIELDS - {"env"}):
         raise PolicyError(
             f"environment.{refused[0]}",
             SET_BY_OPERATOR + " (name an operator environment instead)",
@@ -180,7 +193,31 @@ def client_environment(environment: EnvironmentSpec, operator: OperatorSpecs) ->
     base = operator.environment
     merged = base.model_dump() | {field: getattr(environment, field) for field in asked}
     merged["files"] = base.files | environment.files
+    merged["env"] = base.env | client_env(environment.env, operator)
     return EnvironmentSpec.model_validate(merged)
+
+
+def client_env(env: Mapping[str, str | SecretRef], operator: OperatorSpecs) -> dict[str, Any]:
+    """A client's inline ``env``: only its own secrets, as new variables. A plain value, an
+    operator's secret, or a variable the operator's environment sets is refused."""
+    for var, given in env.items():
+        if not isinstance(given, SecretRef):
+            raise PolicyError(
+                "environment.env",
+                SET_BY_OPERATOR + f" ({var}: a client gives only its own secrets, "
+                '{"secret": NAME}, or names an operator environment)',
+            )
+        if given.secret not in operator.client_secrets:
+            raise PolicyError(
+                f"environment.env.{var}",
+                f"secret {given.secret!r} is not one of this client's secrets "
+                "(POST /v1/secrets/{name} makes one, when the operator allows it)",
+            )
+        if var in operator.environment.env:
+            raise PolicyError(
+                f"environment.env.{var}", "set by the operator's environment: not replaced"
+            )
+    return {var: given.model_dump() for var, given in env.items()}
 
 
 def _cap(field: str, value: float | None, cap: float | None, name: str) -> None:
@@ -203,12 +240,21 @@ def _as_strict(tool: str, policy: Any, base: Mapping[str, Any]) -> bool:
 SECRET_MASK = "***"
 
 
+def masked_env(env: Mapping[str, Any]) -> dict[str, Any]:
+    """Variables as shown over HTTP: a reference to a secret as it is (a name, not a
+    value), a plain value as ``***`` (it may be one the operator gives the sandbox)."""
+    return {
+        var: given if isinstance(given, dict | SecretRef) else SECRET_MASK
+        for var, given in env.items()
+    }
+
+
 def masked_environment(spec: dict[str, Any]) -> dict[str, Any]:
     """An environment spec (as JSON) to show to a client: ``env`` keeps its names, not their
     values (they may be secrets the operator gives the sandbox)."""
     if not spec.get("env"):
         return spec
-    return spec | {"env": dict.fromkeys(spec["env"], SECRET_MASK)}
+    return spec | {"env": masked_env(spec["env"])}
 
 
 def masked_agent(spec: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from core.events import Event
 from core.records import CommandResult, TaskRecord
 from core.settings import FleetSettings
 from core.specs import SavedReport
+from core.vault import SecretInfo
 
 
 class SupervisorPort(Protocol):
@@ -64,6 +65,13 @@ class SupervisorPort(Protocol):
     async def file_content(self, file_id: str) -> bytes:
         """Raises ``actors.files.NoSuchFile``."""
         ...
+
+    async def put_secret(self, name: str, value: str, scope: str, create: bool) -> SecretInfo:
+        """Create or rotate a stored secret; raises ``core.vault``'s UnknownSecret,
+        SecretDenied, SecretConflict or an InputError (behind Ray's wrapper)."""
+        ...
+
+    async def list_secrets(self, scope: str | None) -> list[SecretInfo]: ...
 
 
 class ActorPort:
@@ -158,6 +166,12 @@ class ActorPort:
 
     async def file_content(self, file_id: str) -> bytes:
         return await self.handle.file_content.remote(file_id)
+
+    async def put_secret(self, name: str, value: str, scope: str, create: bool) -> SecretInfo:
+        return await self.handle.put_secret.remote(name, value, scope, create)
+
+    async def list_secrets(self, scope: str | None) -> list[SecretInfo]:
+        return await self.handle.list_secrets.remote(scope)
 
 
 def port_of(fleet: Any) -> SupervisorPort:

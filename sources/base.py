@@ -33,11 +33,9 @@ model; name it in the config by import path or register it as an entry point (se
 from __future__ import annotations
 
 import asyncio
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from enum import StrEnum
-from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -45,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from core.errors import FleetError, InputError
 from core.specs import SourceSpec
+from core.vault import read_secret_file, read_secret_variable
 
 
 class SourceError(FleetError):
@@ -65,25 +64,17 @@ class SourceConfigError(InputError):
 
 def read_secret(source: str, field: str, env: str | None, file: str | None) -> str:
     """A source's secret (a DSN, a token) from the variable ``env`` names, else the first
-    line of ``file`` (``options.<field>_env`` / ``options.<field>_file``, exactly one set).
-    SourceConfigError names the source and the option, never the value."""
-    if env is not None:
-        value = os.environ.get(env, "").strip()
-        if not value:
-            raise SourceConfigError(
-                f"source {source!r}: options.{field}_env: environment variable {env} is not set"
-            )
-        return value
-    assert file is not None
+    line of ``file`` (``options.<field>_env`` / ``options.<field>_file``, exactly one set;
+    ``options.<field>_secret`` names a secret of the vault, made one of these by
+    :func:`sources.registry.build_source`). Read by the vault's functions
+    (``core/vault.py``); SourceConfigError names the source and the option, never the value."""
     try:
-        lines = Path(file).read_text(encoding="utf-8").strip().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceConfigError(
-            f"source {source!r}: options.{field}_file: cannot read {file}: {type(exc).__name__}"
-        ) from None
-    if not lines or not lines[0].strip():
-        raise SourceConfigError(f"source {source!r}: options.{field}_file: {file} is empty")
-    return lines[0].strip()
+        if env is not None:
+            return read_secret_variable(env, f"source {source!r}: options.{field}_env")
+        assert file is not None
+        return read_secret_file(file, f"source {source!r}: options.{field}_file", first_line=True)
+    except InputError as exc:
+        raise SourceConfigError(str(exc)) from None
 
 
 class ItemState(StrEnum):

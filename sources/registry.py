@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
+from core.settings import FleetSettings
 from core.specs import FleetConfig, SourceSpec
+from core.vault import UnknownSecret, Vault
 from sources.base import Source, SourceConfigError
 
 ENTRY_POINT_GROUP = "agent_fleet.sources"
@@ -66,11 +68,38 @@ def source_class(kind: str, source: str = "?") -> type[Source]:
     return found
 
 
-def build_source(spec: SourceSpec) -> Source:
-    """The source a config entry describes, its options validated (SourceConfigError)."""
-    return source_class(spec.kind, spec.name).from_spec(spec)
+SECRET_OPTION = "_secret"
+"""An option ``<field>_secret: NAME`` names a secret of the vault for ``<field>``."""
 
 
-def build_sources(config: FleetConfig) -> list[Source]:
-    """Every source of the config, in order; the first bad entry raises SourceConfigError."""
-    return [build_source(spec) for spec in config.sources]
+def secret_options(spec: SourceSpec, vault: Vault | None) -> SourceSpec:
+    """``spec`` with each ``<field>_secret: NAME`` option replaced by where the vault keeps
+    that secret on the head (``<field>_env: VAR`` or ``<field>_file: PATH``), which the
+    source then reads itself (:func:`sources.base.read_secret`); never the value."""
+    named = {k: v for k, v in spec.options.items() if k.endswith(SECRET_OPTION)}
+    if not named:
+        return spec
+    options = {k: v for k, v in spec.options.items() if k not in named}
+    for key, name in named.items():
+        field = key.removesuffix(SECRET_OPTION)
+        if vault is None or not isinstance(name, str):
+            raise SourceConfigError(f"source {spec.name!r}: options.{key}: no such secret")
+        try:
+            env, file = vault.location(name)
+        except UnknownSecret as exc:
+            raise SourceConfigError(f"source {spec.name!r}: options.{key}: {exc}") from None
+        options[f"{field}_env" if env else f"{field}_file"] = env or file
+    return spec.model_copy(update={"options": options})
+
+
+def build_source(spec: SourceSpec, vault: Vault | None = None) -> Source:
+    """The source a config entry describes, its options validated (SourceConfigError);
+    ``vault``: where its ``<field>_secret`` options are looked up."""
+    return source_class(spec.kind, spec.name).from_spec(secret_options(spec, vault))
+
+
+def build_sources(config: FleetConfig, settings: FleetSettings | None = None) -> list[Source]:
+    """Every source of the config, in order; the first bad entry raises SourceConfigError.
+    Secrets named by options are the fleet's (``settings``: its vault directory)."""
+    vault = Vault.of(settings or FleetSettings(), config.secrets)
+    return [build_source(spec, vault) for spec in config.sources]

@@ -10,7 +10,8 @@ tool confirmations, custom tool results, cancel and review (the fake is its sess
 :class:`actors.artifacts.ArtifactStore` keeps what sessions leave (parked loop states, diffs,
 workspaces: the results routes read them). What it
 leaves out of :class:`actors.supervisor.Supervisor`: Ray actors (workers are coroutines),
-recovery, the manager agent, memory, heartbeats and time limits.
+recovery, the manager agent, memory, heartbeats and time limits. Its vault
+(:class:`core.vault.Vault`) is beside the events directory unless ``vault_dir`` says.
 
 Like an actor it has a thread and an event loop of its own: every port method runs there,
 whichever loop (a TestClient's) awaits it. ``calls`` counts the calls by method name.
@@ -25,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from actors import artifacts as art
@@ -41,6 +43,7 @@ from core.events import Event, EventType
 from core.records import Assignment, CommandResult, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
 from core.specs import EnvironmentSpec, FleetConfig, SavedReport
+from core.vault import SecretInfo, Vault
 from harness.hooks import Decision, InboxHooks, ToolResult, content_text
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
@@ -67,6 +70,11 @@ class FakeSupervisor:
         self.artifacts = ArtifactStore(f"{settings.events_dir.rstrip('/')}/_artifacts")
         self.files = FileStore(self.artifacts, settings.max_file_bytes)
         self.sched = Scheduler(self.config, settings, self.files.exists)
+        if settings.vault_dir is None:  # beside the events, not in the home directory
+            vault_dir = str(Path(settings.events_dir).parent / "vault")
+            settings = settings.model_copy(update={"vault_dir": vault_dir})
+        self.vault = Vault.of(settings, self.config.secrets)
+        self.sched.vault = self.vault
         self.registry = self.sched.registry
         self.log = EventLog(settings.events_dir, settings.wal_dir, writer=settings.name)
         self.runner = SessionRunner(settings, "fake", self._sandbox)
@@ -233,6 +241,14 @@ class FakeSupervisor:
     async def file_content(self, file_id: str) -> bytes:
         return self.files.read(file_id)
 
+    @on_fleet_loop
+    async def put_secret(self, name: str, value: str, scope: str, create: bool) -> SecretInfo:
+        return self.vault.put(name, value, scope=scope, create=create)  # type: ignore[arg-type]
+
+    @on_fleet_loop
+    async def list_secrets(self, scope: str | None) -> list[SecretInfo]:
+        return self.vault.list(scope)  # type: ignore[arg-type]
+
     # -- the fleet's loop ----------------------------------------------------------------
     async def _record_async(self, events: list[Event]) -> None:
         self._record(events)
@@ -256,7 +272,9 @@ class FakeSupervisor:
         self.sessions[worker_id][0].cancel()
 
     def _record(self, events: list[Event]) -> None:
-        """Number, apply, log and keep events, then wake whoever waits (all on the loop)."""
+        """Redact, number, apply, log and keep events, then wake whoever waits (all on the
+        loop)."""
+        self.vault.redact_events(events)
         for event in events:
             event.seq = self.sched.next_seq(event.task_id)
             self.sched.apply(event)

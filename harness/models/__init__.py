@@ -31,11 +31,14 @@ def make_model(
     script: list[ScriptStep] | None = None,
     attempt: int = 1,
     settings: FleetSettings | None = None,
+    api_key: str | None = None,
 ) -> ModelClient:
     """The client an agent asks for: the scripted model, or an OpenAI-compatible API
-    (configured by the fleet's ``settings``; default: this process's environment)."""
+    (configured by the fleet's ``settings``; default: this process's environment).
+    ``api_key``: the value of the agent's ``api_key_secret`` (given with the session);
+    None: the key is looked up from ``api_key_env``."""
     if agent.model == "scripted":
         return ScriptedModel(script, attempt, agent=agent.name)
     from harness.models.openai_client import make_api_model  # imports openai: only when used
 
-    return make_api_model(agent, settings=settings)
+    return make_api_model(agent, settings=settings, api_key=api_key)

@@ -20,6 +20,7 @@ API keys: see ``resolve_api_key``. Keys are never logged nor put in error messag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -27,7 +28,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -37,9 +37,10 @@ try:
 except ImportError:  # openai < 3 is built on httpx
     import httpx as _http  # type: ignore[no-redef]
 
-from core.errors import FleetError
+from core.errors import FleetError, InputError
 from core.settings import FleetSettings, host_variable
 from core.specs import PLAIN_NAME, AgentSpec
+from core.vault import read_secret_file, secrets_dir_path
 from harness.models.base import ModelClient, ModelError, ModelTurn, ToolCall, Usage
 from harness.models.pricing import cost_usd, load_prices
 
@@ -92,13 +93,10 @@ def resolve_api_key(
     if value:
         return value
     secrets_dir = (settings or FleetSettings()).secrets_dir
-    if secrets_dir:
-        root = Path(secrets_dir).resolve()
-        path = (root / env_name).resolve()
-        if path.is_relative_to(root) and path.is_file():
-            value = path.read_text().strip()
-            if value:
-                return value
+    path = secrets_dir_path(secrets_dir, env_name)
+    if path is not None:
+        with contextlib.suppress(InputError):  # empty or unreadable: as if absent
+            return read_secret_file(path, f"api_key_env {env_name}")
     if keyless_ok:
         return PLACEHOLDER_API_KEY
     where = f"${env_name}" + (f" or {secrets_dir}/{env_name}" if secrets_dir else "")
@@ -258,9 +256,11 @@ class _OpenAIModel:
         timeout_s: float | None = None,
         sleep: Sleep = asyncio.sleep,
         settings: FleetSettings | None = None,
+        api_key: str | None = None,
     ) -> None:
         """``settings``: the fleet's (secrets_dir, prices, model_timeout_s); default: this
-        process's environment. ``timeout_s`` overrides ``model_timeout_s``."""
+        process's environment. ``timeout_s`` overrides ``model_timeout_s``. ``api_key``:
+        the key itself (a vault secret's value); None: ``resolve_api_key(api_key_env)``."""
         self._settings = settings or FleetSettings()
         self.name = model
         self.base_url = base_url
@@ -271,7 +271,9 @@ class _OpenAIModel:
         self.timeout_s = self._settings.model_timeout_s if timeout_s is None else timeout_s
         self._sleep = sleep
         keyless_ok = bool(base_url or host_variable("OPENAI_BASE_URL"))
-        self._api_key = resolve_api_key(api_key_env, keyless_ok=keyless_ok, settings=self._settings)
+        self._api_key = api_key or resolve_api_key(
+            api_key_env, keyless_ok=keyless_ok, settings=self._settings
+        )
         self._placeholder_key = self._api_key == PLACEHOLDER_API_KEY
         load_prices(self._settings)  # a bad prices file fails here, not in the middle of a run
         self._client: openai.AsyncOpenAI | None = None
@@ -540,14 +542,23 @@ class ResponsesModel(_OpenAIModel):
         return ModelTurn(text="".join(text) or None, tool_calls=calls, usage=usage)
 
 
-def make_api_model(agent: AgentSpec, settings: FleetSettings | None = None) -> ModelClient:
+def make_api_model(
+    agent: AgentSpec, settings: FleetSettings | None = None, api_key: str | None = None
+) -> ModelClient:
     """The client of an OpenAI-compatible API for an agent, from its fields and the fleet's
     ``settings`` (secrets_dir, prices, model_timeout_s; default: this process's environment).
 
-    ``api`` picks ``ChatCompletionsModel`` or ``ResponsesModel``, the key comes from
-    ``resolve_api_key`` (``agent.api_key_env``), and when the agent sets no ``base_url`` the
-    openai client itself reads ``OPENAI_BASE_URL`` (then defaults to api.openai.com).
+    ``api`` picks ``ChatCompletionsModel`` or ``ResponsesModel``; the key is ``api_key``
+    (the value of the agent's ``api_key_secret``, given with the session), else it comes
+    from ``resolve_api_key`` (``agent.api_key_env``); an agent that names a secret without
+    its value given is refused. When the agent sets no ``base_url`` the openai client
+    itself reads ``OPENAI_BASE_URL`` (then defaults to api.openai.com).
     """
+    if agent.api_key_secret and not api_key:
+        raise ModelError(
+            f"agent {agent.name!r}: the value of its secret {agent.api_key_secret!r} was not "
+            "given to this session"
+        )
     cls = ResponsesModel if agent.api == "responses" else ChatCompletionsModel
     return cls(
         agent.model,
@@ -556,4 +567,5 @@ def make_api_model(agent: AgentSpec, settings: FleetSettings | None = None) -> M
         temperature=agent.temperature,
         stream=agent.stream,
         settings=settings,
+        api_key=api_key,
     )
