@@ -129,6 +129,11 @@ class SessionSandbox:
             result.stderr = self._redactor.text(result.stderr)
         return result
 
+    async def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> SandboxProcess:
+        """A long-lived process (an MCP server) with the session's secret variables, as a
+        command gets them."""
+        return await self.sandbox.spawn(argv, {**self._env, **(env or {})})
+
     async def read_file(self, path: str) -> bytes:
         return self._redactor.data(await self.sandbox.read_file(path))
 

@@ -96,7 +96,9 @@ def test_a_stdio_server_runs_in_the_sandboxs_workspace_and_its_tools_sit_next_to
     ToolsSeen.offered = []
     monkeypatch.setattr(
         "actors.session.make_model",
-        lambda agent, script=None, attempt=1, settings=None: ToolsSeen(script, attempt),
+        lambda agent, script=None, attempt=1, settings=None, api_key=None: ToolsSeen(
+            script, attempt
+        ),
     )
     a = assignment(
         agent(stdio(env={"FLEET_MCP_MARK": "from the spec"})),
