@@ -35,7 +35,7 @@ import heapq
 import itertools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
@@ -84,20 +84,36 @@ def _refusal(exc: TaskRejected | ValidationError) -> str:
     return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
 
 
+Entry = tuple[int, float, int, str]
+"""A queue entry: (-priority, -expected seconds, order of pushing, task id)."""
+
+Shape = Hashable
+"""What decides whether a queued task may run on a worker, apart from its own clock: its
+requirements, environment, agent and labels (:meth:`Scheduler.shape`)."""
+
+
 class TaskQueue:
     """Priority (higher first), then expected duration (longer first, from memory), then age
     (older first). Removal is lazy: a heap entry is live only while it is the task's current
-    entry."""
+    entry.
+
+    Tasks are kept in one heap per *shape*: all tasks of a shape fit a worker or none do, so a
+    pop asks once per shape and looks into the heaps of the shapes that fit only. The cost of
+    an assignment does not grow with the tasks queued that cannot run (a label at its limit,
+    an agent no pool of this worker takes)."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, float, int, str]] = []
+        self._heaps: dict[Shape, list[Entry]] = {}
         self._order = itertools.count()
-        self._live: dict[str, int] = {}
+        self._live: dict[str, tuple[int, Shape]] = {}
+        """task id -> (its current entry's order, its shape)"""
 
-    def push(self, task_id: str, priority: int, expected_s: float = 0.0) -> None:
+    def push(
+        self, task_id: str, priority: int, expected_s: float = 0.0, shape: Shape = None
+    ) -> None:
         order = next(self._order)
-        heapq.heappush(self._heap, (-priority, -expected_s, order, task_id))
-        self._live[task_id] = order
+        heapq.heappush(self._heaps.setdefault(shape, []), (-priority, -expected_s, order, task_id))
+        self._live[task_id] = (order, shape)
 
     def discard(self, task_id: str) -> None:
         self._live.pop(task_id, None)
@@ -108,29 +124,60 @@ class TaskQueue:
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._live
 
-    def _is_live(self, item: tuple[int, float, int, str]) -> bool:
-        return self._live.get(item[3]) == item[2]
+    def _is_live(self, item: Entry) -> bool:
+        live = self._live.get(item[3])
+        return live is not None and live[0] == item[2]
 
-    def pop(self, fits: Callable[[str], bool] = lambda _: True) -> str | None:
-        """Take the first task in order that ``fits``; the ones passed over stay queued."""
-        skipped: list[tuple[int, float, int, str]] = []
+    def pop(
+        self,
+        fits: Callable[[str], bool] = lambda _: True,
+        shape_fits: Callable[[Shape], bool] = lambda _: True,
+        only: str | None = None,
+    ) -> str | None:
+        """Take the first task in order whose shape ``shape_fits`` and that ``fits`` (or
+        ``only`` that task, if it does); the ones passed over stay queued."""
+        if only is not None:
+            live = self._live.get(only)
+            if live is None or not shape_fits(live[1]) or not fits(only):
+                return None
+            del self._live[only]
+            return only
+        best: Entry | None = None
+        for shape in list(self._heaps):
+            item = self._first(shape, fits) if shape_fits(shape) else None
+            if item is not None and (best is None or item < best):
+                best = item
+        if best is None:
+            return None
+        del self._live[best[3]]
+        return best[3]
+
+    def _first(
+        self, shape: Shape, fits: Callable[[str], bool]
+    ) -> tuple[int, float, int, str] | None:
+        """The first live entry of ``shape`` that ``fits``, left in place; dead entries on
+        the way are dropped (and the heap, once empty)."""
+        heap = self._heaps[shape]
+        skipped: list[Entry] = []
         found = None
-        while self._heap:
-            item = heapq.heappop(self._heap)
+        while heap:
+            item = heap[0]
             if not self._is_live(item):
+                heapq.heappop(heap)
                 continue
             if fits(item[3]):
-                found = item[3]
-                del self._live[found]
+                found = item
                 break
-            skipped.append(item)
+            skipped.append(heapq.heappop(heap))
         for item in skipped:
-            heapq.heappush(self._heap, item)
+            heapq.heappush(heap, item)
+        if not heap:
+            del self._heaps[shape]
         return found
 
     def ids(self, limit: int | None = None) -> list[str]:
         """Queued task ids in the order they would run (the first ``limit`` of them)."""
-        live = [item for item in self._heap if self._is_live(item)]
+        live = [item for heap in self._heaps.values() for item in heap if self._is_live(item)]
         first = sorted(live) if limit is None else heapq.nsmallest(limit, live)
         return [item[3] for item in first]
 
@@ -337,7 +384,12 @@ class Scheduler:
 
     def _enqueue(self, record: TaskRecord) -> None:
         if record.id not in self.queue:
-            self.queue.push(record.id, record.spec.priority, record.plan.get("expected_s", 0.0))
+            self.queue.push(
+                record.id,
+                record.spec.priority,
+                record.plan.get("expected_s", 0.0),
+                self.shape(record),
+            )
 
     # -- decisions ---------------------------------------------------------------------
     def submit(self, spec: TaskSpec, batch: str | None = None, plan: dict | None = None) -> Event:
@@ -462,22 +514,31 @@ class Scheduler:
                 return resource.file_id
         return ""
 
-    def fits(
-        self, record: TaskRecord, pool: PoolSpec, running: list[TaskRecord], now: float
-    ) -> bool:
-        """May this task start now on a worker of ``pool``, given what is running?"""
-        if record.not_before > now:
-            return False
+    def shape(self, record: TaskRecord) -> Shape:
+        """What decides, apart from its own clock, whether the task may run on a worker: its
+        requirements, environment, agent and labels (the queue keeps a heap per shape)."""
         spec = record.spec
-        if not pool.takes(spec.requires, spec.environment_name, self.agent_name(record)):
+        requires = tuple(sorted(spec.requires))
+        return (requires, spec.environment_name, self.agent_name(record), tuple(spec.labels))
+
+    def shape_fits(self, shape: Shape, pool: PoolSpec, running: list[TaskRecord]) -> bool:
+        """May tasks of ``shape`` start on a worker of ``pool``, given what is running?"""
+        requires, environment, agent, labels = shape
+        if not pool.takes(list(requires), environment, agent):
             return False
         if self.settings.max_running is not None and len(running) >= self.settings.max_running:
             return False
-        for label in spec.labels:
+        for label in labels:
             limit = self.settings.label_limits.get(label)
             if limit is not None and sum(label in r.spec.labels for r in running) >= limit:
                 return False
         return True
+
+    def fits(
+        self, record: TaskRecord, pool: PoolSpec, running: list[TaskRecord], now: float
+    ) -> bool:
+        """May this task start now on a worker of ``pool``, given what is running?"""
+        return record.not_before <= now and self.shape_fits(self.shape(record), pool, running)
 
     def assign(
         self,
@@ -495,7 +556,9 @@ class Scheduler:
         running = running or []
         now = time.time() if now is None else now
         task_id = self.queue.pop(
-            lambda t: (only is None or t == only) and self.fits(self.tasks[t], pool, running, now)
+            lambda t: self.tasks[t].not_before <= now,
+            lambda shape: self.shape_fits(shape, pool, running),
+            only,
         )
         if task_id is None:
             return None

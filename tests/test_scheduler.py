@@ -20,6 +20,41 @@ def test_queue_orders_by_priority_then_age_and_skips_what_does_not_fit():
     assert len(q) == 1 and "low-new" in q
 
 
+def test_a_pop_looks_at_the_shapes_that_fit_not_at_every_blocked_task():
+    q = TaskQueue()
+    for i in range(10_000):  # a label at its limit: none of these may run
+        q.push(f"blocked-{i}", 9, shape="busy-label")
+    q.push("runnable-low", 0, shape="free")
+    q.push("runnable-high", 1, shape="free")
+    asked: list[str] = []
+
+    def fits(task_id: str) -> bool:
+        asked.append(task_id)
+        return True
+
+    assert q.pop(fits, lambda shape: shape == "free") == "runnable-high"
+    assert asked == ["runnable-high"]  # no blocked task was looked at
+    assert q.pop(fits, lambda shape: shape == "free") == "runnable-low"
+    assert q.pop(fits, lambda shape: shape == "free") is None
+    # Across shapes that fit, the order is still priority, then expected time, then age.
+    q.push("later-same-priority", 9, shape="free")
+    assert q.pop(lambda _: True, lambda _: True) == "blocked-0"
+    assert q.pop(lambda t: t != "blocked-1", lambda _: True) == "blocked-2"
+    assert len(q) == 10_000 - 2 + 1
+    assert q.pop(only="later-same-priority", shape_fits=lambda s: s == "busy-label") is None
+    assert q.pop(only="later-same-priority") == "later-same-priority"
+
+
+def test_tasks_behind_a_label_limit_do_not_hold_up_others():
+    h = Harness(label_limits={"gpu": 0})
+    for i in range(50):
+        h.submit(id=f"g{i}", prompt="x", labels=["gpu"], priority=5)
+    h.submit(id="plain", prompt="x")
+    assignment, _ = h.s.assign("w1")
+    assert assignment is not None and assignment.task.id == "plain"
+    assert h.s.assign("w1") is None and len(h.s.queue) == 50
+
+
 class Harness:
     """Drives a Scheduler the way the supervisor does: number, apply, keep the log."""
 
@@ -356,7 +391,7 @@ def test_a_queued_task_whose_spec_is_gone_fails_with_the_reason_and_the_next_one
     del h.s.config.agents["temp"]  # archived while the tasks waited
     del h.s.config.environments["gpu"]
     for task_id, what in (("agentless", "agent 'temp'"), ("envless", "environment 'gpu'")):
-        assignment, event = h.s.assign("w1")
+        assignment, _ = h.s.assign("w1")
         assert assignment is None and event.task_id == task_id
         assert event.type == EventType.task_failed
         assert event.payload["reason"] == f"cannot run: {what} no longer exists"
@@ -370,7 +405,7 @@ def test_a_reviewer_that_is_gone_fails_the_task_rather_than_skipping_the_review(
     h.s.config.agents["critic"] = h.s.config.agents["default"].model_copy(update={"name": "critic"})
     h.submit(id="t", prompt="x", reviewer="critic")
     del h.s.config.agents["critic"]
-    assignment, event = h.s.assign("w1")
+    assignment, _ = h.s.assign("w1")
     assert assignment is None and "reviewer agent 'critic'" in event.payload["reason"]
 
 
