@@ -391,7 +391,7 @@ def test_a_queued_task_whose_spec_is_gone_fails_with_the_reason_and_the_next_one
     del h.s.config.agents["temp"]  # archived while the tasks waited
     del h.s.config.environments["gpu"]
     for task_id, what in (("agentless", "agent 'temp'"), ("envless", "environment 'gpu'")):
-        assignment, _ = h.s.assign("w1")
+        assignment, event = h.s.assign("w1")
         assert assignment is None and event.task_id == task_id
         assert event.type == EventType.task_failed
         assert event.payload["reason"] == f"cannot run: {what} no longer exists"
@@ -405,7 +405,7 @@ def test_a_reviewer_that_is_gone_fails_the_task_rather_than_skipping_the_review(
     h.s.config.agents["critic"] = h.s.config.agents["default"].model_copy(update={"name": "critic"})
     h.submit(id="t", prompt="x", reviewer="critic")
     del h.s.config.agents["critic"]
-    assignment, _ = h.s.assign("w1")
+    assignment, event = h.s.assign("w1")
     assert assignment is None and "reviewer agent 'critic'" in event.payload["reason"]
 
 
