@@ -1,6 +1,7 @@
 """The single writer of the event log: every event, the supervisor's own or a worker's, is
-numbered here (``seq`` per task), applied to the scheduler's state, appended to the WAL and
-kept for live streams, then whoever waits on what it changed is woken.
+numbered here (``seq`` per task), applied to the scheduler's state, appended to the WAL,
+shown to the fleet's telemetry (``observe``: metrics and traces) and kept for live streams,
+then whoever waits on what it changed is woken.
 
 Plain asyncio, no Ray: ``spawn`` runs background coroutines (the supervisor keeps them).
 """
@@ -28,6 +29,8 @@ log = logging.getLogger("fleet.supervisor")
 REQUEUES = (EventType.task_submitted, EventType.task_retried, EventType.handoff)
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+Observer = Callable[[list[Event]], None]
+"""Sees each batch of events once it is logged (numbered, in order): the fleet's telemetry."""
 
 
 class Journal:
@@ -40,6 +43,7 @@ class Journal:
         settings: FleetSettings,
         spawn: Spawn,
         clock: Callable[[], float] = time.time,
+        observe: Observer | None = None,
     ) -> None:
         self.sched = sched
         self.log = log
@@ -48,6 +52,7 @@ class Journal:
         self.settings = settings
         self.spawn = spawn
         self.clock = clock
+        self.observe = observe
         self._roll_lock: asyncio.Lock | None = None
 
     def open(self) -> None:
@@ -71,6 +76,8 @@ class Journal:
             return
         requeued, ended = flags
         self.log.append(events)
+        if self.observe is not None:
+            self.observe(events)
         self.streams.remember(events)
         await self.streams.announce(ended)
         if self.log.buffered >= self.settings.flush_max_events:

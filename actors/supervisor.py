@@ -43,6 +43,7 @@ from actors.results import NoResults, ResultKind
 from actors.scheduler import Scheduler
 from actors.status import fleet_status, list_tasks
 from actors.streams import LiveStreams
+from actors.telemetry import Telemetry
 from actors.worker import Worker
 from core.errors import one_line
 from core.eventlog import EventLog
@@ -105,7 +106,12 @@ class Supervisor:
         self._starting: asyncio.Future[None] | None = None
         self._pruned: set[str] = set()
         """Finished tasks whose old workspaces are already removed (keep_workspaces_days)."""
-        self.journal = Journal(self.sched, self.log, self.streams, self.pool, settings, self._spawn)
+        self.telemetry = Telemetry.for_fleet(settings, self.sched.tasks)
+        self.telemetry.prime(self.sched.tasks.values())  # traces of tasks a restart took up
+        observe = self.telemetry.observe if self.telemetry.enabled else None
+        self.journal = Journal(
+            self.sched, self.log, self.streams, self.pool, settings, self._spawn, observe=observe
+        )
         self.sessions = RaySessions(self.pool)
         record = self.journal.record
         self.manager = Manager(
@@ -201,6 +207,7 @@ class Supervisor:
         await asyncio.sleep(0.5)
         await watchdog.reap_head(self.settings.sandbox)
         await self.flush(compact=True)
+        await asyncio.to_thread(self.telemetry.close)  # the spans still buffered
 
     async def _watch_loop(self) -> None:
         """Stop sessions that went silent or overran, replace workers that stopped beating."""
@@ -219,6 +226,7 @@ class Supervisor:
             ):
                 log.warning("worker %s missed its heartbeats; replacing it", worker_id)
                 ray.kill(self.pool.workers[worker_id], no_restart=True)
+            self.telemetry.sample(self.sched, self.pool, now)  # the gauges
 
     async def _prune_workspaces(self) -> None:
         """Remove the workspaces of tasks finished more than ``keep_workspaces_days`` ago."""
