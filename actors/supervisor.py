@@ -226,7 +226,7 @@ class Supervisor:
             ):
                 log.warning("worker %s missed its heartbeats; replacing it", worker_id)
                 ray.kill(self.pool.workers[worker_id], no_restart=True)
-            self.telemetry.sample(self.sched, self.pool, now)  # the gauges
+            self.telemetry.tick(self.sched, self.pool, now)  # spans out, gauges
 
     async def _prune_workspaces(self) -> None:
         """Remove the workspaces of tasks finished more than ``keep_workspaces_days`` ago."""

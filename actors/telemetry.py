@@ -23,7 +23,14 @@ from typing import Any, Literal, Protocol
 
 from actors.pool import WorkerPool
 from actors.scheduler import Scheduler
-from actors.tracing import TaskTracer, fleet_resource, span_processors, tracing_enabled
+from actors.tracing import (
+    SpanBatches,
+    SpanData,
+    TaskTracer,
+    exporter_plan,
+    sampler_ratio,
+    tracing_enabled,
+)
 from core.events import TERMINAL_EVENTS, Event, EventType
 from core.records import TaskRecord
 from core.settings import FleetSettings
@@ -310,16 +317,27 @@ class FleetMetrics:
         return depth
 
 
+Exporter = tuple[Callable[[list[SpanData]], None], Callable[[], None]]
+"""How spans reach an exporter: send a batch (fire and forget), and close (flushing)."""
+
+
 class Telemetry:
     """What the supervisor holds: the metrics and the tracer a fleet's settings ask for
-    (either may be off), fed through :meth:`observe` and :meth:`sample`. Neither may ever
+    (either may be off), fed through :meth:`observe` and :meth:`tick`. Neither may ever
     stop the journal: a failure is logged once and the batch goes on."""
 
-    def __init__(self, metrics: FleetMetrics | None, tracer: TaskTracer | None) -> None:
+    def __init__(
+        self,
+        metrics: FleetMetrics | None,
+        tracer: TaskTracer | None,
+        spans: SpanBatches | None = None,
+        close_exporter: Callable[[], None] | None = None,
+    ) -> None:
         self.metrics = metrics
         self.tracer = tracer
-        self.processors: list[Any] = []
-        """The tracer's span processors (flushed by :meth:`close`)."""
+        self.spans = spans
+        """The tracer's finished spans on their way to the exporter (sent by :meth:`tick`)."""
+        self.close_exporter = close_exporter
         self._failed = False
         self._sampled_at = float("-inf")
 
@@ -329,22 +347,27 @@ class Telemetry:
         settings: FleetSettings,
         tasks: Mapping[str, TaskRecord],
         make_metrics: Callable[[str], Mapping[str, Metric]] = ray_metrics,
+        make_exporter: Callable[[str], Exporter] | None = None,
     ) -> Telemetry:
-        """Metrics when ``settings.metrics``; traces when :func:`tracing_enabled` (exported
-        as the ``OTEL_*`` variables say). Raises TelemetryError on an unusable exporter."""
+        """Metrics when ``settings.metrics``; traces when :func:`tracing_enabled`, sent to
+        the trace exporter actor (:func:`actors.trace_exporter.start_exporter`) that exports
+        them as the ``OTEL_*`` variables say. Raises TelemetryError on an exporter or
+        sampler those variables ask for and this fleet cannot make."""
         metrics = None
         if settings.metrics:
             metrics = FleetMetrics(make_metrics(settings.name), tasks, settings)
-        tracer = None
-        processors: list[Any] = []
-        if tracing_enabled(settings):
-            processors = span_processors()
-            tracer = TaskTracer(
-                processors, settings.name, fleet_resource(settings.name), settings.trace_prompts
-            )
-        telemetry = cls(metrics, tracer)
-        telemetry.processors = processors
-        return telemetry
+        if not tracing_enabled(settings):
+            return cls(metrics, None)
+        exporter_plan()  # a bad OTEL_* variable fails the start, not the first export
+        ratio = sampler_ratio()
+        if make_exporter is None:
+            from actors.trace_exporter import start_exporter  # a Ray actor
+
+            make_exporter = start_exporter
+        send, close = make_exporter(settings.name)
+        spans = SpanBatches(send)
+        tracer = TaskTracer(spans, settings.name, settings.trace_prompts, ratio)
+        return cls(metrics, tracer, spans, close)
 
     @property
     def enabled(self) -> bool:
@@ -362,27 +385,30 @@ class Telemetry:
                 log.exception("telemetry failed on a batch of events (logged once)")
             self._failed = True
 
-    def sample(self, sched: Scheduler, pool: WorkerPool, now: float) -> None:
-        """Set the gauges, at most every :data:`GAUGE_INTERVAL_S` (the watch loop calls)."""
-        if self.metrics is None or now - self._sampled_at < GAUGE_INTERVAL_S:
-            return
-        self._sampled_at = now
+    def tick(self, sched: Scheduler, pool: WorkerPool, now: float) -> None:
+        """The watch loop's call (every ``watch_interval_s``): send the spans finished since
+        the last one; set the gauges, at most every :data:`GAUGE_INTERVAL_S`."""
         try:
-            self.metrics.sample(sched, pool)
+            if self.spans is not None:
+                self.spans.flush()
+            if self.metrics is not None and now - self._sampled_at >= GAUGE_INTERVAL_S:
+                self._sampled_at = now
+                self.metrics.sample(sched, pool)
         except Exception:
-            log.exception("sampling the gauges failed")
+            log.exception("telemetry tick failed")
 
     def prime(self, records: Iterable[TaskRecord]) -> None:
         """After a restart's replay: reopen the traces of unfinished tasks."""
         if self.tracer is not None:
             self.tracer.prime(records)
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Export the spans still buffered, then stop the exporters (blocking: run it in a
-        thread)."""
-        for processor in self.processors:
-            try:
-                processor.force_flush(int(timeout_s * 1000))
-                processor.shutdown()
-            except Exception:
-                log.exception("flushing spans failed")
+    def close(self) -> None:
+        """Send the spans still here, and have the exporter export what it holds (blocking:
+        run it in a thread)."""
+        try:
+            if self.spans is not None:
+                self.spans.flush()
+            if self.close_exporter is not None:
+                self.close_exporter()
+        except Exception:
+            log.exception("closing the trace exporter failed")

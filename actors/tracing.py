@@ -3,26 +3,33 @@
 Nothing is traced where it happens: every step of a task is already an event that reaches
 the supervisor's journal (the workers' in batches), with its time, task, session, attempt,
 turn and tool call. :class:`TaskTracer` turns that stream into spans with explicit start and
-end times and hands each finished span to a span processor (OTLP, console, or the SDK's
-in-memory exporter in tests)::
+end times and hands each finished one, as a plain :class:`SpanData`, to its sink: in the
+fleet, a batch shipped to the supervisor's trace exporter actor
+(:mod:`actors.trace_exporter`), which makes SDK spans of them (:func:`to_readable`) for the
+exporters the standard ``OTEL_*`` variables name, so that encoding and sending spans never
+runs in the supervisor's process::
 
-    task                                   task.submitted .. its terminal event
-    ├── queued / parked / awaiting review  waits (submit or retry or handoff .. assigned, ...)
-    ├── approval                           approval.requested .. approval.decided
-    └── session                            task.assigned .. session.ended (one per attempt)
-        ├── model turn                     the model call (usage: ts - duration_ms) .. its
-        │   └── tool call                  last tool call; tool calls: tool_use .. tool_result
-        ├── gate                           gate.passed / gate.failed (ts - duration_ms .. ts)
-        └── review                         the reviewer agent: its turns and tool calls
+    task                        task.submitted .. its terminal event
+    ├── session                 task.assigned .. session.ended (one per attempt; the time it
+    │   │                       waited in the queue before is its fleet.queued_ms)
+    │   ├── model turn          the model call (usage: ts - duration_ms) .. its last tool call
+    │   │   └── tool call       agent.tool_use .. agent.tool_result
+    │   ├── gate                gate.passed / gate.failed (ts - duration_ms .. ts)
+    │   └── review              the reviewer agent: its model turns and tool calls
+    ├── approval                approval.requested .. approval.decided
+    └── parked                  task.parked .. the task queued again (resume) or ended; also
+        / awaiting review       task.awaiting_review .. review.decided
 
 Retries, handoffs, deliveries, follow-ups, steering messages and checkpoints are span events
-on the task's or the session's span.
+on the task's or the session's span. ``OTEL_TRACES_SAMPLER`` (``always_on``, ``always_off``,
+``traceidratio`` with ``OTEL_TRACES_SAMPLER_ARG``, and their ``parentbased_`` forms) picks
+the tasks traced, by trace id.
 
 **One task, one trace, without passing a context across Ray calls**: the trace id is derived
 from the fleet's name and the task id (:func:`trace_id_of`), and span ids from what they
 stand for (the task, a session id, a call id), so every span of a task lands in the same
 trace whichever worker ran it, and a supervisor that restarts (and replays the log) goes on
-with the same trace and the same task span.
+with the same trace and the same task span (the other span ids are random).
 
 Attributes never carry secret values; prompts, tool arguments, the gate command and the
 messages of people only with ``trace_prompts`` (truncated). Plain: no Ray.
@@ -32,19 +39,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event as SpanEvent
+from opentelemetry.sdk.trace import Event as SDKEvent
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from core.errors import FleetError
+from core.errors import InputError
 from core.events import TERMINAL_EVENTS, Event, EventType
 from core.records import TaskRecord
 from core.settings import FleetSettings, host_variable
@@ -61,14 +69,74 @@ SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class TelemetryError(FleetError, ValueError):
-    """The standard ``OTEL_*`` variables ask for an exporter this fleet cannot make."""
+class TelemetryError(InputError):
+    """A standard ``OTEL_*`` variable asks for an exporter or sampler this fleet cannot make
+    (the message names the variable)."""
 
 
-class SpanSink(Protocol):
-    """Where finished spans go: an OpenTelemetry SDK span processor."""
+SpanEvent = tuple[str, int, dict[str, Any]]
+"""A span event: its name, time (ns) and attributes."""
 
-    def on_end(self, span: ReadableSpan) -> None: ...
+
+class SpanData(NamedTuple):
+    """A finished span, plain (cheap to make and to pickle); :func:`to_readable` makes the
+    SDK's span of it."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int | None
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    events: list[SpanEvent]
+    status: int
+    """``StatusCode`` value: 0 unset, 1 ok, 2 error."""
+    description: str | None = None
+
+
+SpanSink = Callable[[SpanData], None]
+_ids = random.Random()
+
+
+def to_readable(span: SpanData, resource: Resource) -> ReadableSpan:
+    """The SDK's span of ``span``, for span processors and exporters."""
+
+    def context(span_id: int) -> SpanContext:
+        return SpanContext(span.trace_id, span_id, is_remote=False, trace_flags=SAMPLED)
+
+    code = StatusCode(span.status)
+    return ReadableSpan(
+        span.name,
+        context=context(span.span_id),
+        parent=context(span.parent_id) if span.parent_id is not None else None,
+        resource=resource,
+        # Checked and frozen as the SDK's own spans are (lists become tuples).
+        attributes=BoundedAttributes(attributes=span.attributes, immutable=True),
+        events=[SDKEvent(name, attributes, ns) for name, ns, attributes in span.events],
+        kind=SpanKind.INTERNAL,
+        status=Status(code, span.description if code == StatusCode.ERROR else None),
+        start_time=span.start_ns,
+        end_time=span.end_ns,
+        instrumentation_scope=SCOPE,
+    )
+
+
+class ReadableSink:
+    """A :data:`SpanSink` that hands SDK spans to span processors (the exporter actor's;
+    a test's in-memory exporter). A processor that fails is logged, never raised."""
+
+    def __init__(self, processors: Iterable[Any], resource: Resource | None = None) -> None:
+        self.processors = list(processors)
+        self.resource = resource or Resource.create({"service.name": "agent-fleet"})
+
+    def __call__(self, span: SpanData) -> None:
+        readable = to_readable(span, self.resource)
+        for processor in self.processors:
+            try:
+                processor.on_end(readable)
+            except Exception:  # an exporter's trouble never stops the feed
+                log.exception("a span processor failed")
 
 
 def trace_id_of(fleet: str, task_id: str) -> int:
@@ -78,9 +146,9 @@ def trace_id_of(fleet: str, task_id: str) -> int:
     return int.from_bytes(digest[:16], "big") or 1
 
 
-def _span_id(trace_id: int, *key: Any) -> int:
-    digest = hashlib.sha256(repr((trace_id, key)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") or 1
+def task_span_id(trace_id: int) -> int:
+    """The span id of a task's own span (derived: a restarted supervisor reopens it)."""
+    return int.from_bytes(hashlib.sha256(b"task%d" % trace_id).digest()[:8], "big") or 1
 
 
 def _ns(ts: datetime) -> int:
@@ -134,6 +202,8 @@ class SessionSpans:
 class TaskSpans:
     trace_id: int
     span: OpenSpan
+    queued_ns: int = 0
+    """When it last entered the queue (its next session's ``fleet.queued_ms``)."""
     wait: OpenSpan | None = None
     sessions: dict[str, SessionSpans] = field(default_factory=dict)
     approvals: dict[str, OpenSpan] = field(default_factory=dict)
@@ -141,20 +211,17 @@ class TaskSpans:
 
 class TaskTracer:
     """Builds each task's trace from its events (:meth:`observe`, in log order) and gives
-    every span to ``sinks`` as it ends. Spans that never end (a session cut off by a crash
-    of the supervisor) are never exported."""
+    every span to ``sink`` as it ends. Spans that never end (a session cut off by a crash
+    of the supervisor) are never exported. ``ratio``: the share of tasks traced (chosen by
+    trace id, as the SDK's ``traceidratio`` sampler does)."""
 
     def __init__(
-        self,
-        sinks: Iterable[SpanSink],
-        fleet: str,
-        resource: Resource | None = None,
-        trace_prompts: bool = False,
+        self, sink: SpanSink, fleet: str, trace_prompts: bool = False, ratio: float = 1.0
     ) -> None:
-        self.sinks = list(sinks)
+        self.sink = sink
         self.fleet = fleet
-        self.resource = resource or Resource.create({"service.name": "agent-fleet"})
         self.trace_prompts = trace_prompts
+        self.bound = round(max(0.0, min(1.0, ratio)) * (1 << 64))
         self.tasks: dict[str, TaskSpans] = {}
         self._handlers: dict[EventType, Callable[[TaskSpans, Event], None]] = {
             EventType.task_assigned: self._assigned,
@@ -205,18 +272,24 @@ class TaskTracer:
                 continue
             submitted = _ns(record.submitted_at) if record.submitted_at else 0
             task = self._open_task(record.id, submitted, record.spec.model_dump(mode="json"))
+            if task is None:
+                continue
             task.span.attributes["fleet.batch"] = record.batch or ""
-            since = _ns(record.last_event_at) if record.last_event_at else submitted
+            task.queued_ns = _ns(record.last_event_at) if record.last_event_at else submitted
             name = {
                 TaskState.awaiting_approval: "parked",
                 TaskState.paused: "parked",
                 TaskState.awaiting_review: "awaiting review",
-            }.get(record.state, "queued")
-            task.wait = self._child(task, task.span, name, since, "wait", record.seq)
+            }.get(record.state)
+            if name is not None:
+                task.wait = self._child(task.span, name, task.queued_ns)
 
     # -- spans -------------------------------------------------------------------------
-    def _open_task(self, task_id: str, start_ns: int, spec: Mapping[str, Any]) -> TaskSpans:
+    def _open_task(self, task_id: str, start_ns: int, spec: Mapping[str, Any]) -> TaskSpans | None:
+        """The task's spans, or None when the sampler leaves the task out."""
         trace_id = trace_id_of(self.fleet, task_id)
+        if trace_id & 0xFFFF_FFFF_FFFF_FFFF >= self.bound:
+            return None
         attributes: dict[str, Any] = {
             "fleet.name": self.fleet,
             "fleet.task_id": task_id,
@@ -231,15 +304,14 @@ class TaskTracer:
                 attributes[f"fleet.{key}"] = spec[key]
         if self.trace_prompts:
             attributes["fleet.prompt"] = _clip(spec.get("prompt", ""), TEXT_LIMIT)
-        span = OpenSpan("task", _span_id(trace_id, "task"), None, start_ns, attributes)
+        span = OpenSpan("task", task_span_id(trace_id), None, start_ns, attributes)
         task = TaskSpans(trace_id, span)
         self.tasks[task_id] = task
         return task
 
-    def _child(
-        self, task: TaskSpans, parent: OpenSpan, name: str, start_ns: int, *key: Any
-    ) -> OpenSpan:
-        span_id = _span_id(task.trace_id, name, *key)
+    @staticmethod
+    def _child(parent: OpenSpan, name: str, start_ns: int) -> OpenSpan:
+        span_id = _ids.getrandbits(64) or 1
         return OpenSpan(name, span_id, parent.span_id, start_ns, end_ns=start_ns)
 
     def _end(
@@ -250,38 +322,26 @@ class TaskTracer:
         error: str | None = None,
         ok: bool = False,
     ) -> None:
-        """Finish ``span`` (at ``end_ns`` or the latest thing inside it) and export it."""
-        status = Status(StatusCode.UNSET)
-        if error is not None:
-            status = Status(StatusCode.ERROR, _clip(error, 500))
-        elif ok:
-            status = Status(StatusCode.OK)
-        context = SpanContext(task.trace_id, span.span_id, is_remote=False, trace_flags=SAMPLED)
-        parent = None
-        if span.parent_id is not None:
-            parent = SpanContext(
-                task.trace_id, span.parent_id, is_remote=False, trace_flags=SAMPLED
-            )
-        # Checked and frozen as the SDK's own spans are (lists become tuples).
-        attributes = BoundedAttributes(attributes=_present(span.attributes), immutable=True)
-        finished = ReadableSpan(
-            span.name,
-            context=context,
-            parent=parent,
-            resource=self.resource,
-            attributes=attributes,
-            events=span.events,
-            kind=SpanKind.INTERNAL,
-            status=status,
-            start_time=span.start_ns,
-            end_time=max(end_ns, span.end_ns, span.start_ns),
-            instrumentation_scope=SCOPE,
+        """Finish ``span`` (at ``end_ns`` or the latest thing inside it) and hand it on."""
+        status = (
+            StatusCode.ERROR if error is not None else StatusCode.OK if ok else StatusCode.UNSET
         )
-        for sink in self.sinks:
-            try:
-                sink.on_end(finished)
-            except Exception:  # an exporter's trouble never stops the journal
-                log.exception("a span processor failed")
+        finished = SpanData(
+            task.trace_id,
+            span.span_id,
+            span.parent_id,
+            span.name,
+            span.start_ns,
+            max(end_ns, span.end_ns, span.start_ns),
+            _present(span.attributes),
+            span.events,
+            status.value,
+            _clip(error, 500) if error is not None else None,
+        )
+        try:
+            self.sink(finished)
+        except Exception:  # an exporter's trouble never stops the journal
+            log.exception("the span sink failed")
 
     def _end_wait(self, task: TaskSpans, ns: int, **attributes: Any) -> None:
         if task.wait is not None:
@@ -291,8 +351,13 @@ class TaskTracer:
 
     def _wait(self, task: TaskSpans, event: Event, name: str, **attributes: Any) -> None:
         self._end_wait(task, _ns(event.ts))
-        task.wait = self._child(task, task.span, name, _ns(event.ts), "wait", event.seq)
+        task.wait = self._child(task.span, name, _ns(event.ts))
         task.wait.attributes.update(attributes)
+
+    def _queued(self, task: TaskSpans, event: Event) -> None:
+        """The task is back in the queue: a wait (parked, review) ends here."""
+        task.queued_ns = _ns(event.ts)
+        self._end_wait(task, task.queued_ns)
 
     def _end_loop(self, task: TaskSpans, loop: LoopSpans, ns: int, why: str) -> None:
         for span in loop.tools.values():  # cut short (parked, stopped, written off)
@@ -331,7 +396,7 @@ class TaskTracer:
         if event.payload.get("role") != "reviewer":
             return session.agent
         if session.review is None:
-            review = self._child(task, session.span, "review", start_ns, event.session_id)
+            review = self._child(session.span, "review", start_ns)
             review.attributes["fleet.reviewer"] = str(event.payload.get("agent", ""))
             session.review = review
             session.reviewer = LoopSpans(review)
@@ -344,8 +409,9 @@ class TaskTracer:
             return
         spec = event.payload.get("task") or {}
         task = self._open_task(event.task_id, _ns(event.ts), spec)
-        task.span.attributes["fleet.batch"] = str(event.payload.get("batch") or "")
-        self._wait(task, event, "queued")
+        if task is not None:
+            task.span.attributes["fleet.batch"] = str(event.payload.get("batch") or "")
+            task.queued_ns = _ns(event.ts)
 
     def _assigned(self, task: TaskSpans, event: Event) -> None:
         ns = _ns(event.ts)
@@ -353,7 +419,7 @@ class TaskTracer:
         if event.session_id is None or event.session_id in task.sessions:
             return
         p = event.payload
-        span = self._child(task, task.span, "session", ns, event.session_id)
+        span = self._child(task.span, "session", ns)
         span.attributes.update(
             {
                 "fleet.task_id": event.task_id,
@@ -364,6 +430,7 @@ class TaskTracer:
                 "fleet.pool": p.get("pool"),
                 "fleet.stage": p.get("stage"),
                 "fleet.time_limit_s": p.get("time_limit_s"),
+                "fleet.queued_ms": (ns - task.queued_ns) / 1e6 if task.queued_ns else None,
                 "fleet.max_turns": p.get("max_turns"),
             }
         )
@@ -397,8 +464,7 @@ class TaskTracer:
             self._end(task, loop.turn, loop.turn.end_ns)
         p = event.payload
         turn_no = p.get("turn")
-        role = p.get("role", "agent")
-        turn = self._child(task, loop.parent, "model turn", start, event.session_id, role, turn_no)
+        turn = self._child(loop.parent, "model turn", start)
         turn.extend(ns)
         turn.attributes.update(
             {
@@ -420,7 +486,7 @@ class TaskTracer:
         if loop is None or call_id in loop.tools:
             return
         parent = loop.turn or loop.parent
-        span = self._child(task, parent, "tool call", ns, event.session_id, call_id)
+        span = self._child(parent, "tool call", ns)
         span.attributes.update(
             {
                 "gen_ai.tool.name": event.tool,
@@ -443,7 +509,7 @@ class TaskTracer:
         span = loop.tools.pop(call_id, None)
         if span is None:  # a call resumed in a later session (after its approval)
             parent = loop.turn or loop.parent
-            span = self._child(task, parent, "tool call", start, event.session_id, call_id)
+            span = self._child(parent, "tool call", start)
             span.attributes.update({"gen_ai.tool.name": event.tool, "gen_ai.tool.call.id": call_id})
         span.attributes.update(
             {
@@ -476,7 +542,7 @@ class TaskTracer:
         call_id = str(event.payload.get("call_id", ""))
         if call_id in task.approvals:
             return
-        span = self._child(task, task.span, "approval", _ns(event.ts), call_id, event.seq)
+        span = self._child(task.span, "approval", _ns(event.ts))
         span.attributes.update(
             {
                 "gen_ai.tool.name": event.tool,
@@ -502,7 +568,7 @@ class TaskTracer:
             return
         ns = _ns(event.ts)
         start = ns - int((event.duration_ms or 0.0) * 1_000_000)
-        span = self._child(task, session.span, "gate", start, event.session_id)
+        span = self._child(session.span, "gate", start)
         passed = event.type == EventType.gate_passed
         span.attributes.update({"fleet.passed": passed, "fleet.exit_code": event.exit_code})
         if self.trace_prompts:
@@ -517,14 +583,14 @@ class TaskTracer:
         attributes = {}
         if self.trace_prompts:
             attributes["fleet.text"] = _clip(event.payload.get("text", ""), TEXT_LIMIT)
-        target.events.append(SpanEvent("user message", attributes, _ns(event.ts)))
+        target.events.append(("user message", _ns(event.ts), attributes))
 
     def _checkpointed(self, task: TaskSpans, event: Event) -> None:
         session = self._session(task, event)
         if session is not None:
             turns = event.payload.get("turns")
             attributes = {"fleet.turns": turns} if isinstance(turns, int) else {}
-            session.span.events.append(SpanEvent("checkpoint", attributes, _ns(event.ts)))
+            session.span.events.append(("checkpoint", _ns(event.ts), attributes))
 
     def _session_ended(self, task: TaskSpans, event: Event) -> None:
         session = self._session(task, event)
@@ -563,8 +629,8 @@ class TaskTracer:
         }
         if p.get("backoff_s") is not None:
             attributes["fleet.backoff_s"] = float(p["backoff_s"])
-        task.span.events.append(SpanEvent("retried", _present(attributes), ns))
-        self._wait(task, event, "queued")
+        task.span.events.append(("retried", ns, _present(attributes)))
+        self._queued(task, event)
 
     def _handoff(self, task: TaskSpans, event: Event) -> None:
         p = event.payload
@@ -575,8 +641,8 @@ class TaskTracer:
         }
         if self.trace_prompts and p.get("note"):
             attributes["fleet.note"] = _clip(p["note"], TEXT_LIMIT)
-        task.span.events.append(SpanEvent("handoff", _present(attributes), _ns(event.ts)))
-        self._wait(task, event, "queued")
+        task.span.events.append(("handoff", _ns(event.ts), _present(attributes)))
+        self._queued(task, event)
 
     def _parked(self, task: TaskSpans, event: Event) -> None:
         p = event.payload
@@ -597,15 +663,15 @@ class TaskTracer:
         p = event.payload
         keys = ("branch", "commit", "pr_url", "pr_error", "wip", "adopted")
         attributes = {f"fleet.{k}": p[k] for k in keys if isinstance(p.get(k), str | bool)}
-        task.span.events.append(SpanEvent("delivered", attributes, _ns(event.ts)))
+        task.span.events.append(("delivered", _ns(event.ts), attributes))
 
     def _followup(self, task: TaskSpans, event: Event) -> None:
         child = event.payload.get("child")
         attributes = {"fleet.child": child} if child else {"fleet.refused": True}
-        task.span.events.append(SpanEvent("follow-up", attributes, _ns(event.ts)))
+        task.span.events.append(("follow-up", _ns(event.ts), attributes))
 
     def _updated(self, task: TaskSpans, event: Event) -> None:
-        task.span.events.append(SpanEvent("prompt updated", {}, _ns(event.ts)))
+        task.span.events.append(("prompt updated", _ns(event.ts), {}))
 
     def _ended(self, task: TaskSpans, event: Event) -> None:
         ns = _ns(event.ts)
@@ -662,51 +728,107 @@ def fleet_resource(fleet: str) -> Resource:
     return resource
 
 
-def span_processors() -> list[Any]:
-    """Batch span processors for the exporters ``OTEL_TRACES_EXPORTER`` names (default
-    ``otlp``; also ``console``, ``none``). OTLP speaks ``OTEL_EXPORTER_OTLP_PROTOCOL``
-    (``http/protobuf``, the default, or ``grpc`` when its exporter package is installed);
-    the exporters and processors read their other ``OTEL_*`` variables themselves (endpoint,
-    headers, timeout, compression, ``OTEL_BSP_*``)."""
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+def sampler_ratio() -> float:
+    """The share of tasks traced, from ``OTEL_TRACES_SAMPLER`` (default ``always_on``) and
+    ``OTEL_TRACES_SAMPLER_ARG``; a task's spans have no parent outside the fleet, so the
+    ``parentbased_`` forms mean the same."""
+    name = (host_variable("OTEL_TRACES_SAMPLER") or "parentbased_always_on").strip().lower()
+    name = name.removeprefix("parentbased_")
+    if name == "always_on":
+        return 1.0
+    if name == "always_off":
+        return 0.0
+    if name == "traceidratio":
+        arg = host_variable("OTEL_TRACES_SAMPLER_ARG") or "1.0"
+        try:
+            ratio = float(arg)
+        except ValueError:
+            raise TelemetryError(f"OTEL_TRACES_SAMPLER_ARG: {arg!r} is not a number") from None
+        return max(0.0, min(1.0, ratio))
+    raise TelemetryError(
+        f"OTEL_TRACES_SAMPLER: {name!r} is not supported (always_on, always_off, "
+        "traceidratio, or their parentbased_ forms)"
+    )
 
-    processors: list[Any] = []
+
+def exporter_plan() -> list[str]:
+    """What ``span_processors`` will make, checked now (where the fleet starts): ``otlp``
+    with its protocol, ``console``. Raises TelemetryError on names or protocols it cannot
+    serve."""
+    plan: list[str] = []
     names = (host_variable("OTEL_TRACES_EXPORTER") or "otlp").lower().split(",")
     for name in (n.strip() for n in names):
         if name in ("", "none"):
             continue
         if name == "console":
-            processors.append(BatchSpanProcessor(ConsoleSpanExporter()))
+            plan.append("console")
         elif name == "otlp":
-            processors.append(BatchSpanProcessor(_otlp_exporter()))
+            protocol = (
+                host_variable("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or host_variable("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "http/protobuf"
+            ).strip()
+            if protocol not in ("http/protobuf", "grpc"):
+                raise TelemetryError(
+                    f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported "
+                    "(http/protobuf or grpc)"
+                )
+            if protocol == "grpc":
+                try:
+                    import opentelemetry.exporter.otlp.proto.grpc.trace_exporter  # noqa: F401
+                except ImportError:
+                    raise TelemetryError(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the package "
+                        "opentelemetry-exporter-otlp-proto-grpc (or use http/protobuf)"
+                    ) from None
+            plan.append(f"otlp {protocol}")
         else:
             raise TelemetryError(
                 f"OTEL_TRACES_EXPORTER: unknown exporter {name!r} (otlp, console or none)"
             )
-    return processors
+    return plan
 
 
-def _otlp_exporter() -> Any:
-    protocol = (
-        host_variable("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or host_variable("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+def span_processors() -> list[Any]:
+    """Batch span processors for the exporters ``OTEL_TRACES_EXPORTER`` names (default
+    ``otlp``; also ``console``, ``none``; see :func:`exporter_plan`). The exporters and
+    processors read their other ``OTEL_*`` variables themselves (endpoint, headers, timeout,
+    compression, ``OTEL_BSP_*``)."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-        return OTLPSpanExporter()
-    if protocol == "grpc":
-        try:
+    processors: list[Any] = []
+    for item in exporter_plan():
+        if item == "console":
+            processors.append(BatchSpanProcessor(ConsoleSpanExporter()))
+        elif item == "otlp grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
                 OTLPSpanExporter as GrpcSpanExporter,
             )
-        except ImportError:
-            raise TelemetryError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the package "
-                "opentelemetry-exporter-otlp-proto-grpc (or use http/protobuf)"
-            ) from None
-        return GrpcSpanExporter()
-    raise TelemetryError(
-        f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported (http/protobuf or grpc)"
-    )
+
+            processors.append(BatchSpanProcessor(GrpcSpanExporter()))
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+    return processors
+
+
+class SpanBatches:
+    """A :data:`SpanSink` that gathers finished spans and sends them in batches (``send``:
+    the call to the trace exporter actor): at ``max_batch`` spans, and at each
+    :meth:`flush` (the supervisor's watch loop calls it every second)."""
+
+    def __init__(self, send: Callable[[list[SpanData]], None], max_batch: int = 512) -> None:
+        self.send = send
+        self.max_batch = max_batch
+        self.pending: list[SpanData] = []
+
+    def __call__(self, span: SpanData) -> None:
+        self.pending.append(span)
+        if len(self.pending) >= self.max_batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.send(batch)

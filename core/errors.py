@@ -17,7 +17,9 @@ also a ``ValueError``, ``UnknownSpec`` also a ``LookupError``, ...). The tree::
     │   ├── SourceConfigError        sources.base     a source's config entry is unusable (field)
     │   ├── UnsafePath               actors.results   a result path leading out of the workspace
     │   ├── RowError                 sources.sql      a table row cannot become a task (reason)
-    │   └── IssueError               sources.github   an issue cannot become a task (reason)
+    │   ├── IssueError               sources.github   an issue cannot become a task (reason)
+    │   └── TelemetryError           actors.tracing   an OTEL_* variable asks for an exporter or
+    │                                                 sampler the fleet cannot make
     ├── StateError                   core.errors      the request does not fit the fleet's state
     │   ├── SpecConflict (ValueError)  actors.registry  a spec changed since the caller read it
     │   ├── UnknownSpec (LookupError)  actors.scheduler a task names a spec that is gone

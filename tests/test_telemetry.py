@@ -26,7 +26,16 @@ from actors.scheduler import Scheduler
 from actors.session import SessionRunner
 from actors.streams import LiveStreams
 from actors.telemetry import METRICS, FleetMetrics, Telemetry
-from actors.tracing import TaskTracer, TelemetryError, span_processors, trace_id_of
+from actors.tracing import (
+    ReadableSink,
+    SpanData,
+    TaskTracer,
+    TelemetryError,
+    exporter_plan,
+    sampler_ratio,
+    span_processors,
+    trace_id_of,
+)
 from core.eventlog import EventLog
 from core.events import Event, EventType
 from core.records import SessionResult
@@ -80,7 +89,7 @@ class PlainFleet:
         self.metrics = recorders()
         self.telemetry = Telemetry(
             FleetMetrics(self.metrics, self.sched.tasks, self.settings),
-            TaskTracer([SimpleSpanProcessor(self.exporter)], "pf", trace_prompts=trace_prompts),
+            TaskTracer(ReadableSink([SimpleSpanProcessor(self.exporter)]), "pf", trace_prompts),
         )
         self.background: list[asyncio.Task[Any]] = []
         self.journal = Journal(
@@ -220,19 +229,16 @@ def test_a_two_attempt_task_with_a_handoff_is_one_trace_of_the_right_shape(
     assert task.attributes["fleet.state"] == "succeeded"
     assert task.attributes["fleet.labels"] == ("auth", "web")
     assert task.attributes["fleet.batch"] == "b1"
-    # The task: waits in the queue before each session, three sessions.
-    assert [s.name for s in children(spans, task)] == [
-        "queued",
-        "session",
-        "queued",
-        "session",
-        "queued",
-        "session",
-    ]
+    # The task: three sessions (each after a wait in the queue).
+    assert [s.name for s in children(spans, task)] == ["session", "session", "session"]
     assert [e.name for e in task.events] == ["retried", "handoff"]
     assert task.events[0].attributes["fleet.next_attempt"] == 2
     assert task.events[1].attributes["fleet.to_agent"] == "docs"
     first, second, third = by_name(spans, "session")
+    assert all(s.attributes["fleet.queued_ms"] >= 0 for s in (first, second, third))
+    assert first.start_time - task.start_time == pytest.approx(
+        first.attributes["fleet.queued_ms"] * 1e6, abs=1000
+    )
     assert [
         (s.attributes["fleet.agent"], s.attributes["fleet.attempt"]) for s in (first, second, third)
     ] == [
@@ -388,7 +394,7 @@ def test_the_gauges_follow_the_queue_and_the_pools() -> None:
     pool.running["w2"] = got[0].task.id
     m = recorders()
     telemetry = Telemetry(FleetMetrics(m, sched.tasks, settings), None)
-    telemetry.sample(sched, pool, now=100.0)
+    telemetry.tick(sched, pool, now=100.0)
     # "a" needs gpu: only the gpu pool takes it; the gpu pool takes "c" too (no requirement).
     assert m["fleet_queue_depth"].last(pool="gpu") == 2
     assert m["fleet_queue_depth"].last(pool="cpu") == 1
@@ -397,7 +403,7 @@ def test_the_gauges_follow_the_queue_and_the_pools() -> None:
     assert m["fleet_workers"].last(pool="cpu") == 2
     assert m["fleet_tasks_in_state"].last(state="queued") == 2
     assert m["fleet_tasks_in_state"].last(state="running") == 1
-    telemetry.sample(sched, pool, now=101.0)  # too soon: not sampled again
+    telemetry.tick(sched, pool, now=101.0)  # too soon: not sampled again
     assert m["fleet_queue_depth"].count(pool="gpu") == 1
 
 
@@ -406,7 +412,7 @@ def test_a_restarted_supervisor_goes_on_with_the_same_trace_and_task_span(tmp_pa
     before = run_task(tmp_path / "a").exporter.get_finished_spans()
     (task_before,) = by_name(list(before), "task")
     exporter = InMemorySpanExporter()
-    tracer = TaskTracer([SimpleSpanProcessor(exporter)], "pf")
+    tracer = TaskTracer(ReadableSink([SimpleSpanProcessor(exporter)]), "pf")
     sched = Scheduler(CONFIG, FleetSettings(memory=False))
     submitted = sched.submit(TaskSpec.model_validate(two_attempts_and_a_handoff()))
     submitted.seq = 0
@@ -422,20 +428,74 @@ def test_a_restarted_supervisor_goes_on_with_the_same_trace_and_task_span(tmp_pa
     assert task_after.attributes["fleet.state"] == "cancelled"
 
 
-def test_every_metric_is_in_the_readme_and_a_failing_sink_does_not_stop_the_feed() -> None:
-    missing = [d.name for d in METRICS if f"ray_{d.name}" not in README]
+def test_every_metric_is_named_in_the_readme() -> None:
+    missing = [d.name for d in METRICS if f"`ray_{d.name}" not in README]
     assert missing == []
 
+
+def test_a_failing_span_processor_or_sink_does_not_stop_the_feed() -> None:
     class Broken:
         def on_end(self, span: ReadableSpan) -> None:
             raise RuntimeError("collector down")
 
     exporter = InMemorySpanExporter()
-    tracer = TaskTracer([Broken(), SimpleSpanProcessor(exporter)], "f")
+    tracer = TaskTracer(ReadableSink([Broken(), SimpleSpanProcessor(exporter)]), "f")
     sched = Scheduler(FleetConfig(), FleetSettings(memory=False))
     submitted = sched.submit(TaskSpec(id="t", prompt="x"))
     tracer.observe([submitted, Event(task_id="t", type=EventType.task_cancelled)])
-    assert [s.name for s in exporter.get_finished_spans()] == ["queued", "task"]
+    assert [s.name for s in exporter.get_finished_spans()] == ["task"]
+
+    def refuse(span: SpanData) -> None:
+        raise RuntimeError("no")
+
+    tracer = TaskTracer(refuse, "f")
+    tracer.observe([submitted, Event(task_id="t", type=EventType.task_cancelled)])
+    assert tracer.tasks == {}
+
+
+def test_spans_reach_the_exporter_in_batches_and_the_sampler_picks_tasks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    sent: list[list[SpanData]] = []
+    closed: list[bool] = []
+
+    def exporter(fleet: str) -> tuple[Any, Any]:
+        assert fleet == "f"
+        return sent.append, lambda: closed.append(True)
+
+    settings = FleetSettings(name="f", memory=False, tracing=True, metrics=False)
+    sched = Scheduler(FleetConfig(), settings)
+    telemetry = Telemetry.for_fleet(settings, sched.tasks, make_exporter=exporter)
+    assert telemetry.metrics is None and telemetry.tracer is not None
+    assert telemetry.spans is not None
+    telemetry.spans.max_batch = 3
+    for n in range(4):
+        submitted = sched.submit(TaskSpec(id=f"t{n}", prompt="x"))
+        telemetry.observe([submitted, Event(task_id=f"t{n}", type=EventType.task_cancelled)])
+    assert [len(batch) for batch in sent] == [3]  # a full batch goes at once
+    telemetry.tick(sched, WorkerPool(), now=0.0)
+    assert [len(batch) for batch in sent] == [3, 1]
+    telemetry.close()
+    assert closed == [True]
+    assert {span.trace_id for batch in sent for span in batch} == {
+        trace_id_of("f", f"t{n}") for n in range(4)
+    }
+    # A quarter of the tasks, by trace id.
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    assert sampler_ratio() == 0.25
+    kept: list[SpanData] = []
+    tracer = TaskTracer(kept.append, "f", ratio=sampler_ratio())
+    for n in range(400):
+        submitted = sched.submit(TaskSpec(id=f"s{n}", prompt="x"))
+        tracer.observe([submitted, Event(task_id=f"s{n}", type=EventType.task_cancelled)])
+    assert 60 < len(kept) < 140
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    assert sampler_ratio() == 0.0
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "jaeger_remote")
+    with pytest.raises(TelemetryError, match="jaeger_remote"):
+        sampler_ratio()
 
 
 def test_the_otel_variables_choose_the_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -464,8 +524,11 @@ def test_the_otel_variables_choose_the_exporter(monkeypatch: pytest.MonkeyPatch)
         processor.shutdown()
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
     with pytest.raises(TelemetryError, match="zipkin"):
-        span_processors()
+        exporter_plan()
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
     with pytest.raises(TelemetryError, match="http/json"):
-        span_processors()
+        exporter_plan()
+    # The fleet refuses to start on such a variable (not at its first export).
+    with pytest.raises(TelemetryError, match="http/json"):
+        Telemetry.for_fleet(FleetSettings(tracing=True), {}, make_exporter=lambda _: (print, print))
