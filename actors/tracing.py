@@ -26,10 +26,10 @@ on the task's or the session's span. ``OTEL_TRACES_SAMPLER`` (``always_on``, ``a
 the tasks traced, by trace id.
 
 **One task, one trace, without passing a context across Ray calls**: the trace id is derived
-from the fleet's name and the task id (:func:`trace_id_of`), and span ids from what they
-stand for (the task, a session id, a call id), so every span of a task lands in the same
-trace whichever worker ran it, and a supervisor that restarts (and replays the log) goes on
-with the same trace and the same task span (the other span ids are random).
+from the fleet's name and the task id (:func:`trace_id_of`) and the task span's id from the
+trace id (:func:`task_span_id`; the other span ids are random), so every span of a task
+lands in the same trace whichever worker ran it, and a supervisor that restarts (and
+replays the log) goes on with the same trace and the same task span.
 
 Attributes never carry secret values; prompts, tool arguments, the gate command and the
 messages of people only with ``trace_prompts`` (truncated). Plain: no Ray.
@@ -192,6 +192,8 @@ class LoopSpans:
 
 @dataclass
 class SessionSpans:
+    """A session's span, its agent's loop, and its review (the reviewer agent) once begun."""
+
     span: OpenSpan
     agent: LoopSpans
     review: OpenSpan | None = None
@@ -200,6 +202,9 @@ class SessionSpans:
 
 @dataclass
 class TaskSpans:
+    """What is open of one task's trace: its span, the wait on a person (parked, awaiting
+    review), its running session and pending approvals."""
+
     trace_id: int
     span: OpenSpan
     queued_ns: int = 0
@@ -369,8 +374,15 @@ class TaskTracer:
             loop.turn = None
 
     def _end_session(
-        self, task: TaskSpans, session_id: str, ns: int, error: str | None, why: str
+        self,
+        task: TaskSpans,
+        session_id: str,
+        ns: int,
+        error: str | None,
+        why: str,
+        cut: bool = False,
     ) -> None:
+        """End a session's spans; ``cut``: the task ended under it (status unset)."""
         session = task.sessions.pop(session_id, None)
         if session is None:
             return
@@ -380,7 +392,9 @@ class TaskTracer:
         if session.review is not None:
             session.review.attributes["fleet.unfinished"] = why
             self._end(task, session.review, ns)
-        self._end(task, session.span, ns, error=error, ok=error is None)
+        if cut:
+            session.span.attributes["fleet.unfinished"] = why
+        self._end(task, session.span, ns, error=error, ok=error is None and not cut)
 
     def _session(self, task: TaskSpans, event: Event) -> SessionSpans | None:
         if event.session_id is None:
@@ -678,7 +692,7 @@ class TaskTracer:
         state = event.type.value.split(".", 1)[1]
         self._end_wait(task, ns)
         for session_id in list(task.sessions):
-            self._end_session(task, session_id, ns, None, f"task {state}")
+            self._end_session(task, session_id, ns, None, f"task {state}", cut=True)
         for span in task.approvals.values():
             self._end(task, span, ns)
         p = event.payload

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -532,3 +533,63 @@ def test_the_otel_variables_choose_the_exporter(monkeypatch: pytest.MonkeyPatch)
     # The fleet refuses to start on such a variable (not at its first export).
     with pytest.raises(TelemetryError, match="http/json"):
         Telemetry.for_fleet(FleetSettings(tracing=True), {}, make_exporter=lambda _: (print, print))
+
+
+def test_a_parked_session_resumed_after_approval_and_a_cancel_under_a_session() -> None:
+    """Park and resume: the approval and the wait on a person are spans of the task, the
+    call cut short by the park ends unfinished, the resumed session runs it; a task
+    cancelled under a running session ends that session unfinished."""
+    exporter = InMemorySpanExporter()
+    tracer = TaskTracer(ReadableSink([SimpleSpanProcessor(exporter)]), "f")
+    sched = Scheduler(FleetConfig(), FleetSettings(memory=False))
+    start = time.time()
+    clock = iter(range(1000))
+
+    def at(type_: EventType, session: str | None = None, **fields: Any) -> Event:
+        ts = datetime.fromtimestamp(start + next(clock), UTC)
+        return Event(task_id="p", type=type_, session_id=session, ts=ts, **fields)
+
+    call = {"call_id": "c1", "turn": 1}
+    tracer.observe(
+        [
+            sched.submit(TaskSpec(id="p", prompt="x")),
+            at(EventType.task_assigned, "s1", attempt=1, payload={"agent": "a"}),
+            at(EventType.usage, "s1", duration_ms=500.0, payload={"turn": 1, "model": "m"}),
+            at(EventType.agent_tool_use, "s1", tool="shell", payload=call),
+            at(EventType.approval_requested, "s1", tool="shell", payload=call),
+            at(
+                EventType.session_ended,
+                "s1",
+                payload={"status": "failed", "outcome": "parked", "reason": "awaits approval"},
+            ),
+            at(EventType.task_parked, "s1", payload={"state": "awaiting_approval"}),
+            at(EventType.approval_decided, "s1", payload={"call_id": "c1", "allow": True}),
+            at(EventType.task_retried, "s1", payload={"reason": "resumed", "resume": True}),
+            at(EventType.task_assigned, "s2", attempt=1, payload={"agent": "a"}),
+            at(EventType.agent_tool_result, "s2", tool="shell", duration_ms=200.0, payload=call),
+            at(EventType.usage, "s2", duration_ms=100.0, payload={"turn": 2, "model": "m"}),
+            at(EventType.task_cancelled, payload={"reason": "enough"}),
+        ]
+    )
+    spans = list(exporter.get_finished_spans())
+    (task,) = by_name(spans, "task")
+    assert task.status.status_code == StatusCode.UNSET
+    assert task.attributes["fleet.state"] == "cancelled"
+    names = [s.name for s in children(spans, task)]
+    assert names == ["session", "approval", "parked", "session"]
+    first, approval, parked, second = children(spans, task)
+    assert first.status.status_code == StatusCode.OK  # parked: no error
+    assert first.attributes["fleet.outcome"] == "parked"
+    assert approval.attributes["fleet.allow"] is True
+    assert parked.attributes["fleet.state"] == "awaiting_approval"
+    assert parked.end_time == second.start_time - 1_000_000_000  # until the task was requeued
+    (cut_call,) = [c for t in children(spans, first) for c in children(spans, t)]
+    assert cut_call.attributes["fleet.unfinished"] == "session parked"
+    resumed_call, turn = children(spans, second)
+    assert (
+        resumed_call.name == "tool call" and resumed_call.attributes["gen_ai.tool.call.id"] == "c1"
+    )
+    assert turn.name == "model turn" and turn.attributes["fleet.turn"] == 2
+    assert second.attributes["fleet.unfinished"] == "task cancelled"
+    assert second.status.status_code == StatusCode.UNSET
+    assert tracer.tasks == {}
