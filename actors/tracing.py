@@ -43,9 +43,9 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event as SDKEvent
 from opentelemetry.sdk.trace import ReadableSpan
@@ -111,8 +111,9 @@ def to_readable(span: SpanData, resource: Resource) -> ReadableSpan:
         context=context(span.span_id),
         parent=context(span.parent_id) if span.parent_id is not None else None,
         resource=resource,
-        # Checked and frozen as the SDK's own spans are (lists become tuples).
-        attributes=BoundedAttributes(attributes=span.attributes, immutable=True),
+        attributes=MappingProxyType(  # read-only, as the SDK's own spans' (lists as tuples)
+            {k: tuple(v) if isinstance(v, list) else v for k, v in span.attributes.items()}
+        ),
         events=[SDKEvent(name, attributes, ns) for name, ns, attributes in span.events],
         kind=SpanKind.INTERNAL,
         status=Status(code, span.description if code == StatusCode.ERROR else None),
