@@ -12,6 +12,7 @@ forwards every call to the part that decides. The parts, each testable without R
 | ``dispatch`` | :mod:`actors.dispatch` | the workers' calls: results, assignments, checkpoints |
 | ``commands`` | :mod:`actors.commands` | cancel, steer, interrupt, resume, approvals, reviews |
 | ``manager`` | :mod:`actors.manager` | the manager agent's rounds (``routing: manager``) |
+| ``telemetry`` | :mod:`actors.telemetry` | metrics and traces from the events the journal logs |
 | (functions) | :mod:`actors.watchdog`, :mod:`actors.recovery` | what to stop; rebuilding state |
 """
 
