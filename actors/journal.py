@@ -1,6 +1,7 @@
 """The single writer of the event log: every event, the supervisor's own or a worker's, is
-numbered here (``seq`` per task), applied to the scheduler's state, appended to the WAL and
-kept for live streams, then whoever waits on what it changed is woken.
+numbered here (``seq`` per task), applied to the scheduler's state, appended to the WAL,
+shown to the fleet's telemetry (``observe``: metrics and traces) and kept for live streams,
+then whoever waits on what it changed is woken.
 
 Plain asyncio, no Ray: ``spawn`` runs background coroutines (the supervisor keeps them).
 """
@@ -28,6 +29,8 @@ log = logging.getLogger("fleet.supervisor")
 REQUEUES = (EventType.task_submitted, EventType.task_retried, EventType.handoff)
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+Observer = Callable[[list[Event]], None]
+"""Sees each batch of events once it is logged (numbered, in order): the fleet's telemetry."""
 
 
 class Journal:
@@ -41,6 +44,7 @@ class Journal:
         spawn: Spawn,
         clock: Callable[[], float] = time.time,
         redact: Callable[[list[Event]], list[Event]] | None = None,
+        observe: Observer | None = None,
     ) -> None:
         """``redact``: applied to every event before it is applied and logged (the vault's
         redactor: no secret's value reaches the log, a stream or a record)."""
@@ -52,6 +56,7 @@ class Journal:
         self.spawn = spawn
         self.clock = clock
         self.redact = redact
+        self.observe = observe
         self._roll_lock: asyncio.Lock | None = None
         self._compacting: asyncio.Future[int] | None = None
 
@@ -80,6 +85,8 @@ class Journal:
             return
         requeued, ended = flags
         self.log.append(events)
+        if self.observe is not None:
+            self.observe(events)
         self.streams.remember(events)
         await self.streams.announce(ended)
         if self.log.buffered >= self.settings.flush_max_events:

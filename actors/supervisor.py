@@ -12,6 +12,7 @@ forwards every call to the part that decides. The parts, each testable without R
 | ``dispatch`` | :mod:`actors.dispatch` | the workers' calls: results, assignments, checkpoints |
 | ``commands`` | :mod:`actors.commands` | cancel, steer, interrupt, resume, approvals, reviews |
 | ``manager`` | :mod:`actors.manager` | the manager agent's rounds (``routing: manager``) |
+| ``telemetry`` | :mod:`actors.telemetry` | metrics and traces from the events the journal logs |
 | (functions) | :mod:`actors.watchdog`, :mod:`actors.recovery` | what to stop; rebuilding state |
 """
 
@@ -43,6 +44,7 @@ from actors.results import NoResults, ResultKind
 from actors.scheduler import Scheduler
 from actors.status import fleet_status, list_tasks
 from actors.streams import LiveStreams
+from actors.telemetry import Telemetry
 from actors.worker import Worker
 from core.errors import one_line
 from core.eventlog import EventLog
@@ -115,6 +117,9 @@ class Supervisor:
         self._starting: asyncio.Future[None] | None = None
         self._pruned: set[str] = set()
         """Finished tasks whose old workspaces are already removed (keep_workspaces_days)."""
+        self.telemetry = Telemetry.for_fleet(settings, self.sched.tasks)
+        self.telemetry.prime(self.sched.tasks.values())  # traces of tasks a restart took up
+        observe = self.telemetry.observe if self.telemetry.enabled else None
         self.journal = Journal(
             self.sched,
             self.log,
@@ -123,6 +128,7 @@ class Supervisor:
             settings,
             self._spawn,
             redact=self.vault.redact_events,
+            observe=observe,
         )
         self.sessions = RaySessions(self.pool)
         record = self.journal.record
@@ -231,6 +237,7 @@ class Supervisor:
         await asyncio.sleep(0.5)
         await watchdog.reap_head(self.settings.sandbox)
         await self.flush(compact=True)
+        await asyncio.to_thread(self.telemetry.close)  # the spans still buffered
 
     async def _watch_loop(self) -> None:
         """Stop sessions that went silent or overran, replace workers that stopped beating."""
@@ -249,6 +256,7 @@ class Supervisor:
             ):
                 log.warning("worker %s missed its heartbeats; replacing it", worker_id)
                 ray.kill(self.pool.workers[worker_id], no_restart=True)
+            self.telemetry.tick(self.sched, self.pool, now)  # spans out, gauges
 
     async def _prune_workspaces(self) -> None:
         """Remove the workspaces of tasks finished more than ``keep_workspaces_days`` ago."""

@@ -108,6 +108,10 @@ class Worker:
         self.pool = WarmPool(self._new_sandbox, size=settings.warm_pool)
         self._prewarm = prewarm or []
         self._made = 0
+        self._warm: bool | None = None
+        """Whether the running session's sandbox was ready in the warm pool (None: none yet)."""
+        self._starts_reported = 0
+        """The warm pool's ``started`` count when the last session ended (metrics)."""
         self._session: asyncio.Task[SessionResult] | None = None
         self._session_id: str | None = None
         self._hooks: InboxHooks | None = None
@@ -130,7 +134,21 @@ class Worker:
 
     async def _sandbox(self, environment: EnvironmentSpec, name: str) -> Sandbox:
         """A started sandbox: from the warm pool, which then starts the next one."""
-        return await self.pool.acquire(environment)
+        hits = self.pool.hits
+        sandbox = await self.pool.acquire(environment)
+        self._warm = self.pool.hits > hits
+        return sandbox
+
+    def _sandbox_figures(self, event: Event) -> Event:
+        """``session.ended`` says whether the session's sandbox was warm (``sandbox_warm``)
+        and how many sandboxes this worker started since the last one ended
+        (``sandboxes_started``): the fleet's sandbox metrics."""
+        if event.type == EventType.session_ended:
+            if self._warm is not None:
+                event.payload["sandbox_warm"] = self._warm
+            event.payload["sandboxes_started"] = self.pool.started - self._starts_reported
+            self._starts_reported = self.pool.started
+        return event
 
     async def _checkpoint(
         self,
@@ -177,7 +195,12 @@ class Worker:
         batcher = EventBatcher(self.supervisor, self.settings.worker_event_batch_s)
         self._session_id = assignment.session_id
         self._hooks = InboxHooks()
-        self._session = asyncio.create_task(self.runner.run(assignment, batcher.add, self._hooks))
+        self._warm = None
+
+        def sink(event: Event) -> None:
+            batcher.add(self._sandbox_figures(event))
+
+        self._session = asyncio.create_task(self.runner.run(assignment, sink, self._hooks))
         hooks = self._hooks
         try:
             result = await self._session

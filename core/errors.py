@@ -18,7 +18,9 @@ also a ``ValueError``, ``UnknownSpec`` also a ``LookupError``, ...). The tree::
     │   ├── UnsafePath               actors.results   a result path leading out of the workspace
     │   ├── FileTooLarge             actors.files     an upload over max_file_bytes (413)
     │   ├── RowError                 sources.sql      a table row cannot become a task (reason)
-    │   └── IssueError               sources.github   an issue cannot become a task (reason)
+    │   ├── IssueError               sources.github   an issue cannot become a task (reason)
+    │   └── TelemetryError           actors.tracing   an OTEL_* variable asks for an exporter or
+    │                                                 sampler the fleet cannot make
     ├── StateError                   core.errors      the request does not fit the fleet's state
     │   ├── SpecConflict (ValueError)  actors.registry  a spec changed since the caller read it
     │   ├── UnknownSpec (LookupError)  actors.scheduler a task names a spec that is gone

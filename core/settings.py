@@ -437,6 +437,24 @@ class FleetSettings(BaseSettings):
         "auto (pull when a registry answers, else debootstrap).",
     )
 
+    # Metrics and traces (actors/telemetry.py, actors/tracing.py).
+    metrics: bool = Field(
+        True,
+        description="Record the fleet's metrics with ray.util.metrics: Ray exports them at "
+        "each node's metrics endpoint (Prometheus) and shows them in its dashboard.",
+    )
+    tracing: bool | None = Field(
+        None,
+        description="OpenTelemetry traces, one per task, exported as the standard OTEL_* "
+        "variables say (OTLP over HTTP by default). None: on when OTEL_TRACES_EXPORTER (other "
+        "than none) or OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set.",
+    )
+    trace_prompts: bool = Field(
+        False,
+        description="Put prompts, tool call arguments, gate commands and people's messages "
+        "(truncated) in spans; off: spans carry none of them.",
+    )
+
     # The driver.
     ray_logs: bool = Field(
         False, description="Show the Ray workers' logs on the driver's terminal."
@@ -515,6 +533,12 @@ def host_variable(name: str) -> str | None:
     key an agent's ``api_key_env`` names, ``OPENAI_BASE_URL``, ``DOCKER_HOST``, pip's CA
     variables, ``COLUMNS``, the ``PATH`` a worker-side MCP server gets. Empty counts as unset."""
     return os.environ.get(name) or None
+
+
+def otel_variables() -> dict[str, str]:
+    """The standard OpenTelemetry variables (``OTEL_*``) set here: the driver hands them to
+    the supervisor, which exports the traces, wherever it runs."""
+    return {k: v for k, v in os.environ.items() if k.startswith("OTEL_") and v}
 
 
 # -- the README's settings table ----------------------------------------------------------

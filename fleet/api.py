@@ -26,7 +26,7 @@ from actors.supervisor import Supervisor, supervisor_name
 from core.errors import FleetError, one_line, root_cause
 from core.events import Event
 from core.records import CommandResult, TaskRecord
-from core.settings import FleetSettings
+from core.settings import FleetSettings, otel_variables
 from core.specs import FleetConfig, TaskSpec
 from core.vault import SecretInfo
 from sandboxes import describe_kind, resolve_kind
@@ -102,6 +102,9 @@ class Fleet:
         }
         if not owns_ray:
             options["lifetime"] = "detached"  # a cluster's fleet outlives the driver
+        otel = otel_variables() if settings.tracing is not False else {}
+        if otel:  # the supervisor exports the traces: it needs this driver's OTEL_* variables
+            options["runtime_env"] = {"env_vars": otel}
         try:
             handle = Supervisor.options(**options).remote(settings, config)
             ray.get(handle.start.remote())

@@ -43,6 +43,8 @@ class WarmPool:
         self._closed = False
         self.hits = 0
         self.misses = 0
+        self.started = 0
+        """Sandboxes this pool started (for a caller, or to refill), failed starts left out."""
 
     def idle(self, environment: EnvironmentSpec) -> int:
         """How many started sandboxes wait for ``environment``."""
@@ -113,6 +115,7 @@ class WarmPool:
             with contextlib.suppress(Exception):
                 await sandbox.close()
             raise
+        self.started += 1
         return sandbox
 
     async def _start_idle(self, key: str, environment: EnvironmentSpec) -> None:

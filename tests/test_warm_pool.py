@@ -56,6 +56,7 @@ def test_acquire_returns_started_sandbox_and_refills(tmp_path: Any) -> None:
         second = await pool.acquire(env)
         assert loop.time() - started < 0.1  # warm: no start delay
         assert pool.hits == 1 and second is not first and second.workdir
+        assert pool.started == 2  # the first, and its replacement (the next one is on its way)
         assert (await second.exec("echo ok")).stdout == "ok\n"
         await first.close()
         await second.close()
@@ -147,6 +148,7 @@ def test_background_failure_surfaces_on_next_acquire(tmp_path: Any) -> None:
         pool.fill(env)
         await asyncio.sleep(0.02)
         assert pool.idle(env) == 0  # the failed background start was dropped
+        assert pool.started == 0  # failed starts are not counted
         rec.fail = False
         sb = await pool.acquire(env)
         assert (await sb.exec("echo fine")).stdout == "fine\n"
