@@ -11,7 +11,12 @@ from core.specs import TaskState
 
 PROMPT_SHOWN = 160
 """Characters of each listed task's prompt the status carries (the dashboard shows them)."""
-WAITING_ON_A_PERSON = (TaskState.awaiting_approval, TaskState.awaiting_review, TaskState.paused)
+WAITING_ON_A_PERSON = (
+    TaskState.awaiting_approval,
+    TaskState.awaiting_review,
+    TaskState.paused,
+    TaskState.idle,
+)
 
 
 def asks_now(record: TaskRecord) -> bool:
