@@ -250,6 +250,7 @@ class Scheduler:
                     record.workspace_ref = record.loop_state_ref = None
                 record.inbox += record.unread  # pushed to a session that did not read them
                 record.unread = []
+                record.idle_since = None
                 if record.spec.interactive and p.get("feedback") and record.loop_state_ref:
                     record.inbox.append(p["feedback"])  # the conversation resumes: say why
                 self._enqueue(record)
