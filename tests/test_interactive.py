@@ -277,3 +277,23 @@ def test_a_close_with_nothing_to_say_needs_an_ended_turn() -> None:
     assert not turn_ended(a)  # no state: the agent runs first
     assert turn_ended(a.model_copy(update={"loop_state": dict(STATE)}))
     assert not turn_ended(a.model_copy(update={"loop_state": dict(STATE), "closing": False}))
+
+
+def test_an_item_from_a_source_is_a_batch_task_whatever_its_source_says() -> None:
+    from types import SimpleNamespace
+
+    from fleet.watch import Watcher
+    from sources import WorkItem
+
+    source = SimpleNamespace(name="tickets")
+    config = FleetConfig.model_validate(
+        {
+            "sources": [
+                {"name": "tickets", "kind": "sql", "task": {"interactive": True, "gate": "true"}}
+            ]
+        }
+    )
+    watcher = Watcher(None, [source], config=config)  # type: ignore[list-item]
+    item = WorkItem(source="tickets", id="7", prompt="fix it")
+    spec = watcher.task_for(source, item)  # type: ignore[arg-type]
+    assert spec.interactive is False and spec.gate == "true"  # it ends by itself
