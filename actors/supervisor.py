@@ -339,6 +339,8 @@ class Supervisor:
         await self.journal.record([self.sched.source_error(source, error, failures, retry_in_s)])
 
     async def steer(self, task_id: str, text: str) -> CommandResult:
+        # A message may resume an idle task: after a restart, it brings the pool back too.
+        await self.start()
         return await self.commands.steer(task_id, text)
 
     async def resume(self, task_id: str) -> CommandResult:
@@ -346,6 +348,7 @@ class Supervisor:
 
     async def close_task(self, task_id: str) -> CommandResult:
         """Close an interactive task: its gate, reviewer and review run, then it ends."""
+        await self.start()
         return await self.commands.close(task_id)
 
     async def interrupt(self, task_id: str) -> CommandResult:

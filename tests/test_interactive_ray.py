@@ -50,7 +50,8 @@ def wait_idle(fleet: Any, task_id: str, turns: int, timeout_s: float = 60) -> An
             if kinds.count(EventType.session_idle) >= turns:
                 return record
         time.sleep(0.1)
-    raise AssertionError(f"{task_id} not idle after turn {turns}: {fleet.get(task_id)}")
+    record, status = fleet.get(task_id), fleet.status()
+    raise AssertionError(f"{task_id} not idle after turn {turns}: {record}; fleet: {status}")
 
 
 def nothing_runs(fleet: Any) -> bool:
