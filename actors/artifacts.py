@@ -87,7 +87,7 @@ def has_artifacts(result: SessionResult) -> bool:
 
 
 def store_result(store: ArtifactStore, result: SessionResult) -> dict[str, str]:
-    """Write a session's diff, workspace, parked loop state and handoff history (and the
+    """Write a session's diff, workspace, parked (idle) loop state and handoff history (and the
     task's starting workspace, when the session sends it); return their refs
     (``diff_ref``, ``workspace_ref``, ``loop_state_ref``, ``history_ref``). A session that
     left a workspace becomes the task's latest results (``result.json``)."""
@@ -109,7 +109,8 @@ def store_result(store: ArtifactStore, result: SessionResult) -> dict[str, str]:
         }
         store.put_json(task_id, RESULT, latest)
     outcome = result.outcome
-    if outcome is not None and outcome.status in ("parked", "interrupted") and outcome.state:
+    resumed = ("parked", "interrupted", "idle")  # an interactive task's turn goes on anyhow
+    if outcome is not None and outcome.state and (outcome.status in resumed or result.interactive):
         refs["loop_state_ref"] = store.put_json(task_id, f"{sid}.state.json", outcome.state)
     if outcome is not None and outcome.status == "handoff" and outcome.handoff_history:
         refs["history_ref"] = store.put_json(

@@ -144,13 +144,19 @@ class Commands:
         )
 
     async def steer(self, task_id: str, text: str) -> CommandResult:
-        """A user message for the task's session: delivered at its next turn (a paused task
-        resumes; a queued or parked one gets it when its next session starts)."""
+        """A user message for the task's session: delivered at its next turn (a paused or
+        idle task resumes; a queued or parked one gets it when its next session starts)."""
         record = self.sched.tasks.get(task_id)
         if record is None:
             return no_task(task_id)
+        if record.state == TaskState.expired:
+            return is_in(record, f"{record.reason}; it takes no more messages")
         if record.state.terminal:
             return is_in(record, "it has ended")
+        if record.closing:
+            return CommandResult.refused(
+                f"task {task_id!r} was closed: its gate and review run, it takes no more messages"
+            )
         worker = self.link.worker_of(task_id)
         event = Event(
             task_id=task_id,
@@ -161,9 +167,21 @@ class Commands:
         await self.record([event])
         if worker is not None:
             self.link.deliver(worker, record.session_id, "message", text)
-        elif record.state == TaskState.paused:
+        elif record.state in (TaskState.paused, TaskState.idle):
             await self.record(self.sched.unpark(task_id))
         return CommandResult.done()
+
+    async def close(self, task_id: str) -> CommandResult:
+        """Close an interactive task: its gate, reviewer and review run (now when it is idle,
+        else when its agent ends the running turn), then it ends as a batch task does."""
+        record = self.sched.tasks.get(task_id)
+        if record is None:
+            return no_task(task_id)
+        if not record.spec.interactive:
+            return CommandResult.refused(f"task {task_id!r} is not interactive: it ends by itself")
+        if record.closing:
+            return CommandResult.refused(f"task {task_id!r} is closed already")
+        return await self._decide(task_id, lambda: self.sched.close(task_id), "it has ended")
 
     async def resume(self, task_id: str) -> CommandResult:
         """Continue a paused (interrupted) or parked task on any worker."""

@@ -28,6 +28,8 @@ from core.specs import RepoSpec, TaskState
 KEEPS_WORKSPACE = (
     EventType.handoff,
     EventType.task_parked,
+    EventType.session_idle,
+    EventType.session_checkpointed,
     EventType.task_awaiting_review,
     EventType.task_needs_human,
 )

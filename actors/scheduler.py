@@ -20,6 +20,9 @@ the same state after a crash.
 | running           | task.needs_human      | needs_human (attempts or budget |
 |                   |                       | ran out)                        |
 | running           | task.failed           | failed (exhausted_state=failed) |
+| running           | session.idle          | idle (an interactive turn ended)|
+| idle              | task.retried (resume) | queued (a message, or closed)   |
+| idle              | task.expired          | expired (idle_timeout_s passed) |
 | any live          | task.cancelled        | cancelled                       |
 
 What follows a failed attempt: another attempt after ``retry_backoff_s * 2**(n-1)`` seconds,
@@ -27,6 +30,12 @@ which sees the failure (gate output, review comments) in its prompt; when attemp
 the task goes to a human with a brief of every attempt. A worker that dies does not use up an
 attempt (up to 3 losses). Token and cost budgets are per task: ``usage`` events add up in the
 record, each session gets what is left, and a task whose budget is spent is not retried.
+
+An interactive task (``TaskSpec.interactive``) is a conversation: when its agent ends a turn
+the task goes idle with its history and workspace saved (its resume point); a message queues
+the next turn, which resumes there on any worker. ``task.closed`` makes the next end of turn
+run the gate, reviewer and review (at once when idle), after which it ends as a batch task
+does. A failed turn is retried in the same conversation, from where it stopped, told why.
 """
 
 from __future__ import annotations
@@ -56,8 +65,14 @@ from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, RepoSpec, TaskSp
 from core.vault import UnknownSecret, Vault, needed_secrets
 
 MAX_WORKER_LOSSES = 3
-PARKED = (TaskState.awaiting_approval, TaskState.awaiting_tool_result, TaskState.paused)
-"""States of a task whose session stopped, resumable, while it waits (no worker held)."""
+RESUMES = (
+    TaskState.awaiting_approval,
+    TaskState.awaiting_tool_result,
+    TaskState.paused,
+    TaskState.idle,
+)
+"""States a task leaves by :meth:`Scheduler.unpark` (a decision, a tool result, a message,
+a close): its session stopped, resumable, and no worker is held meanwhile."""
 
 
 class TaskRejected(InputError):
@@ -271,12 +286,18 @@ class Scheduler:
                 record.worker = event.worker
                 record.session_id = event.session_id
                 record.started_at = record.started_at or event.ts
-                record.inbox = []
-                # The resume point and history are handed to this session (read before this
-                # event is applied); its own checkpoints set a new resume point.
-                record.workspace_ref = record.loop_state_ref = record.history_ref = None
+                record.unread = []
+                record.idle_since = None
+                record.history_ref = None
                 if (record.pending_custom_tool or {}).get("result"):
                     record.pending_custom_tool = None  # handed over (Assignment.tool_result)
+                # The resume point and inbox are handed to this session (read before this
+                # event is applied); its own checkpoints set a new resume point. An
+                # interactive task keeps them until then: a turn whose worker dies is
+                # resumed from there, its messages given again.
+                if not record.spec.interactive:
+                    record.inbox = []
+                    record.workspace_ref = record.loop_state_ref = None
             case EventType.approval_requested:
                 record.pending_approval = {k: p.get(k) for k in ("call_id", "tool", "args")}
             case EventType.approval_decided:
@@ -303,8 +324,14 @@ class Scheduler:
                         "is_error": bool(p.get("is_error")),
                     }
             case EventType.user_message:
-                if not p.get("delivered"):
-                    record.inbox.append(str(p.get("text", "")))
+                text = str(p.get("text", ""))
+                if "delivered_at_turn" in p:  # the session read it
+                    if event.session_id == record.session_id and text in record.unread:
+                        record.unread.remove(text)
+                elif p.get("delivered"):  # pushed to the running session
+                    record.unread.append(text)
+                else:  # for the next session
+                    record.inbox.append(text)
             case EventType.session_ended:
                 record.turns += int(p.get("turns", 0))
                 record.tool_calls += int(p.get("tool_calls", 0))
@@ -329,6 +356,11 @@ class Scheduler:
                     record.feedback.append(p["feedback"])
                 if not p.get("resume"):  # a fresh attempt: forget any point to resume from
                     record.workspace_ref = record.loop_state_ref = None
+                record.inbox += record.unread  # pushed to a session that did not read them
+                record.unread = []
+                record.idle_since = None
+                if record.spec.interactive and p.get("feedback") and record.loop_state_ref:
+                    record.inbox.append(p["feedback"])  # the conversation resumes: say why
                 self._enqueue(record)
             case EventType.handoff:
                 record.state = TaskState.queued
@@ -351,10 +383,26 @@ class Scheduler:
                 record.workspace_ref = p.get("workspace_ref")
                 record.loop_state_ref = p.get("loop_state_ref")
                 record.attempts = max(0, record.attempts - 1)  # the resumed session continues it
+                record.inbox = record.unread  # (the parked state holds what it read)
+                record.unread = []
+            case EventType.session_idle:
+                self.queue.discard(record.id)
+                record.state = TaskState.idle
+                record.summary = p.get("summary", record.summary)
+                record.workspace_ref = p.get("workspace_ref")
+                record.loop_state_ref = p.get("loop_state_ref")
+                record.attempts = max(0, record.attempts - 1)  # the next turn continues it
+                record.inbox = record.unread  # (the saved history holds what it read)
+                record.unread = []
+                record.idle_since = event.ts
+            case EventType.task_closed:
+                record.closing = True
             case EventType.session_checkpointed:
                 if record.state == TaskState.running and record.session_id == event.session_id:
                     record.workspace_ref = p.get("workspace_ref")
                     record.loop_state_ref = p.get("loop_state_ref")
+                    if record.spec.interactive:
+                        record.inbox = []  # (delivered before any checkpoint of the session)
             case EventType.task_awaiting_review:
                 record.state = TaskState.awaiting_review
                 record.summary = p.get("summary", record.summary)
@@ -374,6 +422,7 @@ class Scheduler:
                 | EventType.task_failed
                 | EventType.task_needs_human
                 | EventType.task_cancelled
+                | EventType.task_expired
             ):
                 self.queue.discard(record.id)
                 record.state = TaskState(event.type.value.split(".", 1)[1])
@@ -594,10 +643,12 @@ class Scheduler:
             gate=(stage.gate if stage and stage.gate else spec.gate),
             script=stage.script if stage else spec.script,
             reviewer=reviewer,
-            keep_workspace=not last_stage or isinstance(spec.repo, RepoSpec),  # to deliver
+            # kept for a later stage, to deliver, or for an interactive task's next turn
+            keep_workspace=not last_stage or isinstance(spec.repo, RepoSpec) or spec.interactive,
             messages=list(record.inbox),
             decision=self._decision(record),
             tool_result=self._tool_result(record),
+            closing=record.closing,
             max_tokens=tokens_left,
             max_cost_usd=cost_left,
             secrets=secrets,
@@ -712,7 +763,7 @@ class Scheduler:
             "worker": result.worker,
         }
         outcome = result.outcome
-        events = self._followups(record, result)
+        events = self._followups(record, result) + self._resume_point(result, common)
         if outcome is not None and outcome.status == "budget":  # not retried: it would not fit
             spent = self._budget_spent(record) or outcome.reason
             return [*events, *self._give_up(record, f"budget spent: {spent}", common)]
@@ -725,6 +776,8 @@ class Scheduler:
                 )
             payload = {"state": state.value, "reason": outcome.reason}
             return [*events, Event(type=EventType.task_parked, payload=payload, **common)]
+        if outcome is not None and outcome.status == "idle":
+            return [*events, *self._went_idle(record, outcome.summary, common)]
         if result.status == "succeeded":
             spec = record.spec
             if outcome is not None and outcome.status == "handoff":
@@ -764,6 +817,35 @@ class Scheduler:
                 ]
             return [*events, *self.delivered(delivery, summary, common)]
         return [*events, *self._retry_or_give_up(record, result, common, now)]
+
+    @staticmethod
+    def _resume_point(result: SessionResult, common: dict) -> list[Event]:
+        """An interactive session that ended other than idle or parked: where it stopped
+        becomes the task's resume point (a failed turn goes on from there, told why), as a
+        ``session.checkpointed`` to which the dispatcher adds the refs of what it stored."""
+        outcome = result.outcome
+        if (
+            not result.interactive
+            or outcome is None
+            or outcome.state is None
+            or outcome.status in ("idle", "parked", "interrupted")
+            or result.workspace is None
+        ):
+            return []
+        payload = {"turns": outcome.turns, "ended": outcome.status}
+        return [Event(type=EventType.session_checkpointed, payload=payload, **common)]
+
+    @staticmethod
+    def _went_idle(record: TaskRecord, summary: str, common: dict) -> list[Event]:
+        """An interactive task's turn ended: ``session.idle`` (the dispatcher adds the refs
+        of the saved history and workspace); then at once the next session when the task was
+        closed meanwhile (its gate runs) or a message reached the session too late."""
+        idle = Event(type=EventType.session_idle, payload={"summary": summary}, **common)
+        if not (record.closing or record.unread):
+            return [idle]
+        why = "closed: its gate runs" if record.closing else "a message came as the turn ended"
+        payload = {"reason": why, "next_attempt": common["attempt"], "resume": True}
+        return [idle, Event(type=EventType.task_retried, payload=payload, **common)]
 
     def _followups(self, record: TaskRecord, result: SessionResult) -> list[Event]:
         """Follow-up tasks an agent asked for: submitted, linked to their parent."""
@@ -812,6 +894,8 @@ class Scheduler:
                 "feedback": f"Attempt {result.attempt} failed: {result.reason}"
                 + (f"\n{result.feedback}" if result.feedback else ""),
             }
+            if spec.interactive:  # the conversation goes on from its latest resume point
+                payload["resume"] = True
             return [Event(type=EventType.task_retried, payload=payload, **common)]
         return self._give_up(record, f"{result.reason} (after {result.attempt} attempts)", common)
 
@@ -875,10 +959,10 @@ class Scheduler:
         return [decided, *self._retry_or_give_up(record, result, common, time.time())]
 
     def unpark(self, task_id: str) -> list[Event]:
-        """Put a parked or paused task back in the queue (its decision, tool result or
-        message arrived)."""
+        """Put a parked, paused or idle task back in the queue (its decision, tool result or
+        message arrived, or it was closed)."""
         record = self.tasks.get(task_id)
-        if record is None or record.state not in PARKED:
+        if record is None or record.state not in RESUMES:
             return []
         payload = {"reason": "resumed", "next_attempt": record.attempts + 1, "resume": True}
         return [
@@ -889,6 +973,25 @@ class Scheduler:
                 payload=payload,
             )
         ]
+
+    def close(self, task_id: str) -> list[Event]:
+        """A client closes an interactive task: ``task.closed``, and an idle one is queued
+        to run its gate now. None for a task that is not interactive, ended or closed."""
+        record = self.tasks.get(task_id)
+        if record is None or not record.spec.interactive or record.closing:
+            return []
+        if record.state.terminal:
+            return []
+        closed = Event(task_id=task_id, type=EventType.task_closed, session_id=record.session_id)
+        return [closed, *self.unpark(task_id)] if record.state == TaskState.idle else [closed]
+
+    def expire(self, task_id: str, reason: str) -> list[Event]:
+        """An idle task nobody wrote to for too long ends ``expired`` (see the watchdog)."""
+        record = self.tasks.get(task_id)
+        if record is None or record.state != TaskState.idle:
+            return []
+        payload = {"reason": reason, "summary": record.summary}
+        return [Event(task_id=task_id, type=EventType.task_expired, payload=payload)]
 
     def worker_lost(self, worker: str, task_id: str, reason: str) -> list[Event]:
         """A worker died mid-task: the attempt does not count against the task."""

@@ -155,11 +155,12 @@ class SessionRecorder:
         if self.sandbox:
             payload["sandbox"] = self.sandbox
         if outcome:
+            before = self.a.loop_state or {}  # a resumed loop counts on from its state
             payload |= {
                 "outcome": outcome.status,
                 "summary": outcome.summary,
-                "turns": outcome.turns,
-                "tool_calls": outcome.tool_calls,
+                "turns": outcome.turns - int(before.get("turns", 0)),
+                "tool_calls": outcome.tool_calls - int(before.get("tool_calls", 0)),
             }
         self.emit(EventType.session_ended, payload, duration_ms=duration_ms)
         return SessionResult(
@@ -171,6 +172,7 @@ class SessionRecorder:
             reason=reason,
             outcome=outcome,
             duration_ms=duration_ms,
+            interactive=self.a.task.interactive,
             **extra,
         )
 
@@ -284,7 +286,10 @@ class SessionRunner:
                 )
                 hooks.push_tool_result(a.tool_result["call_id"], answer)
         try:
-            outcome = await self._agent(a, sandbox, rec, hooks, skills, seeded)
+            if turn_ended(a):  # closed with nothing new to say: straight to the gate
+                outcome = ended_turn(a.loop_state or {})
+            else:
+                outcome = await self._agent(a, sandbox, rec, hooks, skills, seeded)
         except AgentStartError as exc:
             return rec.result("failed", str(exc))
 
@@ -311,6 +316,21 @@ class SessionRunner:
             return await finish("succeeded", "")
         if outcome.status != "finished":
             return await finish("failed", outcome.reason)
+        # An interactive task's turn ends idle: proof of work runs when it is closed (and
+        # after each turn with gate_each_turn).
+        turn_only = a.task.interactive and not a.closing
+        if not turn_only or a.task.gate_each_turn:
+            refused = await self._proof(a, sandbox, rec, task_base)
+            if refused is not None:
+                return await finish("failed", *refused)
+        if turn_only:
+            outcome = outcome.model_copy(update={"status": "idle"})
+        return await finish("succeeded", "")
+
+    async def _proof(
+        self, a: Assignment, sandbox: Sandbox, rec: SessionRecorder, task_base: bytes | None
+    ) -> tuple[str, str] | None:
+        """Run the gate, then the reviewer agent; ``(reason, feedback)`` when one refuses."""
         if a.gate:
             gate_timeout_s = min(a.time_limit_s, self.settings.gate_timeout_s)
             gate = await sandbox.exec(a.gate, timeout_s=gate_timeout_s)
@@ -324,16 +344,15 @@ class SessionRunner:
             )
             if not passed:
                 feedback = f"The gate `{a.gate}` failed (exit {gate.exit_code}):\n{output[-2000:]}"
-                return await finish("failed", f"gate failed (exit {gate.exit_code})", feedback)
+                return f"gate failed (exit {gate.exit_code})", feedback
         if a.reviewer is not None:
             verdict = await self._review(a, sandbox, rec, task_base)
             if verdict.approved is False:
-                return await finish(
-                    "failed",
+                return (
                     "reviewer requested changes",
                     f"The reviewer ({a.reviewer.name}) asked for changes: {verdict.comments}",
                 )
-        return await finish("succeeded", "")
+        return None
 
     async def _agent(
         self,
@@ -345,6 +364,11 @@ class SessionRunner:
         seeded: bytes | None = None,
     ) -> SessionOutcome:
         cannot = f"agent {a.agent.name!r} cannot start"
+        state = a.loop_state
+        max_turns = a.max_turns
+        if state is not None and a.task.interactive:  # the limits count per turn
+            state = {**state, "elapsed_s": 0.0}
+            max_turns += int(state.get("turns", 0))
         try:
             model = make_model(
                 a.agent,
@@ -368,7 +392,7 @@ class SessionRunner:
                     model=model,
                     ctx=self._tool_context(sandbox),
                     emit=rec.emit,
-                    max_turns=a.max_turns,
+                    max_turns=max_turns,
                     time_limit_s=a.time_limit_s,
                     skills=skills,
                     mcp_tools=servers.tools,
@@ -380,9 +404,17 @@ class SessionRunner:
                 )
             except Exception as exc:
                 raise AgentStartError(f"{cannot}: {exc}") from exc
-            if a.loop_state is not None:
-                return await loop.resume(a.loop_state)
-            return await loop.run(a.prompt or a.task.prompt, history=a.history)
+            if state is not None:
+                outcome = await loop.resume(state)
+            else:
+                prompt = a.prompt or a.task.prompt
+                if a.task.interactive:
+                    prompt += CONVERSATION_NOTE
+                outcome = await loop.run(prompt, history=a.history)
+            if a.task.interactive and outcome.status == "finished":  # it resumes from here
+                ended = {**loop.state(), TURN_ENDED: True, "summary": outcome.summary}
+                outcome = outcome.model_copy(update={"state": ended})
+            return outcome
         finally:
             await servers.close()
             await close_model(model)
@@ -497,6 +529,34 @@ def redact_result(result: SessionResult, redactor: Redactor) -> SessionResult:
         outcome = redactor.obj(result.outcome.model_dump())
         update["outcome"] = SessionOutcome.model_validate(outcome)
     return result.model_copy(update=update)
+
+
+TURN_ENDED = "turn_ended"
+"""Marks an interactive task's saved loop state taken when its agent ended a turn (its
+``summary`` beside it): closing it with nothing new to say runs no model turn."""
+CONVERSATION_NOTE = (
+    "\n\n(This is a conversation: when you have done what was asked, call finish with your "
+    "answer as the summary; the user may then write again, with your work still in place.)"
+)
+
+
+def turn_ended(a: Assignment) -> bool:
+    """Does this session only close an interactive task whose agent ended its turn, with no
+    message since? Then no model turn runs: the gate, reviewer and review do."""
+    return bool(
+        a.closing and not a.messages and a.loop_state is not None and a.loop_state.get(TURN_ENDED)
+    )
+
+
+def ended_turn(state: dict[str, Any]) -> SessionOutcome:
+    """The outcome of a turn that ended earlier (its saved state), for :func:`turn_ended`."""
+    return SessionOutcome(
+        status="finished",
+        summary=str(state.get("summary", "")),
+        turns=int(state.get("turns", 0)),
+        tool_calls=int(state.get("tool_calls", 0)),
+        state=state,
+    )
 
 
 class AgentStartError(FleetError, RuntimeError):

@@ -16,8 +16,9 @@ WAITING_ON_A_PERSON = (
     TaskState.awaiting_tool_result,
     TaskState.awaiting_review,
     TaskState.paused,
+    TaskState.idle,
 )
-"""(On a person, or the API client that runs a custom tool.)"""
+"""(On a person, or the API client that runs a custom tool or sends the next message.)"""
 
 
 def asks_now(record: TaskRecord) -> bool:

@@ -10,7 +10,7 @@ forwards every call to the part that decides. The parts, each testable without R
 | ``streams`` | :mod:`actors.streams` | live streams and their long polls |
 | ``pool`` | :mod:`actors.pool` | the workers' bookkeeping and the wake-up idle ones wait on |
 | ``dispatch`` | :mod:`actors.dispatch` | the workers' calls: results, assignments, checkpoints |
-| ``commands`` | :mod:`actors.commands` | cancel, steer, interrupt, resume, approvals, reviews |
+| ``commands`` | :mod:`actors.commands` | cancel, steer, interrupt, resume, close, decisions |
 | ``manager`` | :mod:`actors.manager` | the manager agent's rounds (``routing: manager``) |
 | ``telemetry`` | :mod:`actors.telemetry` | metrics and traces from the events the journal logs |
 | (functions) | :mod:`actors.watchdog`, :mod:`actors.recovery` | what to stop; rebuilding state |
@@ -240,7 +240,8 @@ class Supervisor:
         await asyncio.to_thread(self.telemetry.close)  # the spans still buffered
 
     async def _watch_loop(self) -> None:
-        """Stop sessions that went silent or overran, replace workers that stopped beating."""
+        """Stop sessions that went silent or overran, replace workers that stopped beating,
+        expire interactive tasks idle too long."""
         reaping = watchdog.ReapClock(time.time(), self.settings.reap_interval_s)
         while not self.pool.stopping:
             await asyncio.sleep(self.settings.watch_interval_s)
@@ -257,6 +258,8 @@ class Supervisor:
                 log.warning("worker %s missed its heartbeats; replacing it", worker_id)
                 ray.kill(self.pool.workers[worker_id], no_restart=True)
             self.telemetry.tick(self.sched, self.pool, now)  # spans out, gauges
+            for task_id, reason in watchdog.idle_expired(self.sched, now, self.settings):
+                await self.journal.record(self.sched.expire(task_id, reason))
 
     async def _prune_workspaces(self) -> None:
         """Remove the workspaces of tasks finished more than ``keep_workspaces_days`` ago."""
@@ -378,10 +381,17 @@ class Supervisor:
         await self.journal.record([self.sched.source_error(source, error, failures, retry_in_s)])
 
     async def steer(self, task_id: str, text: str) -> CommandResult:
+        # A message may resume an idle task: after a restart, it brings the pool back too.
+        await self.start()
         return await self.commands.steer(task_id, text)
 
     async def resume(self, task_id: str) -> CommandResult:
         return await self.commands.resume(task_id)
+
+    async def close_task(self, task_id: str) -> CommandResult:
+        """Close an interactive task: its gate, reviewer and review run, then it ends."""
+        await self.start()
+        return await self.commands.close(task_id)
 
     async def interrupt(self, task_id: str) -> CommandResult:
         return await self.commands.interrupt(task_id)

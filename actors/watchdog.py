@@ -1,6 +1,7 @@
 """The watchdog's decisions: which sessions to stop (silent too long, or past their time
-limit) and which workers to replace (no heartbeat), as plain functions of the state and
-``now``. The supervisor's loop acts on them (it stops sessions and kills workers)."""
+limit), which workers to replace (no heartbeat) and which idle interactive tasks expire, as
+plain functions of the state and ``now``. The supervisor's loop acts on them (it stops
+sessions, kills workers, records expiries)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from actors.pool import WorkerPool
 from actors.scheduler import Scheduler
 from core.records import TaskRecord
 from core.settings import FleetSettings, resolve
+from core.specs import TaskState
 
 log = logging.getLogger("fleet.supervisor")
 
@@ -51,6 +53,21 @@ def sessions_to_stop(
         if reason and worker_id in pool.workers:
             stops.append(SessionStop(worker_id, task_id, record.session_id, reason))
     return stops
+
+
+def idle_expired(sched: Scheduler, now: float, settings: FleetSettings) -> list[tuple[str, str]]:
+    """Interactive tasks idle for longer than ``idle_timeout_s`` (0: never), with why:
+    ``(task_id, reason)``, for :meth:`Scheduler.expire`."""
+    timeout = settings.idle_timeout_s
+    if timeout <= 0:
+        return []
+    return [
+        (r.id, f"idle for {now - r.idle_since.timestamp():.0f}s (idle_timeout_s {timeout:g})")
+        for r in sched.tasks.values()
+        if r.state == TaskState.idle
+        and r.idle_since is not None
+        and now - r.idle_since.timestamp() > timeout
+    ]
 
 
 def silent_workers(pool: WorkerPool, now: float, timeout_s: float) -> list[str]:

@@ -61,6 +61,16 @@ class EventType(StrEnum):
     its pull request opened (``pr_url``) or not (``pr_error``) when the repository is on GitHub."""
     task_updated = "task.updated"
     """A queued task's prompt was replaced (its item was edited at the source)."""
+    session_idle = "session.idle"
+    """An interactive task's agent ended its turn: its history and workspace are saved
+    (``workspace_ref``, ``loop_state_ref``), no worker or container is held, and a
+    ``user.message`` resumes it on any worker."""
+    task_closed = "task.closed"
+    """A client closed an interactive task: its gate, reviewer and review run next (at the
+    end of the running turn, if one runs), then it ends as a batch task does."""
+    task_expired = "task.expired"
+    """An interactive task stayed idle longer than ``idle_timeout_s``: it ends ``expired``;
+    its workspace and history stay readable, it takes no more messages."""
     source_error = "source.error"
     """A source of work could not be reached. Not a task's event: its ``task_id`` is the
     fleet-level pseudo id ``source:<source name>`` (see :func:`source_task_id`)."""
@@ -95,6 +105,7 @@ TERMINAL_EVENTS: frozenset[EventType] = frozenset(
         EventType.task_failed,
         EventType.task_needs_human,
         EventType.task_cancelled,
+        EventType.task_expired,
     }
 )
 """The events that end a task: its state is the part after ``task.`` (``TaskState``)."""

@@ -20,6 +20,7 @@ OutcomeStatus = Literal[
     "cancelled",
     "interrupted",  # stopped at a safe point on request; ``state`` resumes it
     "parked",  # waiting on an approval decision or a custom tool's result; ``state`` resumes it
+    "idle",  # an interactive task's turn ended (finish); ``state`` resumes it on a message
 ]
 RESUMABLE: frozenset[str] = frozenset(
     {"parked", "interrupted", "budget", "max_turns", "timeout", "error"}
@@ -76,6 +77,9 @@ class Assignment(BaseModel):
     """The decision a parked session waited for: call_id, allow, message."""
     tool_result: dict[str, Any] | None = None
     """The custom tool result a parked session waited for: call_id, content, is_error."""
+    closing: bool = False
+    """An interactive task was closed: the gate, reviewer and review run when the agent ends
+    this turn (at once, when it was idle and nothing new was said)."""
     history: list[dict[str, Any]] | None = None
     """Messages a handed-over session starts with (what the previous agent did)."""
     max_tokens: int | None = None
@@ -133,6 +137,9 @@ class SessionResult(BaseModel):
     base: bytes | None = None
     """The task's starting workspace, from the session that seeded it, when a later session
     may continue from this one's workspace (kept once per task as ``<task>/base.tar``)."""
+    interactive: bool = False
+    """The session is a turn of an interactive task: its loop state is kept whatever its
+    outcome, so that the conversation goes on after a failed turn too."""
 
 
 class TaskRecord(BaseModel):
@@ -183,6 +190,15 @@ class TaskRecord(BaseModel):
     """...and the agent loop's state there."""
     history_ref: str | None = None
     inbox: list[str] = Field(default_factory=list)
+    """Messages for the next session: sent while none ran (for an interactive task, until a
+    newer resume point holds them: a checkpoint, or the task going idle)."""
+    unread: list[str] = Field(default_factory=list)
+    """Messages pushed to the running session that it has not read yet (they move to the
+    inbox when it stops first)."""
+    idle_since: datetime | None = None
+    """When an interactive task last went idle (``session.idle``); None while not idle."""
+    closing: bool = False
+    """An interactive task was closed (``task.closed``): its next end of turn is gated."""
     children: list[str] = Field(default_factory=list)
     spent_tokens: int = 0
     """Input + output tokens of every session of the task (its ``usage`` events)."""

@@ -242,6 +242,12 @@ class FleetSettings(BaseSettings):
         description="How long a session waits for an approval, or for the client's result of "
         "a custom tool call, before it parks.",
     )
+    idle_timeout_s: float = Field(
+        86400.0,
+        ge=0,
+        description="An interactive task idle this long (no message, not closed) expires: "
+        "it ends 'expired', its workspace kept with its results (0: never).",
+    )
     skill_dirs: list[str] = Field(
         default_factory=list, description="Folders searched for skills (before the built-ins)."
     )

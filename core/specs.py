@@ -381,10 +381,15 @@ class TaskState(StrEnum):
     """The agent finished and the gate passed; a human approves or rejects the result."""
     paused = "paused"
     """Interrupted at a safe point; a new message (or resume) continues it."""
+    idle = "idle"
+    """An interactive task whose agent ended its turn: history and workspace saved, no
+    worker held; a new message resumes it, a close runs its gate."""
     succeeded = "succeeded"
     failed = "failed"
     needs_human = "needs_human"
     cancelled = "cancelled"
+    expired = "expired"
+    """An interactive task idle longer than ``idle_timeout_s``: ended, results still readable."""
 
     @property
     def terminal(self) -> bool:
@@ -536,6 +541,17 @@ class TaskSpec(Strict):
     )
     require_approval: bool = Field(False, description="A human approves the result before done.")
     stall_timeout_s: float | None = Field(None, gt=0, description="Stop after this long silent.")
+    interactive: bool = Field(
+        False,
+        description="A conversation: when the agent ends its turn the task goes idle (no "
+        "worker held) until a user.message resumes it; the gate, reviewer and review run when "
+        "it is closed. time_limit_s and max_turns then count per turn.",
+    )
+    gate_each_turn: bool = Field(
+        False,
+        description="Interactive: also run the gate and the reviewer at the end of each turn "
+        "(a failed one is a failed attempt, retried in the same conversation).",
+    )
     parent: str | None = Field(None, description="The task that asked for this one.")
     source: str | None = Field(
         None,
@@ -577,6 +593,14 @@ class TaskSpec(Strict):
             if paths.count(path) > 1:
                 raise ValueError(f"two resources go to {path!r}")
         return value
+
+    @model_validator(mode="after")
+    def _interactive_fields_fit(self) -> TaskSpec:
+        if self.gate_each_turn and not self.interactive:
+            raise ValueError("gate_each_turn: only for an interactive task")
+        if self.interactive and self.stages:
+            raise ValueError("stages: an interactive task has none (one conversation)")
+        return self
 
     @property
     def agent_name(self) -> str:

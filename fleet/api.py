@@ -261,6 +261,16 @@ class Fleet:
     def resume(self, task_id: str) -> CommandResult:
         return ray.get(self.supervisor.resume.remote(task_id))
 
+    def send(self, task_id: str, message: str) -> CommandResult:
+        """A user message: an idle interactive task resumes with it on any worker (the same
+        as :meth:`steer`, which a running session reads before its next turn)."""
+        return self.steer(task_id, message)
+
+    def close(self, task_id: str) -> CommandResult:
+        """Close an interactive task: its gate, reviewer and review run (now when it is
+        idle, else once its agent ends the running turn), then it ends as a batch task."""
+        return ray.get(self.supervisor.close_task.remote(task_id))
+
     def approve(
         self, task_id: str, call_id: str, allow: bool = True, message: str = ""
     ) -> CommandResult:

@@ -361,6 +361,18 @@ def secrets_set(
 
 
 @app.command()
+def close(
+    task_id: str,
+    address: AddressOpt = "auto",
+    name: NameOpt = "default",
+    debug: DebugOpt = False,
+) -> None:
+    """Close an interactive task: its gate, reviewer and review run, then it ends."""
+    fleet = _connect(address, name, debug)
+    _answer(fleet.close(task_id), f"closed {task_id}", debug)
+
+
+@app.command()
 def diff(
     task_id: str,
     address: AddressOpt = "auto",

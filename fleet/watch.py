@@ -411,6 +411,8 @@ class Watcher:
             fields["repo"] = repo_of(item.repo, fields.get("repo"))
         if item.agent is not None:
             fields["agent"] = item.agent
+        for conversational in ("interactive", "gate_each_turn"):  # an item is a batch task
+            fields.pop(conversational, None)
         return TaskSpec.model_validate(fields)
 
     async def _unclonable(self, specs: list[TaskSpec]) -> dict[str, str]:

@@ -51,8 +51,8 @@ PAGE = """<!doctype html>
   .count { background:#eef2f8; border-radius:6px; padding:6px 10px; min-width:84px; }
   .count b { display:block; font-size:20px; }
   .succeeded { color:var(--ok); } .failed, .needs_human { color:var(--bad); }
-  .awaiting_approval, .awaiting_tool_result, .paused, .cancelled { color:var(--warn); }
-  .running { color:var(--acc); }
+  .awaiting_approval, .awaiting_tool_result, .paused, .cancelled, .expired { color:var(--warn); }
+  .running, .idle { color:var(--acc); }
   .big { font-size:34px; font-weight:600; }
   button { border:0; border-radius:5px; padding:3px 9px; cursor:pointer; color:#fff; }
   .allow { background:var(--ok); } .deny { background:var(--bad); }
@@ -153,7 +153,8 @@ const BUTTONS = {
 async function refreshBlocked() {
   try {
     const lists = await Promise.all(
-      ["awaiting_approval", "awaiting_tool_result", "awaiting_review", "needs_human", "paused"].map(
+      ["awaiting_approval", "awaiting_tool_result", "awaiting_review", "needs_human", "paused",
+       "idle"].map(
         (st) => api("/v1/sessions?limit=20&status=" + st)));
     const items = lists.flatMap((l) => l.data);
     const custom = (c) => c && {tool: c.tool, args: c.input};
@@ -227,7 +228,8 @@ const pending = {};
 function soon(name, fn, ms) {
   if (!pending[name]) pending[name] = setTimeout(() => { pending[name] = null; fn(); }, ms);
 }
-const ENDED = new Set(["task.succeeded", "task.failed", "task.needs_human", "task.cancelled"]);
+const ENDED = new Set(["task.succeeded", "task.failed", "task.needs_human", "task.cancelled",
+                       "task.expired"]);
 function showLive(state) {
   live.state = state;
   const el = document.getElementById("live");
@@ -298,8 +300,8 @@ SESSION_PAGE_TEMPLATE = """<!doctype html>
   th { color:var(--mute); font-weight:500; font-size:12px; }
   td.t { white-space:nowrap; color:var(--mute); font-size:12px; }
   .succeeded { color:var(--ok); } .failed, .needs_human { color:var(--bad); }
-  .awaiting_approval, .awaiting_tool_result, .paused, .cancelled { color:var(--warn); }
-  .running { color:var(--acc); }
+  .awaiting_approval, .awaiting_tool_result, .paused, .cancelled, .expired { color:var(--warn); }
+  .running, .idle { color:var(--acc); }
   .diff .add { background:#e6ffec; color:#1a7f37; }
   .diff .del { background:#ffebe9; color:#c62828; }
   .diff .hunk { color:#6b7482; background:#f0f3f8; } .diff .file { font-weight:600; }
@@ -335,6 +337,7 @@ SESSION_PAGE_TEMPLATE = """<!doctype html>
       <input id="steer-text" placeholder="a message for the agent (read before its next turn)">
       <button type="submit" id="steer-send">Steer</button>
       <button type="button" id="interrupt" class="deny">Interrupt</button>
+      <button type="button" id="close" class="allow" hidden>Close</button>
     </form>
   </section>
   <section class="wide"><h2>Transcript</h2><table id="transcript"></table></section>
@@ -400,8 +403,14 @@ async function refreshRecord() {
         esc(s.pr_url) + "</a></dd>";
     }
     document.getElementById("facts").innerHTML = html;
-    const ended = ["succeeded", "failed", "needs_human", "cancelled"].includes(s.status);
+    const ended = ["succeeded", "failed", "needs_human", "cancelled", "expired"]
+      .includes(s.status);
     document.getElementById("steer").hidden = ended;  // nothing to steer any more
+    // An interactive session: idle between turns (a message resumes it), gated at close.
+    document.getElementById("close").hidden = !s.interactive || s.closed;
+    document.getElementById("steer-text").placeholder = s.status === "idle" ?
+      "a message for the agent (resumes the idle session)" :
+      "a message for the agent (read before its next turn)";
     const pending = s.pending_approval;
     const waits = pending && !pending.decision;
     document.getElementById("waiting").className = waits ? "" : "empty";
@@ -490,6 +499,12 @@ document.getElementById("steer").onsubmit = async (e) => {
 };
 document.getElementById("interrupt").onclick = async () => {
   try { await post([{type: "user.interrupt"}]); } catch (err) { errBox.textContent = err.message; }
+};
+document.getElementById("close").onclick = async () => {
+  try { await api(BASE + "/close", {method: "POST"}); } catch (err) {
+    errBox.textContent = err.message;
+  }
+  refreshRecord();
 };
 document.getElementById("decide").onclick = async (e) => {
   const b = e.target.closest("button"); if (!b) return;

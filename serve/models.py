@@ -189,6 +189,14 @@ class SessionCreate(Strict):
     time_limit_s: float | None = Field(None, gt=0)
     max_turns: int | None = Field(None, ge=1)
     require_approval: bool = False
+    interactive: bool = Field(
+        False,
+        description="A conversation: the session goes idle (no worker held) when the agent "
+        "ends its turn, a user.message resumes it, POST .../close runs its gate and ends it.",
+    )
+    gate_each_turn: bool = Field(
+        False, description="Interactive: also run the gate and reviewer after each turn."
+    )
 
 
 class SessionView(BaseModel):
@@ -226,6 +234,11 @@ class SessionView(BaseModel):
     duration_s: float | None
     branch: str | None = Field(None, description="The branch the task's work was pushed to.")
     pr_url: str | None = Field(None, description="The pull request opened for it.")
+    interactive: bool = Field(False, description="A conversation (see SessionCreate).")
+    idle_since: datetime | None = Field(
+        None, description="When it went idle, waiting for a user.message or a close."
+    )
+    closed: bool = Field(False, description="An interactive session was closed.")
 
     @classmethod
     def of(cls, record: TaskRecord) -> SessionView:
@@ -261,6 +274,9 @@ class SessionView(BaseModel):
             # Set by git delivery when the record has them (read so, to need no such fields).
             branch=getattr(record, "branch", None),
             pr_url=getattr(record, "pr_url", None),
+            interactive=spec.interactive,
+            idle_since=record.idle_since,
+            closed=record.closing,
         )
 
 

@@ -28,6 +28,7 @@ class SupervisorPort(Protocol):
     async def review(self, task_id: str, approve: bool, message: str) -> CommandResult: ...
     async def steer(self, task_id: str, text: str) -> CommandResult: ...
     async def interrupt(self, task_id: str) -> CommandResult: ...
+    async def close_task(self, task_id: str) -> CommandResult: ...
     async def decide_approval(
         self, task_id: str, call_id: str, allow: bool, message: str
     ) -> CommandResult: ...
@@ -109,6 +110,9 @@ class ActorPort:
 
     async def interrupt(self, task_id: str) -> CommandResult:
         return await self.handle.interrupt.remote(task_id)
+
+    async def close_task(self, task_id: str) -> CommandResult:
+        return await self.handle.close_task.remote(task_id)
 
     async def decide_approval(
         self, task_id: str, call_id: str, allow: bool, message: str

@@ -49,6 +49,13 @@ from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
 
 T = TypeVar("T")
+FAKE_KEEPS_WORKSPACE = (
+    EventType.handoff,
+    EventType.task_parked,
+    EventType.session_idle,
+    EventType.session_checkpointed,
+)
+"""Decisions whose events point at the session's stored workspace and loop state here."""
 
 
 def on_fleet_loop(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -147,6 +154,10 @@ class FakeSupervisor:
     @on_fleet_loop
     async def interrupt(self, task_id: str) -> CommandResult:
         return await self.commands.interrupt(task_id)
+
+    @on_fleet_loop
+    async def close_task(self, task_id: str) -> CommandResult:
+        return await self.commands.close(task_id)
 
     @on_fleet_loop
     async def decide_approval(
@@ -348,7 +359,7 @@ class FakeSupervisor:
         refs = art.store_result(self.artifacts, result) if art.has_artifacts(result) else {}
         decided = self.sched.conclude(result)
         for event in decided:
-            if event.type in (EventType.handoff, EventType.task_parked) and refs:
+            if event.type in FAKE_KEEPS_WORKSPACE and refs:
                 event.payload.update(refs)
         if refs.get("diff_ref"):
             decided.insert(0, art.diff_event(self.artifacts, result, refs["diff_ref"]))

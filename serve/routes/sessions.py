@@ -93,6 +93,19 @@ async def archive_session(sup: Sup, session_id: str) -> m.SessionView:
     return m.SessionView.of(await record_of(sup, session_id))
 
 
+@router.post("/sessions/{session_id}/close", responses={**NOT_FOUND, **CONFLICT})
+async def close_session(sup: Sup, session_id: str) -> m.SessionView:
+    """Close an interactive session: its gate, reviewer and human review run (now when it
+    is idle, else when the agent ends its running turn), then it ends as a batch task does
+    (succeeded, or retried in the same conversation, ...). 409 with the reason when it is
+    not interactive, closed already or ended."""
+    await record_of(sup, session_id)
+    done = await sup.close_task(session_id)
+    if not done:
+        raise HTTPException(409, done.reason)
+    return m.SessionView.of(await record_of(sup, session_id))
+
+
 @router.get("/sessions/{session_id}/events", responses=NOT_FOUND)
 async def list_events(
     sup: Sup,
@@ -113,10 +126,11 @@ async def list_events(
 
 @router.post("/sessions/{session_id}/events", responses={**NOT_FOUND, **CONFLICT})
 async def post_events(sup: Sup, session_id: str, body: m.EventsIn) -> m.EventsPosted:
-    """Steer (`user.message`), interrupt, answer a tool confirmation, or give a custom tool
-    call's result (`user.custom_tool_result`), in order. Stops at the first event the session
-    cannot take: 409 (its state), 404 (no custom tool call of that id waits), 422 (the result
-    does not match the tool's output_schema)."""
+    """Steer (`user.message`; an idle interactive session resumes with it on any worker),
+    interrupt, answer a tool confirmation, or give a custom tool call's result
+    (`user.custom_tool_result`), in order. Stops at the first event the session cannot take:
+    409 (its state: ended, expired, closed...), 404 (no custom tool call of that id waits),
+    422 (the result does not match the tool's output_schema)."""
     await record_of(sup, session_id)
     for n, event in enumerate(body.events):
         if isinstance(event, m.UserMessageIn):
