@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import time
@@ -151,7 +152,7 @@ class Supervisor:
         )
         if restarted:
             # After a crash nobody may call for a long time: bring the pool back now.
-            ray.get_runtime_context().current_actor.start.remote()
+            ray.get_runtime_context().current_actor.start_until_up.remote()
 
     # -- life cycle --------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
@@ -161,6 +162,19 @@ class Supervisor:
             self._starting = asyncio.ensure_future(self._start())
         await asyncio.shield(self._starting)
         return {"workers": len(self.pool.workers), "recovered": self.recovered}
+
+    async def start_until_up(self) -> None:
+        """Start, and try again (backing off) while it fails: after a crash no caller may
+        come to ask again, and a pool that never came back would strand every task."""
+        for tries in itertools.count(1):
+            try:
+                await self.start()
+                return
+            except Exception:
+                if self.pool.stopping:
+                    return
+                log.exception("starting the pool failed (try %d); trying again", tries)
+                await asyncio.sleep(min(30.0, 0.5 * 2**tries))
 
     async def _start(self) -> None:
         await watchdog.reap_head(self.settings.sandbox)
@@ -172,8 +186,11 @@ class Supervisor:
         for pool in self.settings.pool_specs():
             for _ in range(pool.workers):
                 self._spawn_worker(pool)
-        # The pool is up when start returns: wait for every worker process.
-        await asyncio.gather(*(w.pid.remote() for w in self.pool.workers.values()))
+        # The pool is up when start returns: wait for every worker process (one that dies
+        # meanwhile is replaced by its watcher; the rest of the start goes on).
+        await asyncio.gather(
+            *(w.pid.remote() for w in self.pool.workers.values()), return_exceptions=True
+        )
         self._spawn(self.journal.flush_loop(lambda: self.pool.stopping))
         self._spawn(self._watch_loop())
         if self.settings.memory:
