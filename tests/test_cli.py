@@ -246,3 +246,59 @@ def test_a_person_works_a_running_fleet_from_the_command_line(fleet_factory, tmp
     labels = {row["name"]: row for row in json.loads(proc.stdout)["labels"]}
     assert labels["ops"]["runs"] == 1 and labels["ops"]["success_rate"] == 1.0
     assert set(labels) == {"ops", "docs"}
+
+
+def test_secrets_and_closing_an_interactive_task_from_the_command_line(fleet_factory, tmp_path):
+    """`fleet secrets set/list` never show a value; `fleet close` ends an idle conversation."""
+    import ray
+
+    from core.specs import TaskState
+    from tests.conftest import wait_state
+
+    fleet_ = fleet_factory(
+        workers=1, events_dir=str(tmp_path / "ev"), vault_dir=str(tmp_path / "vault")
+    )
+    fleet_.submit(
+        [
+            {
+                "id": "chat",
+                "prompt": "x",
+                "interactive": True,
+                "gate": "test -s a.md",
+                "script": script(
+                    ("write_file", {"path": "a.md", "content": "#"}), ("finish", {"summary": "1"})
+                ),
+            }
+        ]
+    )
+    wait_state(fleet_, "chat", TaskState.idle, timeout=60)
+    where = [
+        "--address", ray.get_runtime_context().gcs_address, "--name", fleet_.settings.name,
+    ]  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
+        "FLEET_NAMESPACE": fleet_.settings.namespace,
+        "COLUMNS": "200",
+    }
+    value = "s3cret-from-stdin-42"
+    done = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "secrets", "set", "API_TOKEN", *where],
+        input=value + "\n",
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "secret API_TOKEN created" in done.stdout and value not in done.stdout + done.stderr
+    listed = fleet("secrets", "list", *where, cwd=tmp_path, env=env)
+    assert listed.returncode == 0 and "API_TOKEN" in listed.stdout
+    assert value not in listed.stdout + listed.stderr
+
+    closed = fleet("close", "chat", *where, cwd=tmp_path, env=env)
+    assert closed.returncode == 0, closed.stderr
+    [record] = fleet_.wait(["chat"], timeout_s=60)
+    assert record.state == TaskState.succeeded, record.reason
+    again = fleet("close", "chat", *where, cwd=tmp_path, env=env)
+    assert again.returncode == 2 and "chat" in again.stderr
