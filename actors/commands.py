@@ -225,14 +225,8 @@ class Commands:
             session_id=record.session_id,
             payload={"call_id": call_id, "allow": allow, "message": message, "by": "user"},
         )
-        worker = self.link.worker_of(task_id)
-        await self.record([event])
-        if worker is not None:
-            decision = {"call_id": call_id, "allow": allow, "message": message}
-            self.link.deliver(worker, record.session_id, "decision", decision)
-        elif record.state == TaskState.awaiting_approval:
-            await self.record(self.sched.unpark(task_id))  # parked: any worker picks it up
-        return CommandResult.done()
+        decision = {"call_id": call_id, "allow": allow, "message": message}
+        return await self._answer(record, event, "decision", decision, TaskState.awaiting_approval)
 
     async def custom_tool_result(
         self,
@@ -267,13 +261,27 @@ class Commands:
             tool=waiting.get("tool"),
             payload={"custom_tool_use_id": call_id, "content": content, "is_error": is_error},
         )
-        worker = self.link.worker_of(task_id)
+        result = {"call_id": call_id, "content": content, "is_error": is_error}
+        return await self._answer(
+            record, event, "tool_result", result, TaskState.awaiting_tool_result
+        )
+
+    async def _answer(
+        self,
+        record: TaskRecord,
+        event: Event,
+        kind: str,
+        answer: dict[str, Any],
+        parked: TaskState,
+    ) -> CommandResult:
+        """Record ``event`` and give the session what it waits for: pushed to its worker
+        while it runs, or the task unparked (any worker resumes it) when it waits ``parked``."""
+        worker = self.link.worker_of(record.id)
         await self.record([event])
         if worker is not None:
-            result = {"call_id": call_id, "content": content, "is_error": is_error}
-            self.link.deliver(worker, record.session_id, "tool_result", result)
-        elif record.state == TaskState.awaiting_tool_result:
-            await self.record(self.sched.unpark(task_id))  # parked: any worker picks it up
+            self.link.deliver(worker, record.session_id, kind, answer)
+        elif record.state == parked:
+            await self.record(self.sched.unpark(record.id))
         return CommandResult.done()
 
     def _result_problem(self, record: TaskRecord, tool: str, content: Any, is_error: bool) -> str:
