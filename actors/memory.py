@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from core.analytics import AnalyticsError, connect
+from core.analytics import AnalyticsError, connect, query
 from core.events import Event, EventType
 from core.settings import FleetSettings
 from core.specs import TaskSpec
@@ -36,41 +36,42 @@ avg(CASE WHEN task_id IN (SELECT task_id FROM stalled) THEN 1.0 ELSE 0.0 END) AS
 """
 """What is known of a group of finished tasks (the columns of :class:`Stats`)."""
 
-SOURCES = """
-WITH labelled AS (
+SOURCES = (
+    f"""CREATE OR REPLACE TEMP TABLE finished AS
+    SELECT task_id, state, duration_s, turns, tokens_in, tokens_out
+    FROM tasks WHERE state IN {FINISHED}""",
+    """CREATE OR REPLACE TEMP TABLE labelled AS
     SELECT task_id,
            unnest(from_json(json_extract(payload, '$.task.labels'), '["VARCHAR"]')) AS label
-    FROM events WHERE type = 'task.submitted'
-), agent_of AS (
+    FROM events WHERE type = 'task.submitted'""",
+    """CREATE OR REPLACE TEMP TABLE agent_of AS
     SELECT task_id, arg_max(json_extract_string(payload, '$.agent'), seq) AS agent
-    FROM events WHERE type = 'task.assigned' GROUP BY task_id
-), stalled AS (
+    FROM events WHERE type = 'task.assigned' GROUP BY task_id""",
+    """CREATE OR REPLACE TEMP TABLE stalled AS
     SELECT DISTINCT task_id FROM events
     WHERE json_extract_string(payload, '$.reason') LIKE 'stalled%'
-       OR json_extract_string(payload, '$.reason') LIKE 'time limit%'
+       OR json_extract_string(payload, '$.reason') LIKE 'time limit%'""",
 )
-"""
-"""Each task's labels and its (last) agent; the tasks a session of which stalled or ran out
-of time."""
+"""Read once per refresh, for the three groupings below: the finished tasks, each task's
+labels and its (last) agent, the tasks a session of which stalled or ran out of time."""
 
-LABEL_STATS = f"""{SOURCES}
+LABEL_STATS = f"""
 SELECT label AS name, NULL AS label, {FIGURES}
-FROM tasks JOIN labelled USING (task_id)
-WHERE state IN {FINISHED}
+FROM finished JOIN labelled USING (task_id)
 GROUP BY label ORDER BY label
 """
 
-AGENT_STATS = f"""{SOURCES}
+AGENT_STATS = f"""
 SELECT agent AS name, NULL AS label, {FIGURES}
-FROM tasks JOIN agent_of USING (task_id)
-WHERE state IN {FINISHED} AND agent IS NOT NULL
+FROM finished JOIN agent_of USING (task_id)
+WHERE agent IS NOT NULL
 GROUP BY agent ORDER BY agent
 """
 
-DOMAIN_STATS = f"""{SOURCES}
+DOMAIN_STATS = f"""
 SELECT agent AS name, label, {FIGURES}
-FROM tasks JOIN agent_of USING (task_id) JOIN labelled USING (task_id)
-WHERE state IN {FINISHED} AND agent IS NOT NULL
+FROM finished JOIN agent_of USING (task_id) JOIN labelled USING (task_id)
+WHERE agent IS NOT NULL
 GROUP BY label, agent ORDER BY label, agent
 """
 """Per label and agent: which agent does best on which kind of task."""
@@ -127,6 +128,8 @@ class Memory:
         """Re-read history; False when there is none yet."""
         try:
             con = connect(events_dir)
+            for statement in SOURCES:
+                query(con, statement)
             self.labels = {r.name: r for r in _stats(con, LABEL_STATS)}
             self.agents = {r.name: r for r in _stats(con, AGENT_STATS)}
             self.domains = {(r.label or "", r.name): r for r in _stats(con, DOMAIN_STATS)}
