@@ -85,46 +85,38 @@ quantile_cont(duration_s, 0.75), max(duration_s), count(*)
 """
 
 
-def durations_by_label(con: duckdb.DuckDBPyConnection, batch: str | None) -> str:
+def _durations(
+    con: duckdb.DuckDBPyConnection, batch: str | None, title: str, groups: str, none: str
+) -> str:
+    """Box plots of the scope's task durations by group (the 12 biggest): ``groups`` is a
+    query of ``(task_id, name)`` over the scope; a task in none is counted as ``none``."""
     scope, params = _scope(batch)
     rows = _rows(
         con,
-        f"""{scope}, labelled AS (
-            SELECT task_id, unnest(CAST(json_extract(payload, '$.task.labels') AS VARCHAR[]))
-                AS label
-            FROM events WHERE type = 'task.submitted'
-        )
-        SELECT coalesce(l.label, '(no label)') AS name, {SPREAD}
-        FROM scope s LEFT JOIN labelled l USING (task_id)
+        f"""{scope}, grouped AS ({groups})
+        SELECT coalesce(g.name, '{none}') AS name, {SPREAD}
+        FROM scope s LEFT JOIN grouped g USING (task_id)
         WHERE s.duration_s IS NOT NULL
-        GROUP BY name ORDER BY count(*) DESC, name LIMIT 12
+        GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 12
         """,
         params,
     )
-    return charts.boxes("Task duration by label (s)", _spreads(rows), "s")
+    return charts.boxes(title, _spreads(rows), "s")
 
 
-def _by_agent(scope: str) -> str:
-    """A query prefix: ``agents`` is each task of the scope with the agent of its last session."""
-    return f"""{scope}, agents AS (
-        SELECT task_id, arg_max(agent, started_at) AS agent
-        FROM sessions WHERE task_id IN (SELECT task_id FROM scope) GROUP BY task_id
-    )"""
+def durations_by_label(con: duckdb.DuckDBPyConnection, batch: str | None) -> str:
+    labels = """
+        SELECT task_id, unnest(CAST(json_extract(payload, '$.task.labels') AS VARCHAR[]))
+            AS name
+        FROM events WHERE type = 'task.submitted'"""
+    return _durations(con, batch, "Task duration by label (s)", labels, "(no label)")
 
 
 def durations_by_agent(con: duckdb.DuckDBPyConnection, batch: str | None) -> str:
-    scope, params = _scope(batch)
-    rows = _rows(
-        con,
-        f"""{_by_agent(scope)}
-        SELECT coalesce(a.agent, '(none)') AS name, {SPREAD}
-        FROM scope s LEFT JOIN agents a USING (task_id)
-        WHERE s.duration_s IS NOT NULL
-        GROUP BY name ORDER BY count(*) DESC, name LIMIT 12
-        """,
-        params,
-    )
-    return charts.boxes("Task duration by agent (s)", _spreads(rows), "s")
+    last_agent = """
+        SELECT task_id, arg_max(agent, started_at) AS name
+        FROM sessions WHERE task_id IN (SELECT task_id FROM scope) GROUP BY task_id"""
+    return _durations(con, batch, "Task duration by agent (s)", last_agent, "(none)")
 
 
 def spend_by_agent(con: duckdb.DuckDBPyConnection, batch: str | None) -> tuple[str, str]:
