@@ -1,12 +1,19 @@
 """What workers call the supervisor for: report a session's result and wait for the next
 assignment, keep a checkpoint, ship events. Plain asyncio: the supervisor forwards the
 workers' calls here; no worker handle is called.
+
+A result is taken behind the worker's next assignment: storing its artifacts, delivering it
+and logging what follows run while the worker already starts its next session (at most
+``len(workers)`` results at once; past that a worker waits for one; ``settle`` waits for
+all). Nothing changes for the task: its final state is logged only once its artifacts are
+stored, and a supervisor killed in between leaves it running in the log, to run again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +41,8 @@ KEEPS_WORKSPACE = (
     EventType.task_needs_human,
 )
 """Decisions whose events point at the session's stored workspace and loop state."""
+
+log = logging.getLogger(__name__)
 
 
 def answered(record: TaskRecord) -> bool:
@@ -64,6 +73,8 @@ class Dispatcher:
         self.settings = settings
         self.files = files or FileStore(store, settings.max_file_bytes)
         self.clock = clock
+        self._taking: set[asyncio.Task[None]] = set()
+        """Results being taken behind their workers' next assignments."""
 
     async def next_assignment(
         self, worker_id: str, result: SessionResult | None
@@ -75,8 +86,24 @@ class Dispatcher:
             return None  # a worker of an earlier life (or replaced): its result is stale
         self.pool.heartbeats[worker_id] = self.clock()
         if result is not None:
-            await self.take_result(worker_id, result)
+            self.pool.running.pop(worker_id, None)  # the worker is free; the task not yet
+            while len(self._taking) >= max(1, len(self.pool.workers)):
+                await asyncio.wait(set(self._taking), return_when=asyncio.FIRST_COMPLETED)
+            taking = asyncio.create_task(self._take_logged(worker_id, result))
+            self._taking.add(taking)
+            taking.add_done_callback(self._taking.discard)
         return await self.assign(worker_id)
+
+    async def _take_logged(self, worker_id: str, result: SessionResult) -> None:
+        try:
+            await self.take_result(worker_id, result)
+        except Exception:  # the task stays running in the log: recovery runs it again
+            log.exception("taking the result of %s (%s) failed", result.task_id, worker_id)
+
+    async def settle(self) -> None:
+        """Wait until every result handed in is taken (before a shutdown's last flush)."""
+        while self._taking:
+            await asyncio.gather(*self._taking, return_exceptions=True)
 
     async def take_result(self, worker_id: str, result: SessionResult) -> None:
         """Record a session's events and artifacts and what follows it (retry, next stage,

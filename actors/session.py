@@ -37,6 +37,9 @@ SandboxFactory = Callable[[EnvironmentSpec, str], Awaitable[Sandbox]]
 
 EventSink = Callable[[Event], None]
 CheckpointSink = Callable[[str, str, dict[str, Any], bytes, bytes | None], Awaitable[Any]]
+SandboxRelease = Callable[[Sandbox], Awaitable[None]]
+"""Where a session's sandbox goes when the session is done with it (default: closed there
+and then; a worker closes it in the background instead)."""
 """``(task_id, session_id, loop_state, workspace_archive, base)``: keeps a resume point (and
 the task's starting workspace, sent once by a session that seeded it)."""
 
@@ -185,10 +188,12 @@ class SessionRunner:
         sandboxes: SandboxFactory,
         where: dict[str, str] | None = None,
         checkpoints: CheckpointSink | None = None,
+        release: SandboxRelease | None = None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.sandboxes = sandboxes
+        self.release = release
         self.checkpoints = checkpoints
         self.where = where or {}
         """Where the worker runs (node id, host), recorded with each session."""
@@ -242,8 +247,8 @@ class SessionRunner:
         except Exception as exc:
             # a broken sandbox mid-session: the attempt fails, the worker lives
             result = rec.result("failed", f"session error: {type(exc).__name__}: {exc}")
-        finally:
-            await sandbox.close()
+        finally:  # the result holds all the session needs from its sandbox now
+            await (self.release(sandbox) if self.release else sandbox.close())
         carry_late_decision(result, hooks)  # after the last await here
         return result
 

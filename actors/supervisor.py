@@ -253,6 +253,7 @@ class Supervisor:
         # Containers of workers that died before (an earlier life's, a lost worker's).
         await asyncio.sleep(0.5)
         await watchdog.reap_head(self.settings.sandbox)
+        await self.dispatch.settle()  # results handed in before the stop are logged
         await self.flush(compact=True)
         await asyncio.to_thread(self.telemetry.close)  # the spans still buffered
 

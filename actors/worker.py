@@ -102,10 +102,15 @@ class Worker:
         self.supervisor = supervisor
         self.settings = settings
         where = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
-        self.runner = SessionRunner(
-            settings, worker_id, self._sandbox, where, checkpoints=self._checkpoint
-        )
         self.pool = WarmPool(self._new_sandbox, size=settings.warm_pool)
+        self.runner = SessionRunner(
+            settings,
+            worker_id,
+            self._sandbox,
+            where,
+            checkpoints=self._checkpoint,
+            release=self.pool.release,  # containers are removed behind the next session
+        )
         self._prewarm = prewarm or []
         self._made = 0
         self._warm: bool | None = None

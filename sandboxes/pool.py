@@ -5,8 +5,10 @@ sandbox for that environment (or starts one when none is ready), then tops the p
 to ``size`` in the background. ``size`` bounds the whole pool, not each environment: topping
 up for one environment closes (or stops starting) sandboxes of the others beyond it, so idle
 containers do not pile up over many environments. A sandbox that was handed out is never
-taken back: the caller closes it. Background starts that fail are logged and dropped; the
-next ``acquire`` then starts one itself, so the error reaches a caller.
+reused: the caller closes it, or hands it to ``release``, which closes it in the background
+(container removal off the caller's critical path; at most ``max_closing`` at once, ``close``
+waits for them all). Background starts that fail are logged and dropped; the next
+``acquire`` then starts one itself, so the error reaches a caller.
 """
 
 from __future__ import annotations
@@ -32,14 +34,21 @@ def environment_key(environment: EnvironmentSpec) -> str:
 
 
 class WarmPool:
-    def __init__(self, factory: Callable[[EnvironmentSpec], Sandbox], size: int = 1) -> None:
-        if size < 0:
-            raise ValueError("size must be >= 0")
+    def __init__(
+        self,
+        factory: Callable[[EnvironmentSpec], Sandbox],
+        size: int = 1,
+        max_closing: int = 2,
+    ) -> None:
+        if size < 0 or max_closing < 1:
+            raise ValueError("size must be >= 0 and max_closing >= 1")
         self._factory = factory
         self.size = size
+        self.max_closing = max_closing
         self._idle: dict[str, deque[Sandbox]] = {}
         self._starting: dict[str, set[asyncio.Task[None]]] = {}
-        self._evicting: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        """Background closes: evicted idle sandboxes and released used ones."""
         self._closed = False
         self.hits = 0
         self.misses = 0
@@ -96,9 +105,7 @@ class WarmPool:
         excess = self.held() + wanted - self.size
         for key, queue in self._idle.items():
             while excess > 0 and key != keep and queue:
-                task = asyncio.create_task(_close_quietly(queue.popleft()))
-                self._evicting.add(task)
-                task.add_done_callback(self._evicting.discard)
+                self._close_behind(queue.popleft())
                 excess -= 1
         for key, tasks in self._starting.items():
             for task in list(tasks):
@@ -106,6 +113,19 @@ class WarmPool:
                     task.cancel()  # _start closes what it had started
                     tasks.discard(task)
                     excess -= 1
+
+    async def release(self, sandbox: Sandbox) -> None:
+        """Take back a sandbox ``acquire`` handed out, done with: it is closed in the
+        background. Returns at once unless ``max_closing`` closes are already running; then
+        it waits for one to end first, so closes cannot pile up."""
+        while len(self._closing) >= self.max_closing:
+            await asyncio.wait(set(self._closing), return_when=asyncio.FIRST_COMPLETED)
+        self._close_behind(sandbox)
+
+    def _close_behind(self, sandbox: Sandbox) -> None:
+        task = asyncio.create_task(_close_quietly(sandbox))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _start(self, environment: EnvironmentSpec) -> Sandbox:
         sandbox = self._factory(environment)
@@ -134,7 +154,8 @@ class WarmPool:
             self._idle[key].append(sandbox)
 
     async def close(self) -> None:
-        """Stop background starts and close every idle sandbox."""
+        """Stop background starts, close every idle sandbox and wait for the closes of
+        released ones."""
         self._closed = True
         tasks = [task for tasks in self._starting.values() for task in tasks]
         for task in tasks:
@@ -142,7 +163,7 @@ class WarmPool:
         await asyncio.gather(*tasks, return_exceptions=True)
         idle = [sb for queue in self._idle.values() for sb in queue]
         self._idle.clear()
-        await asyncio.gather(*(_close_quietly(sb) for sb in idle), *self._evicting)
+        await asyncio.gather(*(_close_quietly(sb) for sb in idle), *self._closing)
 
 
 async def _close_quietly(sandbox: Sandbox) -> None:

@@ -94,6 +94,7 @@ def test_a_worker_gets_work_reports_and_is_woken_by_the_next_task(tmp_path: Path
         nxt = await asyncio.wait_for(waiting, 5)
         assert nxt is not None and nxt.task.id == "t2"
         assert time.monotonic() - started < 5  # woken by the submit, not the 30 s re-check
+        await parts.dispatch.settle()
         parts.pool.stopping = True
         assert await parts.dispatch.assign("w1") is None
         for task in parts.background:
@@ -109,6 +110,60 @@ def test_a_worker_gets_work_reports_and_is_woken_by_the_next_task(tmp_path: Path
     assert saved.payload["changed_files"] == ["x"]
     checkpoint = next(e for e in events if e.type == EventType.session_checkpointed)
     assert checkpoint.payload["turns"] == 2 and checkpoint.payload["bytes"] == 2
+    parts.log.close()
+
+
+def test_a_worker_gets_its_next_task_while_its_last_result_is_still_being_taken(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    import actors.artifacts as art
+
+    parts = Parts(tmp_path)
+    slow_store = art.store_result
+
+    def store_result(store: ArtifactStore, result: SessionResult) -> dict[str, str]:
+        time.sleep(0.5)  # a big workspace archive on a slow disk
+        return slow_store(store, result)
+
+    monkeypatch.setattr(art, "store_result", store_result)
+
+    def done(task_id: str, session_id: str) -> SessionResult:
+        return SessionResult(
+            task_id=task_id,
+            session_id=session_id,
+            attempt=1,
+            worker="w1",
+            status="succeeded",
+            outcome=SessionOutcome(status="finished", summary="done"),
+            diff="+x\n",
+        )
+
+    async def scenario() -> None:
+        parts.open()
+        for task_id in ("t1", "t2", "t3"):
+            await parts.submit(task_id)
+        first = await parts.dispatch.next_assignment("w1", None)
+        assert first is not None and first.task.id == "t1"
+        started = time.monotonic()
+        second = await parts.dispatch.next_assignment("w1", done("t1", first.session_id))
+        assert time.monotonic() - started < 0.4  # not held by the store of t1's artifacts
+        assert second is not None and second.task.id == "t2"
+        assert parts.sched.tasks["t1"].state == TaskState.running  # its verdict comes later
+        assert parts.pool.running == {"w1": "t2"}
+        # One worker: at most one result is taken at once, so the next report waits for it.
+        started = time.monotonic()
+        third = await parts.dispatch.next_assignment("w1", done("t2", second.session_id))
+        assert third is not None and third.task.id == "t3"
+        assert time.monotonic() - started >= 0.3
+        assert parts.sched.tasks["t1"].state == TaskState.succeeded
+        await parts.dispatch.settle()
+        assert parts.sched.tasks["t2"].state == TaskState.succeeded
+        for task in parts.background:
+            task.cancel()
+
+    asyncio.run(scenario())
+    events = asyncio.run(parts.journal.task_events("t2"))
+    assert [e.type for e in events][-2:] == [EventType.artifact_saved, EventType.task_succeeded]
     parts.log.close()
 
 

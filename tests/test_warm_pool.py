@@ -199,3 +199,38 @@ def test_a_start_for_another_environment_is_cancelled_beyond_the_bound(tmp_path:
         await pool.close()
 
     asyncio.run(go())
+
+
+def test_release_closes_behind_the_caller_bounded_and_close_waits_for_it(tmp_path: Any) -> None:
+    closing = asyncio.Event()
+
+    class SlowClose(Recorder):
+        def __call__(self, env: EnvironmentSpec) -> LocalSandbox:
+            sandbox = super().__call__(env)
+            plain_close = sandbox.close
+
+            async def close() -> None:
+                await closing.wait()  # a container removal the engine is slow to do
+                await plain_close()
+
+            sandbox.close = close  # type: ignore[method-assign]
+            return sandbox
+
+    async def go() -> None:
+        rec = SlowClose(str(tmp_path))
+        pool = WarmPool(rec, size=0, max_closing=2)
+        env = EnvironmentSpec()
+        used = [await pool.acquire(env) for _ in range(3)]
+        for sandbox in used[:2]:  # returns at once: closed in the background
+            await asyncio.wait_for(pool.release(sandbox), 0.5)
+        third = asyncio.create_task(pool.release(used[2]))
+        await asyncio.sleep(0.2)
+        assert not third.done()  # two closes running: the third waits for one
+        assert rec.closed == []
+        closing.set()
+        await asyncio.wait_for(third, 2)
+        await pool.close()  # waits for the closes still running
+        assert len(rec.closed) == 3
+        assert not any(os.path.exists(s.workdir) for s in used)
+
+    asyncio.run(go())
