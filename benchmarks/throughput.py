@@ -13,10 +13,14 @@ both), in docker sandboxes:
   then finishes), from start to exit.
 
 Prints the seconds of each, the fleet as a ratio of the peer (target at most 0.45) and of the
-floor (target at most 1.3), and where the fleet's time goes, from its events (medians per
-task): assignment to the first command, the commands, the end of the session to the task's
-final state, plus start-up (command start to the first event) and shutdown (last event to
-exit). Needs a Docker engine; the base image is built if missing.
+floor (target at most 1.3), the floor as a ratio of the peer (what a container per task
+leaves to gain), and where the fleet's time goes, from its events (medians per task):
+assignment to the first command, the commands, the end of the session to the task's final
+state, the gap between a worker's session end and its next assignment, the share of
+sessions that found a warm sandbox, plus start-up (command start to the first event) and
+shutdown (last event to exit); then the peak memory (RSS) of each long-lived process of the
+fleet (supervisor, workers, Ray's daemons), sampled every half second. Needs a Docker
+engine; the base image is built if missing.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+from benchmarks.soak import RAY_DAEMONS, descendants, role, rss_kb
 from core.analytics import connect
 from core.specs import EnvironmentSpec
 from sandboxes import docker_available
@@ -105,7 +112,7 @@ def floor(tasks: int, workers: int) -> float:
     return asyncio.run(run())
 
 
-def fleet(tasks: int, workers: int, folder: Path) -> tuple[float, dict[str, float]]:
+def fleet(tasks: int, workers: int, folder: Path) -> tuple[float, dict[str, Any]]:
     """Seconds of the whole ``fleet run`` command, and its breakdown from the events."""
     steps = [{"tool": "shell", "args": {"command": c}} for c in COMMANDS]
     steps.append({"tool": "finish", "args": {"summary": "done"}})
@@ -132,11 +139,16 @@ def fleet(tasks: int, workers: int, folder: Path) -> tuple[float, dict[str, floa
     ]
     started_at = datetime.now().astimezone()
     t0 = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks: dict[str, int] = {}
+    sampling = threading.Thread(target=sample_rss, args=(process, peaks), daemon=True)
+    sampling.start()
+    _, stderr = process.communicate()
     seconds = time.perf_counter() - t0
     ended_at = datetime.now().astimezone()
-    if done.returncode != 0:
-        raise SystemExit(f"{shlex.join(command)} failed:\n{done.stderr[-2000:]}")
+    sampling.join()
+    if process.returncode != 0:
+        raise SystemExit(f"{shlex.join(command)} failed:\n{stderr[-2000:]}")
     con = connect(str(events))
     per_task = con.execute(
         """
@@ -150,20 +162,52 @@ def fleet(tasks: int, workers: int, folder: Path) -> tuple[float, dict[str, floa
         FROM events GROUP BY task_id
         """
     ).fetchall()
+    # A worker's gap: its session's end to its next assignment (work waiting: near zero).
+    gaps = con.execute(
+        """
+        WITH s AS (
+            SELECT worker, min(ts) FILTER (WHERE type = 'session.started') AS started,
+                   max(ts) FILTER (WHERE type = 'session.ended') AS ended
+            FROM events WHERE worker IS NOT NULL GROUP BY worker, session_id
+        )
+        SELECT epoch(started - lag(ended) OVER (PARTITION BY worker ORDER BY started))
+        FROM s
+        """
+    ).fetchall()
+    (warm,) = con.execute(
+        "SELECT avg(CAST(json_extract(payload, '$.sandbox_warm') AS BOOLEAN)::INT) "
+        "FROM events WHERE type = 'session.ended'"
+    ).fetchone()
     first, last = con.execute("SELECT min(ts), max(ts) FROM events").fetchall()[0]
     breakdown = {
         name: statistics.median(row[i] for row in per_task if row[i] is not None) * 1000
         for i, name in enumerate(["acquire_ms", "commands_ms", "end_to_final_ms"])
     }
+    breakdown["gap_ms"] = statistics.median(g for (g,) in gaps if g is not None) * 1000
+    breakdown["warm_pct"] = 100 * (warm or 0)
     breakdown["startup_s"] = (first - started_at).total_seconds()
     breakdown["shutdown_s"] = (ended_at - last).total_seconds()
+    breakdown["rss_mib"] = {name: kb / 1024 for name, kb in sorted(peaks.items())}
     return seconds, breakdown
+
+
+def sample_rss(process: subprocess.Popen[str], peaks: dict[str, int]) -> None:
+    """Peak RSS (KiB) per long-lived process role below ``process`` until it exits."""
+    while process.poll() is None:
+        for pid in [process.pid, *descendants(process.pid)]:
+            name = "fleet run (driver)" if pid == process.pid else role(pid)
+            kb = rss_kb(pid)
+            if name is None or kb is None or name == "ray::IDLE":
+                continue
+            if name.startswith("ray::") or name in (*RAY_DAEMONS, "fleet run (driver)"):
+                peaks[name] = max(peaks.get(name, 0), kb)
+        time.sleep(0.5)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=200)
-    parser.add_argument("--workers", type=int, nargs="+", default=[4])
+    parser.add_argument("--workers", type=int, nargs="+", default=[4, 8])
     args = parser.parse_args()
     if not docker_available():
         raise SystemExit("needs a Docker engine (scripts/ci-docker.sh starts one)")
@@ -180,13 +224,19 @@ def main() -> None:
             print(f"  fleet (whole `fleet run` command)    {fleet_s:7.1f} s", flush=True)
             print(
                 f"  fleet / peer {fleet_s / peer_s:.2f} (target <= 0.45)   "
-                f"fleet / floor {fleet_s / floor_s:.2f} (target <= 1.3)"
+                f"fleet / floor {fleet_s / floor_s:.2f} (target <= 1.3)   "
+                f"floor / peer {floor_s / peer_s:.2f}"
             )
             print(
                 "  fleet, medians per task: acquire {acquire_ms:.0f} ms, commands "
-                "{commands_ms:.0f} ms, end -> final {end_to_final_ms:.0f} ms; start-up "
-                "{startup_s:.1f} s, shutdown {shutdown_s:.1f} s".format(**parts)
+                "{commands_ms:.0f} ms, end -> final {end_to_final_ms:.0f} ms, worker's "
+                "session end -> next session {gap_ms:.0f} ms; warm sandbox {warm_pct:.0f}% "
+                "of sessions; start-up {startup_s:.1f} s, shutdown {shutdown_s:.1f} s".format(
+                    **parts
+                )
             )
+            rss = ", ".join(f"{name} {mib:.0f}" for name, mib in parts["rss_mib"].items())
+            print(f"  fleet, peak RSS (MiB): {rss}", flush=True)
 
 
 if __name__ == "__main__":
