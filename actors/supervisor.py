@@ -245,13 +245,15 @@ class Supervisor:
         workers = list(self.pool.workers.values())
         self.pool.workers.clear()
         closing = [w.close.remote() for w in workers]
+        closed: list[Any] = []
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 30)
+            closed = await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 30)
         for handle in workers:
             with contextlib.suppress(Exception):
                 ray.kill(handle)
+        if len(closed) < len(workers) or any(isinstance(c, BaseException) for c in closed):
+            await asyncio.sleep(0.5)  # a worker that did not close: let its process end first
         # Containers of workers that died before (an earlier life's, a lost worker's).
-        await asyncio.sleep(0.5)
         await watchdog.reap_head(self.settings.sandbox)
         await self.dispatch.settle()  # results handed in before the stop are logged
         await self.flush(compact=True)
