@@ -150,6 +150,11 @@ class Fleet:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR
         )
+        # Ray starts its worker processes at nice 15, to yield to its own daemons; but the
+        # supervisor and workers are the fleet's latency path, and the containers they drive
+        # run at nice 0: on a busy machine (weight 36 against 1024) they would starve. A Ray
+        # this process starts runs them at 0 (a cluster's nodes: see cluster.yaml).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         try:
             ray.init(
                 address=address,

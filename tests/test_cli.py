@@ -33,8 +33,16 @@ def test_run_reports_bad_lines_runs_the_rest_and_answers_sql(tmp_path):
         "gate": "test -s f.txt",
         "script": script(("write_file", {"path": "f.txt", "content": "1"}), ("finish", {})),
     }
+    # The workers run at nice 0, not Ray's 15 (a local sandbox's gate is their child).
+    nice = {
+        "id": "nice",
+        "prompt": "x",
+        "gate": 'test "$(nice)" -eq 0',
+        "script": script(("finish", {})),
+    }
     lines = [
         json.dumps(ok),
+        json.dumps(nice),
         '{"id": "broken", "prompt": ',
         json.dumps({"id": "typo", "promt": "x"}),
     ]
@@ -57,30 +65,33 @@ def test_run_reports_bad_lines_runs_the_rest_and_answers_sql(tmp_path):
         "sandbox: local (no Docker engine answered: commands run as host processes with the "
         "worker's user, not isolated)"
     )
-    assert "tasks.jsonl:2: bad JSON" in proc.stderr
-    assert "tasks.jsonl:3: promt: unknown field" in proc.stderr
+    assert "tasks.jsonl:3: bad JSON" in proc.stderr
+    assert "tasks.jsonl:4: promt: unknown field" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "Batch summary" in proc.stdout and "succeeded" in proc.stdout
     assert "Tool calls by tool" in proc.stdout
 
     proc = fleet(
         "sql",
-        "select task_id, type from events where type = 'task.succeeded'",
+        "select task_id, type from events where type = 'task.succeeded' order by task_id",
         "--events",
         "ev",
         "--json",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == [{"task_id": "ok", "type": "task.succeeded"}]
+    assert json.loads(proc.stdout) == [
+        {"task_id": "nice", "type": "task.succeeded"},
+        {"task_id": "ok", "type": "task.succeeded"},
+    ]
     query = "select json_extract_string(payload, '$.sandbox_kind') as k from events "
     query += "where type = 'session.started'"
     proc = fleet("sql", query, "--events", "ev", "--json", cwd=tmp_path)
-    assert json.loads(proc.stdout) == [{"k": "local"}]  # the resolved kind, never auto
+    assert json.loads(proc.stdout) == [{"k": "local"}] * 2  # the resolved kind, never auto
 
     proc = fleet("report", "--events", "ev", "--json", cwd=tmp_path)
     overview = json.loads(proc.stdout)["Overview"][0]
-    assert overview["tasks"] == 1 and overview["succeeded"] == 1
+    assert overview["tasks"] == 2 and overview["succeeded"] == 2
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
