@@ -247,3 +247,21 @@ def test_a_seeding_session_sends_the_tasks_base_once_to_checkpoints_and_when_kep
     # A last stage's result that is not continued carries no base (no tar for nothing).
     result, _ = run_session(runner, assignment(AgentSpec(), ("finish", {})))
     assert result.base is None and result.workspace is not None
+
+
+def test_a_session_hands_its_sandbox_to_release_after_its_result_is_complete() -> None:
+    """A worker removes the container behind its next session: the runner gives the used
+    sandbox to ``release`` instead of closing it, once the workspace is in the result."""
+    released: list[Any] = []
+
+    async def release(sandbox: Any) -> None:
+        released.append(sandbox)
+        assert (await sandbox.read_file("f.txt")) == b"1"  # still open: not closed by the run
+
+    box = Box()
+    runner = SessionRunner(settings(), "w1", factory(box), release=release)
+    write = ("write_file", {"path": "f.txt", "content": "1"})
+    result, _ = run_session(runner, assignment(AgentSpec(), write, ("finish", {})))
+    assert result.status == "succeeded" and result.workspace is not None
+    assert len(released) == 1 and released[0].sandbox is box  # the session's wrapper of it
+    assert Path(box.workdir).is_dir()  # the release closes it, not the runner
