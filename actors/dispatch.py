@@ -2,11 +2,15 @@
 assignment, keep a checkpoint, ship events. Plain asyncio: the supervisor forwards the
 workers' calls here; no worker handle is called.
 
-A result is taken behind the worker's next assignment: storing its artifacts, delivering it
-and logging what follows run while the worker already starts its next session (at most
-``len(workers)`` results at once; past that a worker waits for one; ``settle`` waits for
-all). Nothing changes for the task: its final state is logged only once its artifacts are
-stored, and a supervisor killed in between leaves it running in the log, to run again.
+A worker's session comes back in two ways: as the result it hands in when it asks for its
+next assignment, or, when it finishes behind the next session (see :mod:`actors.worker`),
+first named as ``finishing`` (the pool keeps it as the worker's until its result comes) and
+then handed in by ``report_result``. Either way the result is taken behind the worker's next
+assignment: storing its artifacts, delivering it and logging what follows run while the
+worker already starts its next session (at most ``len(workers)`` results at once; past that
+a worker waits for one; ``settle`` waits for all). Nothing changes for the task: its final
+state is logged only once its artifacts are stored, and a supervisor killed in between
+leaves it running in the log, to run again.
 """
 
 from __future__ import annotations
@@ -77,22 +81,48 @@ class Dispatcher:
         """Results being taken behind their workers' next assignments."""
 
     async def next_assignment(
-        self, worker_id: str, result: SessionResult | None
+        self,
+        worker_id: str,
+        result: SessionResult | None,
+        finishing: list[str] | None = None,
     ) -> Assignment | None:
         """Take a worker's last result (if any) and wait for its next assignment; None
-        tells the worker to stop."""
+        tells the worker to stop. ``finishing``: ``[task id, session id]`` of its session
+        that finishes behind the next one (its result comes by ``report_result``)."""
         assert self.pool.work is not None
         if worker_id not in self.pool.workers:
             return None  # a worker of an earlier life (or replaced): its result is stale
         self.pool.heartbeats[worker_id] = self.clock()
+        if finishing is not None:
+            task_id, session_id = finishing
+            if self.pool.running.get(worker_id) == task_id:
+                del self.pool.running[worker_id]
+            if not self.pool.reported.pop(session_id, False):  # not already back
+                self.pool.finishing[worker_id] = (task_id, session_id)
         if result is not None:
-            self.pool.running.pop(worker_id, None)  # the worker is free; the task not yet
-            while len(self._taking) >= max(1, len(self.pool.workers)):
-                await asyncio.wait(set(self._taking), return_when=asyncio.FIRST_COMPLETED)
-            taking = asyncio.create_task(self._take_logged(worker_id, result))
-            self._taking.add(taking)
-            taking.add_done_callback(self._taking.discard)
+            await self._take_behind(worker_id, result)
         return await self.assign(worker_id)
+
+    async def report_result(self, worker_id: str, result: SessionResult) -> None:
+        """The result of a session that finished behind the worker's next one."""
+        if worker_id not in self.pool.workers:
+            return  # a worker of an earlier life (or replaced): its result is stale
+        self.pool.heartbeats[worker_id] = self.clock()
+        if self.pool.finishing.get(worker_id, ("", ""))[1] == result.session_id:
+            del self.pool.finishing[worker_id]
+        else:  # ahead of the call that names it finishing (Ray may reorder them)
+            self.pool.reported[result.session_id] = True
+        await self._take_behind(worker_id, result)
+
+    async def _take_behind(self, worker_id: str, result: SessionResult) -> None:
+        """Take ``result`` in the background (waiting first while too many are)."""
+        if self.pool.running.get(worker_id) == result.task_id:
+            del self.pool.running[worker_id]  # the worker is free; the task not yet
+        while len(self._taking) >= max(1, len(self.pool.workers)):
+            await asyncio.wait(set(self._taking), return_when=asyncio.FIRST_COMPLETED)
+        taking = asyncio.create_task(self._take_logged(worker_id, result))
+        self._taking.add(taking)
+        taking.add_done_callback(self._taking.discard)
 
     async def _take_logged(self, worker_id: str, result: SessionResult) -> None:
         try:
@@ -108,7 +138,8 @@ class Dispatcher:
     async def take_result(self, worker_id: str, result: SessionResult) -> None:
         """Record a session's events and artifacts and what follows it (retry, next stage,
         review, parking, success)."""
-        self.pool.running.pop(worker_id, None)
+        if self.pool.running.get(worker_id) == result.task_id:  # not the worker's next task
+            del self.pool.running[worker_id]
         self.pool.session_started.pop(result.session_id, None)
         refs: dict[str, str] = {}
         if art.has_artifacts(result):  # first: what the log will point at exists

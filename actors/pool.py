@@ -25,6 +25,11 @@ class WorkerPool:
         self.heartbeats: dict[str, float] = {}
         self.running: dict[str, str] = {}
         """worker id -> the task it runs"""
+        self.finishing: dict[str, tuple[str, str]] = {}
+        """worker id -> (task id, session id) of its session finishing behind the running
+        one: still the worker's (lost with it) until its result comes"""
+        self.reported: dict[str, bool] = {}
+        """Session ids whose result came before the call that named them finishing."""
         self.session_started: dict[str, float] = {}
         """session id -> when it was assigned (the watchdog's clock for time limits)"""
         self.life = life
@@ -54,20 +59,27 @@ class WorkerPool:
         self.pools[worker_id] = pool
         self.heartbeats[worker_id] = now
 
-    def remove(self, worker_id: str) -> tuple[PoolSpec | None, str | None]:
-        """Forget a worker that died: its pool (to replace it) and the task it ran."""
+    def remove(self, worker_id: str) -> tuple[PoolSpec | None, list[str]]:
+        """Forget a worker that died: its pool (to replace it) and the tasks it held (the
+        one it ran, the one finishing behind it)."""
         self.workers.pop(worker_id, None)
         self.heartbeats.pop(worker_id, None)
-        return self.pools.pop(worker_id, None), self.running.pop(worker_id, None)
+        finishing = self.finishing.pop(worker_id, None)
+        running = self.running.pop(worker_id, None)
+        held = [finishing[0]] if finishing else []
+        return self.pools.pop(worker_id, None), held + ([running] if running else [])
 
     def beat(self, worker_id: str, now: float) -> None:
         if worker_id in self.workers:
             self.heartbeats[worker_id] = now
 
     def worker_of(self, task_id: str) -> str | None:
-        """The live worker running the task, if any."""
+        """The live worker running the task (or finishing its session), if any."""
         for worker, running in self.running.items():
             if running == task_id and worker in self.workers:
+                return worker
+        for worker, (finishing, _) in self.finishing.items():
+            if finishing == task_id and worker in self.workers:
                 return worker
         return None
 

@@ -199,15 +199,27 @@ class SessionRunner:
         """Where the worker runs (node id, host), recorded with each session."""
 
     async def run(
-        self, a: Assignment, sink: EventSink, hooks: SessionHooks | None = None
+        self,
+        a: Assignment,
+        sink: EventSink,
+        hooks: SessionHooks | None = None,
+        live_ended: asyncio.Event | None = None,
     ) -> SessionResult:
+        """Run one session. ``live_ended`` is set when what is left is its finish (the
+        gate, if any, has passed: the final snapshot, the diff, the sandbox's release), which
+        needs nobody: a worker then takes its next task while this one finishes."""
         # The session's secret values never leave it: redacted from its events, its
         # commands' output, the files it reads, its checkpoints and its result.
         redactor = Redactor(a.secret_values())
-        return redact_result(await self._run(a, redacting(sink, redactor), hooks), redactor)
+        result = await self._run(a, redacting(sink, redactor), hooks, live_ended)
+        return redact_result(result, redactor)
 
     async def _run(
-        self, a: Assignment, sink: EventSink, hooks: SessionHooks | None = None
+        self,
+        a: Assignment,
+        sink: EventSink,
+        hooks: SessionHooks | None = None,
+        live_ended: asyncio.Event | None = None,
     ) -> SessionResult:
         rec = SessionRecorder(a, self.worker_id, sink)
         checkout: Checkout | None = None
@@ -241,7 +253,7 @@ class SessionRunner:
         rec.sandbox = getattr(sandbox, "container_name", None) or getattr(sandbox, "workdir", None)
         sandbox = SessionSandbox(sandbox, a.environment_secrets(), Redactor(a.secret_values()))
         try:
-            result = await self._in_sandbox(a, sandbox, rec, hooks, checkout)
+            result = await self._in_sandbox(a, sandbox, rec, hooks, checkout, live_ended)
         except SandboxLost as exc:
             result = rec.result("failed", f"sandbox lost: {exc}")
         except Exception as exc:
@@ -259,6 +271,7 @@ class SessionRunner:
         rec: SessionRecorder,
         hooks: SessionHooks,
         checkout: Checkout | None = None,
+        live_ended: asyncio.Event | None = None,
     ) -> SessionResult:
         if a.workspace is not None:
             await sandbox.restore(a.workspace)
@@ -299,6 +312,8 @@ class SessionRunner:
             return rec.result("failed", str(exc))
 
         async def finish(status: str, reason: str, feedback: str = "") -> SessionResult:
+            if live_ended is not None:
+                live_ended.set()
             extra: dict[str, Any] = {"feedback": feedback}
             keep = a.keep_workspace or outcome.status in ("handoff", "parked", "interrupted")
             try:  # every session's final workspace is kept: the task's results

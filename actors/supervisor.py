@@ -227,11 +227,11 @@ class Supervisor:
             return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {one_line(exc)}"
-        pool, task_id = self.pool.remove(worker_id)
+        pool, task_ids = self.pool.remove(worker_id)
         if self.pool.stopping or pool is None:
             return
         log.warning("worker %s lost: %s", worker_id, reason)
-        if task_id:
+        for task_id in task_ids:  # running, and finishing behind it
             await self.journal.record(self.sched.worker_lost(worker_id, task_id, reason))
         self._spawn_worker(pool)
 
@@ -492,10 +492,15 @@ class Supervisor:
 
     # -- worker calls ------------------------------------------------------------------
     async def next_assignment(
-        self, worker_id: str, result: SessionResult | None
+        self, worker_id: str, result: SessionResult | None, finishing: list[str] | None = None
     ) -> Assignment | None:
-        """Take a worker's last result (if any) and wait for its next assignment."""
-        return await self.dispatch.next_assignment(worker_id, result)
+        """Take a worker's last result (if any) and wait for its next assignment
+        (``finishing``: its session finishing behind, reported later)."""
+        return await self.dispatch.next_assignment(worker_id, result, finishing)
+
+    async def report_result(self, worker_id: str, result: SessionResult) -> None:
+        """The result of a session that finished behind the worker's next one."""
+        await self.dispatch.report_result(worker_id, result)
 
     async def checkpoint(
         self,

@@ -44,9 +44,10 @@ def overdue(record: TaskRecord, started: float, now: float, settings: FleetSetti
 def sessions_to_stop(
     sched: Scheduler, pool: WorkerPool, now: float, settings: FleetSettings
 ) -> list[SessionStop]:
-    """The running sessions of live workers that must stop now."""
+    """The running (or finishing) sessions of live workers that must stop now."""
     stops = []
-    for worker_id, task_id in list(pool.running.items()):
+    finishing = [(worker_id, task_id) for worker_id, (task_id, _) in pool.finishing.items()]
+    for worker_id, task_id in [*pool.running.items(), *finishing]:
         record = sched.tasks[task_id]
         started = pool.session_started.get(record.session_id or "", now)
         reason = overdue(record, started, now, settings)

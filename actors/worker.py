@@ -3,6 +3,11 @@
 Thin on purpose: the session logic is in :mod:`actors.session`. Events are buffered and sent
 to the supervisor in batches; the last batch of a session rides on its result, so a short
 session costs one round trip.
+
+Once a session's live part is over (its gate passed, or it failed, parked or handed off),
+its finish (final snapshot, diff, container removal) runs behind the next session: the
+worker tells the supervisor the task is finishing as it asks for its next assignment, and
+reports the result when the finish is done. At most one session finishes at once.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import contextlib
 import logging
 import socket
 import threading
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -27,6 +34,17 @@ from sandboxes.base import Sandbox
 from sandboxes.pool import WarmPool
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Session:
+    """A session this worker holds: running, or finishing behind the next one."""
+
+    assignment: Assignment
+    hooks: InboxHooks
+    task: asyncio.Task[SessionResult] | None = None
+    stop_reason: str | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 def reap_node_containers(own: bool = False) -> int:
@@ -113,14 +131,14 @@ class Worker:
         )
         self._prewarm = prewarm or []
         self._made = 0
-        self._warm: bool | None = None
-        """Whether the running session's sandbox was ready in the warm pool (None: none yet)."""
         self._starts_reported = 0
         """The warm pool's ``started`` count when the last session ended (metrics)."""
-        self._session: asyncio.Task[SessionResult] | None = None
-        self._session_id: str | None = None
-        self._hooks: InboxHooks | None = None
-        self._stop_reason: str | None = None
+        self._figures: ContextVar[dict[str, Any]] = ContextVar("sandbox_figures")
+        """The session's sandbox figures (whether it was warm), set in the session's task."""
+        self._sessions: dict[str, _Session] = {}
+        """Session id -> the session running and the one finishing behind it, if any."""
+        self._behind: asyncio.Task[None] | None = None
+        """The finish (and report) of the session finishing behind the running one."""
         self._beat: asyncio.Task[None] | None = None
         self._closing = False
         if settings.sandbox in ("docker", "auto"):
@@ -141,16 +159,16 @@ class Worker:
         """A started sandbox: from the warm pool, which then starts the next one."""
         hits = self.pool.hits
         sandbox = await self.pool.acquire(environment)
-        self._warm = self.pool.hits > hits
+        self._figures.get({})["warm"] = self.pool.hits > hits
         return sandbox
 
-    def _sandbox_figures(self, event: Event) -> Event:
+    def _sandbox_figures(self, event: Event, figures: dict[str, Any]) -> Event:
         """``session.ended`` says whether the session's sandbox was warm (``sandbox_warm``)
         and how many sandboxes this worker started since the last one ended
         (``sandboxes_started``): the fleet's sandbox metrics."""
         if event.type == EventType.session_ended:
-            if self._warm is not None:
-                event.payload["sandbox_warm"] = self._warm
+            if "warm" in figures:
+                event.payload["sandbox_warm"] = figures["warm"]
             event.payload["sandboxes_started"] = self.pool.started - self._starts_reported
             self._starts_reported = self.pool.started
         return event
@@ -186,53 +204,91 @@ class Worker:
             self.pool.fill(self._prewarm[0])
         self._beat = asyncio.create_task(self._heartbeat())
         result: SessionResult | None = None
+        finishing: list[str] | None = None
         while True:
             assignment: Assignment | None = await self.supervisor.next_assignment.remote(
-                self.worker_id, result
+                self.worker_id, result, finishing
             )
             if assignment is None:
+                await self._settle()
                 return
             result = await self._run_one(assignment)
+            # None: it finishes behind the next one (task and session ids for the supervisor)
+            finishing = None if result else [assignment.task.id, assignment.session_id]
             if self._closing:
                 return
 
-    async def _run_one(self, assignment: Assignment) -> SessionResult:
+    async def _run_one(self, assignment: Assignment) -> SessionResult | None:
+        """Run a session until its live part is over: its result, or None when it finishes
+        behind (it reports its result itself, see ``_finish_behind``)."""
         batcher = EventBatcher(self.supervisor, self.settings.worker_event_batch_s)
-        self._session_id = assignment.session_id
-        self._hooks = InboxHooks()
-        self._warm = None
+        session = _Session(assignment, InboxHooks())
+        self._sessions[assignment.session_id] = session
 
         def sink(event: Event) -> None:
-            batcher.add(self._sandbox_figures(event))
+            batcher.add(self._sandbox_figures(event, session.figures))
 
-        self._session = asyncio.create_task(self.runner.run(assignment, sink, self._hooks))
-        hooks = self._hooks
+        live_ended = asyncio.Event()
+        session.task = asyncio.create_task(self._session(session, sink, live_ended))
+        live = asyncio.create_task(live_ended.wait())
         try:
-            result = await self._session
-            carry_late_decision(result, hooks)  # one that arrived as the session ended
+            await asyncio.wait({session.task, live}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            live.cancel()
+        if session.task.done():
+            return await self._collect(session, batcher)
+        await self._settle()  # one finish behind at a time
+        self._behind = asyncio.create_task(self._finish_behind(session, batcher))
+        return None
+
+    async def _session(
+        self, session: _Session, sink: Any, live_ended: asyncio.Event
+    ) -> SessionResult:
+        self._figures.set(session.figures)  # in this session's task only
+        return await self.runner.run(session.assignment, sink, session.hooks, live_ended)
+
+    async def _collect(self, session: _Session, batcher: EventBatcher) -> SessionResult:
+        """The session's result, once it ended (a stopped one fails with the reason)."""
+        a = session.assignment
+        assert session.task is not None
+        try:
+            result = await session.task
+            carry_late_decision(result, session.hooks)  # one that arrived as it ended
         except asyncio.CancelledError:
             result = SessionResult(
-                task_id=assignment.task.id,
-                session_id=assignment.session_id,
-                attempt=assignment.attempt,
+                task_id=a.task.id,
+                session_id=a.session_id,
+                attempt=a.attempt,
                 worker=self.worker_id,
                 status="failed",
-                reason=self._stop_reason or "session stopped by the supervisor",
+                reason=session.stop_reason or "session stopped by the supervisor",
             )
         finally:
-            self._session = None
-            self._session_id = None
-            self._hooks = None
-            self._stop_reason = None
+            self._sessions.pop(a.session_id, None)
         result.events = await batcher.drain()
         return result
 
+    async def _finish_behind(self, session: _Session, batcher: EventBatcher) -> None:
+        result = await self._collect(session, batcher)
+        try:
+            await self.supervisor.report_result.remote(self.worker_id, result)
+        except Exception as exc:  # the supervisor died: its next life runs the task again
+            log.warning("reporting the result of %s failed: %s", result.task_id, exc)
+
+    async def _settle(self) -> None:
+        """Wait for the session finishing behind, if any, to be reported."""
+        if self._behind is not None:
+            with contextlib.suppress(Exception):
+                await self._behind
+            self._behind = None
+
     def deliver(self, session_id: str, kind: str, data: Any) -> bool:
-        """A push from the supervisor to the running session: message, interrupt, decision,
-        custom tool result."""
-        hooks = self._hooks
-        if hooks is None or self._session_id != session_id:
+        """A push from the supervisor to a session of this worker: message, interrupt,
+        decision, custom tool result."""
+        session = self._sessions.get(session_id)
+        if session is None:
             return False
+        hooks = session.hooks
         if kind == "message":
             hooks.push_message(str(data))
         elif kind == "interrupt":
@@ -246,12 +302,14 @@ class Worker:
         return True
 
     async def stop_session(self, session_id: str, reason: str = "") -> bool:
-        """Stop the running session if it is ``session_id`` (its attempt fails with reason)."""
-        if self._session is not None and self._session_id == session_id:
-            self._stop_reason = reason or None
-            self._session.cancel()
-            return True
-        return False
+        """Stop the session ``session_id`` if this worker holds it, running or finishing
+        (its attempt fails with reason)."""
+        session = self._sessions.get(session_id)
+        if session is None or session.task is None or session.task.done():
+            return False
+        session.stop_reason = reason or None
+        session.task.cancel()
+        return True
 
     def pid(self) -> int:
         import os

@@ -27,6 +27,7 @@ def ray_session() -> Iterator[None]:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as a Ray the fleet starts (fleet/api.py)
     ray.init(namespace="agent-fleet-tests", include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

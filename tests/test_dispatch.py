@@ -158,12 +158,59 @@ def test_a_worker_gets_its_next_task_while_its_last_result_is_still_being_taken(
         assert parts.sched.tasks["t1"].state == TaskState.succeeded
         await parts.dispatch.settle()
         assert parts.sched.tasks["t2"].state == TaskState.succeeded
+        assert parts.pool.running == {"w1": "t3"}  # taking t2 late did not free the worker of t3
         for task in parts.background:
             task.cancel()
 
     asyncio.run(scenario())
     events = asyncio.run(parts.journal.task_events("t2"))
     assert [e.type for e in events][-2:] == [EventType.artifact_saved, EventType.task_succeeded]
+    parts.log.close()
+
+
+def test_a_session_finishing_behind_stays_the_workers_until_its_result_comes(
+    tmp_path: Path,
+) -> None:
+    parts = Parts(tmp_path)
+
+    def done(task_id: str, session_id: str) -> SessionResult:
+        outcome = SessionOutcome(status="finished", summary="done")
+        return SessionResult(
+            task_id=task_id, session_id=session_id, attempt=1, worker="w1", status="succeeded",
+            outcome=outcome,
+        )  # fmt: skip
+
+    async def scenario() -> None:
+        parts.open()
+        for task_id in ("t1", "t2", "t3"):
+            await parts.submit(task_id)
+        first = await parts.dispatch.next_assignment("w1", None)
+        assert first is not None
+        # t1's live part is over: the worker asks for more while t1 finishes behind
+        second = await parts.dispatch.next_assignment("w1", None, ["t1", first.session_id])
+        assert second is not None and second.task.id == "t2"
+        assert parts.pool.running == {"w1": "t2"}
+        assert parts.pool.finishing == {"w1": ("t1", first.session_id)}
+        assert parts.pool.worker_of("t1") == "w1"  # a cancel still reaches its finish
+        await parts.dispatch.report_result("w1", done("t1", first.session_id))
+        await parts.dispatch.settle()
+        assert parts.pool.finishing == {} and parts.pool.running == {"w1": "t2"}
+        assert parts.sched.tasks["t1"].state == TaskState.succeeded
+        # A report that overtakes the call naming its session finishing leaves nothing held.
+        await parts.dispatch.report_result("w1", done("t2", second.session_id))
+        third = await parts.dispatch.next_assignment("w1", None, ["t2", second.session_id])
+        assert third is not None and third.task.id == "t3"
+        assert parts.pool.finishing == {} and parts.pool.reported == {}
+        await parts.dispatch.settle()
+        assert parts.sched.tasks["t2"].state == TaskState.succeeded
+        # A worker of another life reports nothing.
+        await parts.dispatch.report_result("w7", done("t3", third.session_id))
+        await parts.dispatch.settle()
+        assert parts.sched.tasks["t3"].state == TaskState.running
+        for task in parts.background:
+            task.cancel()
+
+    asyncio.run(scenario())
     parts.log.close()
 
 
@@ -214,7 +261,9 @@ def test_the_pool_forgets_a_lost_worker_and_names_new_ids_per_life() -> None:
     assert [pool.new_id(), pool.new_id()] == ["w1.ab12", "w2.ab12"]
     pool.add("w1.ab12", object(), PoolSpec(name="p"), 1.0)
     pool.running["w1.ab12"] = "t"
-    assert pool.worker_of("t") == "w1.ab12"
-    lost_pool, task = pool.remove("w1.ab12")
-    assert lost_pool is not None and lost_pool.name == "p" and task == "t"
-    assert pool.worker_of("t") is None and pool.remove("w1.ab12") == (None, None)
+    pool.finishing["w1.ab12"] = ("t0", "s-0")  # its last session, finishing behind "t"
+    assert pool.worker_of("t") == "w1.ab12" and pool.worker_of("t0") == "w1.ab12"
+    lost_pool, tasks = pool.remove("w1.ab12")
+    assert lost_pool is not None and lost_pool.name == "p" and tasks == ["t0", "t"]
+    assert pool.worker_of("t") is None and pool.worker_of("t0") is None
+    assert pool.remove("w1.ab12") == (None, [])

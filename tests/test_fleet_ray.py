@@ -214,3 +214,59 @@ def test_a_task_id_from_an_earlier_run_in_the_same_log_is_refused(fleet_factory,
     assert result.accepted == []
     assert result.rejected[0]["field"] == "id"
     assert "already exists" in result.rejected[0]["error"]
+
+
+BIG_WORKSPACE = script(
+    (
+        "shell",
+        {
+            "command": 'python3 -c "import os\nfor i in range(300): '
+            "open(f'f{i}.bin', 'wb').write(os.urandom(100_000))\""
+        },
+    ),
+    ("finish", {"summary": "30 MB written"}),
+)
+"""A session whose finish (snapshot of 30 MB, diff, result to the supervisor) takes a while."""
+
+
+def test_a_worker_takes_its_next_task_while_its_last_session_finishes(fleet_factory):
+    fleet = fleet_factory(workers=1)
+    ids = ["big", "next"]
+    fleet.submit([{"id": i, "prompt": "x", "script": BIG_WORKSPACE} for i in ids])
+    assert all(r.state == TaskState.succeeded for r in fleet.wait(ids, timeout_s=120))
+    big = {e.type: e for e in fleet.events("big")}
+    nxt = {e.type: e for e in fleet.events("next")}
+    assert big[EventType.session_started].worker == nxt[EventType.session_started].worker
+    # The worker had its next task before the first session's finish (snapshot, diff) ended.
+    assert nxt[EventType.task_assigned].ts < big[EventType.session_ended].ts
+    assert big[EventType.session_ended].payload["status"] == "succeeded"
+    assert len(fleet.files("big")) == 300  # its workspace was kept, all of it
+
+
+def test_a_worker_killed_while_a_session_finishes_behind_loses_neither_task(fleet_factory):
+    fleet = fleet_factory(workers=1)
+    ids = ["big", "next"]
+    slow = script(("shell", {"command": "sleep 2"}), ("finish", {"summary": "slept"}))
+    fleet.submit(
+        [
+            {"id": "big", "prompt": "x", "script": BIG_WORKSPACE, "max_attempts": 1},
+            {"id": "next", "prompt": "x", "script": slow, "max_attempts": 1},
+        ]
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:  # "big" finishes behind while "next" runs
+        big, nxt = (fleet.get(task_id) for task_id in ids)
+        if big.state == nxt.state == TaskState.running and big.worker == nxt.worker:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("never saw a session finishing behind the next one")
+    pid = ray.get(fleet.supervisor.worker_pid.remote(big.worker))
+    os.kill(pid, signal.SIGKILL)
+    finals = fleet.wait(ids, timeout_s=120)
+    assert [r.state for r in finals] == [TaskState.succeeded] * 2
+    assert [r.attempts for r in finals] == [1, 1]  # the crash used up no attempt
+    for task_id in ids:
+        types = [e.type for e in fleet.events(task_id)]
+        assert types.count(EventType.task_succeeded) == 1, task_id
+        assert EventType.worker_lost in types, task_id
