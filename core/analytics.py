@@ -57,12 +57,13 @@ WITH per_task AS (
         coalesce(sum(cost_usd), 0) AS cost_usd,
         arg_max(json_extract_string(payload, '$.reason'), seq)
             FILTER (WHERE type IN {TERMINAL}) AS reason,
-        any_value(fleet) AS fleet
+        fleet
     FROM events
     -- a source's and the registry's events (task_id 'source:<name>', 'registry:<kind>/<name>')
     -- are no task's
     WHERE type NOT LIKE 'source.%' AND type NOT LIKE 'registry.%'
-    GROUP BY task_id
+    -- several fleets' logs read as one may each have a task of the same id
+    GROUP BY task_id, fleet
 )
 SELECT
     *,
