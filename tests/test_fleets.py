@@ -99,9 +99,9 @@ def test_several_logs_read_as_one_events_view_with_the_fleet_column(two_logs: Pa
 
 
 def test_fleet_report_takes_events_more_than_once(two_logs: Path) -> None:
+    logs = ["--events", str(two_logs / "north"), "--events", str(two_logs / "south")]
     done = subprocess.run(
-        [sys.executable, "-m", "fleet.cli", "report", "overview", "--json"]
-        + ["--events", str(two_logs / "north"), "--events", str(two_logs / "south")],
+        [sys.executable, "-m", "fleet.cli", "report", "overview", "--json", *logs],
         capture_output=True,
         text=True,
         timeout=120,
