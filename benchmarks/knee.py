@@ -257,7 +257,8 @@ def main() -> None:
     print(
         f"one supervisor (pid {sup_pid}), {args.procs} processes of simulated workers, "
         f"sessions of {args.session_s:g} s with a tool call every {args.tool_every_s:g} s; "
-        f"{os.cpu_count()} cores; events at {events_dir}",
+        f"{os.cpu_count()} cores; Ray at {ray.nodes()[0]['NodeManagerAddress']}; "
+        f"events at {events_dir}",
         flush=True,
     )
     header = (

@@ -30,6 +30,9 @@ from core.settings import FleetSettings
 from core.specs import FleetConfig, TaskSpec, new_task_id
 from fleet.api import Fleet, SubmitResult
 
+RESTART_PATIENCE_S = 60.0
+"""How long ``Fleets.as_completed`` waits for a supervisor that went away to answer again."""
+
 
 def rendezvous(task_id: str, names: Iterable[str]) -> str:
     """The fleet a task id goes to: the name with the highest hash of ``name/id``."""
@@ -142,28 +145,42 @@ class Fleets:
     def as_completed(
         self, task_ids: Iterable[str], timeout_s: float | None = None
     ) -> Iterator[TaskRecord]:
-        """Yield each task's record as it ends, whichever fleet runs it."""
+        """Yield each task's record as it ends, whichever fleet runs it. A supervisor that
+        restarts meanwhile is waited for (up to ``RESTART_PATIENCE_S``)."""
+        ids = list(task_ids)
+        self.records([i for i in ids if i not in self._where])  # where tasks not sent here are
         pending: dict[str, set[str]] = {}
-        for task_id in task_ids:
+        for task_id in ids:
             pending.setdefault(self.fleet_of(task_id), set()).add(task_id)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         cursors = {n: ray.get(self.fleets[n].supervisor.finished_count.remote()) for n in pending}
-        for name, ids in pending.items():
-            for record in self.fleets[name].records(sorted(ids)):
+        for name, group in pending.items():
+            for record in self.fleets[name].records(sorted(group)):
                 if record is not None and record.state.terminal:
-                    ids.discard(record.id)
+                    group.discard(record.id)
                     yield record
+        down_since: dict[str, float] = {}
         while any(pending.values()):
             if deadline is not None and time.monotonic() > deadline:
-                left = sum(len(ids) for ids in pending.values())
+                left = sum(len(group) for group in pending.values())
                 raise TimeoutError(f"{left} tasks still unfinished")
-            waiting = [n for n, ids in pending.items() if ids]
+            waiting = [n for n, group in pending.items() if group]
             calls = {
                 n: self.fleets[n].supervisor.finished_since.remote(cursors[n], 1.0 / len(waiting))
                 for n in waiting
             }
             for name, call in calls.items():
-                records, cursors[name] = ray.get(call)
+                try:
+                    records, cursors[name] = ray.get(call)
+                except ray.exceptions.RayActorError:
+                    # It restarts and replays its log: its finished tasks are listed anew.
+                    since = down_since.setdefault(name, time.monotonic())
+                    if time.monotonic() - since > RESTART_PATIENCE_S:
+                        raise
+                    cursors[name] = 0
+                    time.sleep(0.5 / len(waiting))
+                    continue
+                down_since.pop(name, None)
                 for record in records:
                     if record.id in pending[name]:
                         pending[name].discard(record.id)

@@ -135,11 +135,12 @@ def test_two_named_fleets_run_side_by_side_with_separate_logs_and_one_report(
         supervisors = {n: fleets.fleets[n].supervisor for n in names}
         assert supervisors["north"] != supervisors["south"]
         tasks = [{"id": f"job{i}", "prompt": "hello", "script": HELLO} for i in range(6)]
-        tasks.append({"id": "readme", "prompt": "x", "labels": ["docs"], "script": HELLO})
+        tasks.append({"id": "doc2", "prompt": "x", "labels": ["docs"], "script": HELLO})
         out = fleets.submit(tasks)
         assert sorted(out.accepted) == sorted(t["id"] for t in tasks) and not out.rejected
         where = {t["id"]: fleets.fleet_of(t["id"]) for t in tasks}
-        assert set(where.values()) == set(names) and where["readme"] == "south"
+        assert set(where.values()) == set(names) and where["doc2"] == "south"
+        assert rendezvous("doc2", names) == "north"  # its label, not its id, decided
         records = fleets.wait(out.accepted, timeout_s=120)
         assert sorted(r.id for r in records) == sorted(where)
         assert all(r.state == TaskState.succeeded for r in records)
@@ -147,6 +148,11 @@ def test_two_named_fleets_run_side_by_side_with_separate_logs_and_one_report(
             other = "south" if name == "north" else "north"
             assert fleets.fleets[name].get(task_id) is not None
             assert fleets.fleets[other].get(task_id) is None
+        # Another driver (no routes, nothing submitted through it) finds them all the same.
+        other = Fleets.connect(names, namespace="agent-fleet-tests")
+        found = other.wait(sorted(where), timeout_s=30)
+        assert sorted(r.id for r in found) == sorted(where)
+        assert {t: other.fleet_of(t) for t in where} == where
         status = fleets.status()
         assert status["counts"]["succeeded"] == 7 and status["workers"] == 2
         assert fleets.events_dirs() == [str(events)]
