@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from core import analytics
 from core.errors import InputError
+from core.events import EventType
+from core.settings import PoolSpec
 from core.specs import TaskState
 from fleet.api import SubmitResult
 from fleet.fleets import Fleets, rendezvous
@@ -169,3 +173,28 @@ def test_two_named_fleets_run_side_by_side_with_separate_logs_and_one_report(
         assert counted == dict(Counter(where.values()))
     finally:
         fleets.shutdown()
+
+
+@pytest.mark.ray
+def test_simulated_workers_of_the_knee_benchmark_speak_the_worker_protocol(
+    fleet_factory: Any,
+) -> None:
+    from benchmarks.knee import SIM_POOL, SimulatedWorkers
+
+    fleet = fleet_factory(warm_pool=0, pools=[PoolSpec(name="real", workers=1)])
+    tasks = [{"id": f"sim{i}", "prompt": "x", "requires": ["simulated"]} for i in range(6)]
+    assert fleet.submit(tasks[:1]).rejected  # no pool offers the label yet
+    sim = SimulatedWorkers.remote(fleet.supervisor, 0.4, 0.2, 5.0)
+    ids = ray.get(fleet.supervisor.attach_simulated_workers.remote(sim, 3, SIM_POOL))
+    assert len(set(ids)) == 3 and all(i.startswith("sw") for i in ids)
+    ray.get(sim.add.remote(ids, 0.1))
+    out = fleet.submit(tasks)
+    assert out.accepted == [t["id"] for t in tasks] and not out.rejected
+    records = fleet.wait(out.accepted, timeout_s=60)
+    assert all(r.state == TaskState.succeeded and r.worker in ids for r in records)
+    assert all(r.turns == r.tool_calls == 2 for r in records)
+    types = Counter(e.type for e in fleet.events("sim0"))
+    assert types[EventType.agent_tool_use] == types[EventType.agent_tool_result] == 2
+    assert types[EventType.usage] == 2 and types[EventType.session_ended] == 1
+    dispatch, ingest, events = ray.get(sim.samples.remote(0.0, time.time() + 1))
+    assert len(dispatch) == 6 and len(ingest) == 6 * 3 and events == 6 * 7
