@@ -42,7 +42,9 @@ def rendezvous(task_id: str, names: Iterable[str]) -> str:
 class Fleets:
     """Named fleets on one Ray, with one submit, status and set of results over them."""
 
-    def __init__(self, fleets: Mapping[str, Fleet], routes: Mapping[str, str] | None = None):
+    def __init__(
+        self, fleets: Mapping[str, Fleet], routes: Mapping[str, str] | None = None
+    ) -> None:
         """``fleets``: name -> a started or connected fleet. ``routes``: label -> fleet name;
         a task whose ``requires`` or ``labels`` name a routed label goes to that fleet (the
         first routed one, ``requires`` before ``labels``)."""
@@ -54,7 +56,8 @@ class Fleets:
         self.fleets = dict(fleets)
         self.routes = dict(routes or {})
         self._where: dict[str, str] = {}
-        """task id -> the fleet it was submitted to (through this object)"""
+        """task id -> its fleet, for the tasks found in or sent to another fleet than their
+        id's hash names (a label's route)"""
 
     @classmethod
     def start(
@@ -97,7 +100,7 @@ class Fleets:
         return rendezvous(str(spec["id"]), self.fleets)
 
     def fleet_of(self, task_id: str) -> str:
-        """The fleet a task went to: as submitted here, else where its id hashes to."""
+        """The fleet a task went to: as routed or found here, else where its id hashes to."""
         return self._where.get(task_id) or rendezvous(task_id, self.fleets)
 
     def submit(
@@ -117,7 +120,8 @@ class Fleets:
             result = self.fleets[name].submit(group, batch=batch)
             merged.accepted += result.accepted
             merged.rejected += [{**r, "fleet": name} for r in result.rejected]
-            self._where.update(dict.fromkeys(result.accepted, name))
+            hashed = [i for i in result.accepted if rendezvous(i, self.fleets) != name]
+            self._where.update(dict.fromkeys(hashed, name))
         return merged
 
     # -- answers across the fleets -----------------------------------------------------
@@ -127,7 +131,8 @@ class Fleets:
         for name in [first, *(n for n in self.fleets if n != first)]:
             record = self.fleets[name].get(task_id)
             if record is not None:
-                self._where[task_id] = name
+                if name != first:
+                    self._where[task_id] = name
                 return record
         return None
 
@@ -147,18 +152,17 @@ class Fleets:
     ) -> Iterator[TaskRecord]:
         """Yield each task's record as it ends, whichever fleet runs it. A supervisor that
         restarts meanwhile is waited for (up to ``RESTART_PATIENCE_S``)."""
-        ids = list(task_ids)
-        self.records([i for i in ids if i not in self._where])  # where tasks not sent here are
-        pending: dict[str, set[str]] = {}
-        for task_id in ids:
-            pending.setdefault(self.fleet_of(task_id), set()).add(task_id)
+        ids = list(dict.fromkeys(task_ids))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        cursors = {n: ray.get(self.fleets[n].supervisor.finished_count.remote()) for n in pending}
-        for name, group in pending.items():
-            for record in self.fleets[name].records(sorted(group)):
-                if record is not None and record.state.terminal:
-                    group.discard(record.id)
-                    yield record
+        # Listen from now on, then read what ended before (a task ending in between is in
+        # both, and yielded once); reading also finds the tasks routed by another driver.
+        cursors = {n: ray.get(f.supervisor.finished_count.remote()) for n, f in self.fleets.items()}
+        pending: dict[str, set[str]] = {}
+        for task_id, record in zip(ids, self.records(ids), strict=True):
+            if record is not None and record.state.terminal:
+                yield record
+            else:
+                pending.setdefault(self.fleet_of(task_id), set()).add(task_id)
         down_since: dict[str, float] = {}
         while any(pending.values()):
             if deadline is not None and time.monotonic() > deadline:
