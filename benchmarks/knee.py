@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -224,6 +225,7 @@ def main() -> None:
     parser.add_argument("--measure-s", type=float, default=8.0, help="measured time per step")
     parser.add_argument("--p99-ms", type=float, default=100.0, help="dispatch p99 threshold")
     parser.add_argument("--all", action="store_true", help="run every step past the knee")
+    parser.add_argument("--keep-events", action="store_true", help="keep the run's event log")
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     events_dir = tempfile.mkdtemp(prefix="fleet-knee-")
@@ -258,7 +260,7 @@ def main() -> None:
         f"one supervisor (pid {sup_pid}), {args.procs} processes of simulated workers, "
         f"sessions of {args.session_s:g} s with a tool call every {args.tool_every_s:g} s; "
         f"{os.cpu_count()} cores; Ray at {ray.nodes()[0]['NodeManagerAddress']}; "
-        f"events at {events_dir}",
+        f"events at {events_dir} (removed at the end unless --keep-events)",
         flush=True,
     )
     header = (
@@ -320,6 +322,8 @@ def main() -> None:
     finally:
         fleet.shutdown()
         ray.shutdown()
+        if not args.keep_events:
+            shutil.rmtree(events_dir, ignore_errors=True)
     print()
     print(header)
     for row in rows:
