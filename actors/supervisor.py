@@ -520,3 +520,25 @@ class Supervisor:
 
     def heartbeat(self, worker_id: str) -> None:
         self.pool.beat(worker_id, time.time())
+
+    # -- benchmarks only ---------------------------------------------------------------
+    async def attach_simulated_workers(self, handle: Any, count: int, pool: PoolSpec) -> list[str]:
+        """Register ``count`` workers that one process (``handle``, a Ray actor) runs itself,
+        speaking the worker protocol (``next_assignment``, ``ingest``, ``heartbeat``) without
+        a sandbox or a model: how ``benchmarks/knee.py`` drives one supervisor with many
+        sessions. Their ids (``sw<n>``), to call in with.
+
+        Not a worker actor's way in, nor an API client's (no route or Fleet method calls it).
+        Nobody replaces these workers: one that stops beating is killed by the watchdog's
+        heartbeat check (``handle``, so all of its process's). ``handle`` must also answer what
+        the supervisor asks a worker (``deliver``, ``stop_session``, ``close``). ``pool`` joins
+        the fleet's pools if none has its name (tasks may then ask for its labels; no worker
+        actor is started for it)."""
+        await self.start()
+        if all(p.name != pool.name for p in self.settings.pool_specs()):
+            self.settings.pools = [*self.settings.pool_specs(), pool]
+        now = time.time()
+        ids = [f"s{self.pool.new_id()}" for _ in range(count)]
+        for worker_id in ids:
+            self.pool.add(worker_id, handle, pool, now)
+        return ids

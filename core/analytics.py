@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,12 +56,14 @@ WITH per_task AS (
         coalesce(sum(tokens_out), 0) AS tokens_out,
         coalesce(sum(cost_usd), 0) AS cost_usd,
         arg_max(json_extract_string(payload, '$.reason'), seq)
-            FILTER (WHERE type IN {TERMINAL}) AS reason
+            FILTER (WHERE type IN {TERMINAL}) AS reason,
+        fleet
     FROM events
     -- a source's and the registry's events (task_id 'source:<name>', 'registry:<kind>/<name>')
     -- are no task's
     WHERE type NOT LIKE 'source.%' AND type NOT LIKE 'registry.%'
-    GROUP BY task_id
+    -- several fleets' logs read as one may each have a task of the same id
+    GROUP BY task_id, fleet
 )
 SELECT
     *,
@@ -173,51 +177,98 @@ class Table:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
 
-def connect(events_dir: str) -> duckdb.DuckDBPyConnection:
+Logs = str | Sequence[str]
+"""Where reports read: one event log (a directory or a pyarrow URI), or several read as one
+``events`` view (several fleets' logs; its ``fleet`` column says whose each event is)."""
+
+FLEET_OF_FILE = r"/(?:seg|compact)-([^/-]+)-[^/]*\.parquet$"
+"""The writer (fleet) name in a log file's name (``core.eventlog``'s layout)."""
+
+
+def log_roots(events: Logs) -> list[str]:
+    """The logs ``events`` names, in order, each once. A local directory that holds no log
+    itself but has subdirectories that do (one per fleet) stands for those."""
+    roots: list[str] = []
+    for location in [events] if isinstance(events, str) else list(events):
+        root = location if "://" in location else os.path.abspath(location)
+        if "://" not in root and not glob.glob(os.path.join(root, "date=*")):
+            children = sorted(
+                os.path.dirname(d) for d in glob.glob(os.path.join(root, "*", "date=*"))
+            )
+            if children:
+                roots += children
+                continue
+        roots.append(root)
+    return list(dict.fromkeys(roots))
+
+
+def connect(events_dir: Logs) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the view ``events`` over the log's files and the
-    :data:`VIEWS` over it.
+    :data:`VIEWS` over it. ``events_dir``: one log, or several (see :data:`Logs`,
+    :func:`log_roots`); either way ``events`` has a ``fleet`` column: the name of the fleet
+    that wrote each event (from its file's name).
 
     A local path is read by DuckDB itself; a URI (``s3://``, ``gs://``, ``file://``, ...)
     through pyarrow's filesystems, so no DuckDB extension is needed to reach it.
     """
     con = duckdb.connect()
-    if "://" in events_dir:
-        con.register("events_arrow", _uri_dataset(events_dir))
-        con.execute("CREATE VIEW events AS SELECT * FROM events_arrow")
+    roots = log_roots(events_dir)
+    if any("://" in root for root in roots):
+        parts = []
+        for n, (fleet, dataset) in enumerate(_uri_datasets(roots)):
+            con.register(f"events_arrow_{n}", dataset)
+            name = f"'{fleet}'" if fleet else "NULL"
+            parts.append(f"SELECT *, {name} AS fleet FROM events_arrow_{n}")
+        con.execute("CREATE VIEW events AS " + " UNION ALL BY NAME ".join(parts))
     else:
-        root = os.path.abspath(events_dir)
-        if not os.path.isdir(root):
-            raise AnalyticsError(f"no event log at {root} (run a batch first, or pass --events)")
-        if not glob.glob(os.path.join(root, "date=*", "*.parquet")):
-            raise AnalyticsError(f"no events under {root} yet (run a batch first)")
-        pattern = f"{root}/date=*/*.parquet".replace("'", "''")
+        patterns = []
+        for root in roots:
+            if not os.path.isdir(root):
+                raise AnalyticsError(
+                    f"no event log at {root} (run a batch first, or pass --events)"
+                )
+            if not glob.glob(os.path.join(root, "date=*", "*.parquet")):
+                raise AnalyticsError(f"no events under {root} yet (run a batch first)")
+            patterns.append("'" + f"{root}/date=*/*.parquet".replace("'", "''") + "'")
         query(
             con,
-            "CREATE VIEW events AS SELECT * FROM "
-            f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)",
+            "CREATE VIEW events AS SELECT * EXCLUDE (filename), "
+            f"nullif(regexp_extract(filename, '{FLEET_OF_FILE}', 1), '') AS fleet FROM "
+            f"read_parquet([{', '.join(patterns)}], hive_partitioning = true, "
+            "union_by_name = true, filename = true)",
         )
     for view in VIEWS.values():
         query(con, view)  # tried again if a compaction removes a file meanwhile
     return con
 
 
-def _uri_dataset(uri: str) -> ds.Dataset:
-    try:
-        fs, root = pafs.FileSystem.from_uri(uri)
-        files = partition_files(fs, root)
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        raise AnalyticsError(f"cannot read the event log at {uri}: {exc}") from None
-    if not files:
-        raise AnalyticsError(f"no events under {uri} yet (run a batch first)")
-    partitioning = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
-    return ds.dataset(
-        files,
-        filesystem=fs,
-        format="parquet",
-        schema=ARROW_SCHEMA.append(pa.field("date", pa.date32())),
-        partitioning=partitioning,
-        partition_base_dir=root,
-    )
+def _uri_datasets(roots: list[str]) -> list[tuple[str, ds.Dataset]]:
+    """One dataset per log and writer (fleet) in it: (the fleet's name, its files)."""
+    out = []
+    for root_uri in roots:
+        try:
+            fs, root = pafs.FileSystem.from_uri(root_uri)
+            files = partition_files(fs, root)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            raise AnalyticsError(f"cannot read the event log at {root_uri}: {exc}") from None
+        if not files:
+            raise AnalyticsError(f"no events under {root_uri} yet (run a batch first)")
+        by_fleet: dict[str, list[str]] = {}
+        for path in files:
+            found = re.search(FLEET_OF_FILE, path)
+            by_fleet.setdefault(found.group(1) if found else "", []).append(path)
+        partitioning = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
+        for fleet, paths in sorted(by_fleet.items()):
+            dataset = ds.dataset(
+                paths,
+                filesystem=fs,
+                format="parquet",
+                schema=ARROW_SCHEMA.append(pa.field("date", pa.date32())),
+                partitioning=partitioning,
+                partition_base_dir=root,
+            )
+            out.append((fleet.replace("'", ""), dataset))
+    return out
 
 
 READ_TRIES = 10
@@ -241,7 +292,7 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
     raise AssertionError("unreachable")
 
 
-def report(events_dir: str, batch: str | None = None, task_limit: int = 50) -> list[Table]:
+def report(events_dir: Logs, batch: str | None = None, task_limit: int = 50) -> list[Table]:
     """The run report: overview, per-task outcome, tool calls by tool."""
     con = connect(events_dir)
     where = "WHERE batch = ?" if batch else ""
@@ -274,7 +325,27 @@ def report(events_dir: str, batch: str | None = None, task_limit: int = 50) -> l
         params,
     )
     tools.title = "Tool calls by tool"
-    return [overview(con, batch), per_task, tools]
+    tables = [overview(con, batch), per_task, tools]
+    fleets = by_fleet(con, batch)
+    return [*tables, fleets] if len(fleets.rows) > 1 else tables
+
+
+def by_fleet(con: duckdb.DuckDBPyConnection, batch: str | None = None) -> Table:
+    """Tasks per fleet (the logs of several fleets read as one): how many ended how."""
+    where = "WHERE batch = ?" if batch else ""
+    table = query(
+        con,
+        f"""
+        SELECT coalesce(fleet, '') AS fleet, count(*) AS tasks,
+               count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+               count(*) FILTER (WHERE state <> 'succeeded') AS other,
+               round(quantile_cont(duration_s, 0.5), 3) AS p50_s
+        FROM tasks {where} GROUP BY ALL ORDER BY fleet
+        """,
+        [batch] if batch else [],
+    )
+    table.title = "By fleet"
+    return table
 
 
 def overview(con: duckdb.DuckDBPyConnection, batch: str | None = None) -> Table:
@@ -308,7 +379,7 @@ def overview(con: duckdb.DuckDBPyConnection, batch: str | None = None) -> Table:
     return table
 
 
-def sql(events_dir: str, statement: str) -> Table:
+def sql(events_dir: Logs, statement: str) -> Table:
     """Run any SQL with the views ``events``, ``tasks``, ``sessions``, ``tool_calls`` and
     ``turns`` defined."""
     return query(connect(events_dir), statement)
@@ -323,7 +394,7 @@ ORDER BY finished_at DESC LIMIT 200
 
 
 def named_report(
-    events_dir: str,
+    events_dir: Logs,
     name: str,
     batch: str | None = None,
     saved: dict[str, SavedReport] | None = None,
@@ -346,5 +417,5 @@ def named_report(
         table = query(con, DURATIONS_SQL.format(where=where), [batch] if batch else [])
         table.title = "Durations of finished tasks (newest first)"
         return table
-    overview_, tasks, tools = report(events_dir, batch=batch, task_limit=500)
+    overview_, tasks, tools = report(events_dir, batch=batch, task_limit=500)[:3]
     return {"overview": overview_, "tasks": tasks, "tools": tools}[name]

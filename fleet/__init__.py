@@ -7,6 +7,7 @@ from core.events import Event, EventType
 from core.settings import FleetSettings
 from core.specs import AgentSpec, EnvironmentSpec, FleetConfig, TaskSpec, TaskState
 from fleet.api import Fleet, FleetUnavailable, SubmitResult
+from fleet.fleets import Fleets
 
 __all__ = [
     "AgentSpec",
@@ -18,6 +19,7 @@ __all__ = [
     "FleetError",
     "FleetSettings",
     "FleetUnavailable",
+    "Fleets",
     "SubmitResult",
     "TaskSpec",
     "TaskState",

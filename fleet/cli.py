@@ -38,6 +38,16 @@ EventsOpt = Annotated[
         "~/fleet-events).",
     ),
 ]
+LogsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--events",
+        help="Event log directory or pyarrow URI (default: $FLEET_EVENTS_DIR, else "
+        "~/fleet-events). Repeat it to read several fleets' logs as one (the events view's "
+        "`fleet` column says whose); a directory holding one log per subdirectory reads "
+        "them all.",
+    ),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
@@ -62,6 +72,14 @@ def _settings(debug: bool, **options: Any) -> FleetSettings:
 def _events(events: str | None, debug: bool) -> str:
     """The event log this command reads: --events, else FLEET_EVENTS_DIR, else the default."""
     return _settings(debug, events_dir=events).events_dir
+
+
+def _logs(events: list[str] | None, debug: bool) -> str | list[str]:
+    """The event logs a report reads: each --events given, else the one default log."""
+    if not events:
+        return _events(None, debug)
+    logs = [_events(e, debug) for e in events]
+    return logs[0] if len(logs) == 1 else logs
 
 
 WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", help="Worker actors.")]
@@ -155,7 +173,7 @@ def report_cmd(
             "config's reports: (default: the first three)."
         ),
     ] = None,
-    events: EventsOpt = None,
+    events: LogsOpt = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
     config: ConfigOpt = None,
     html: Annotated[
@@ -167,7 +185,7 @@ def report_cmd(
 ) -> None:
     """Report over the event log: outcomes, success rate, durations, tool calls; one report
     by name; or (--html) one self-contained page of charts."""
-    events_dir = _events(events, debug)
+    events_dir = _logs(events, debug)
     try:
         if html is not None:
             with out.status("drawing the report"):
@@ -197,14 +215,14 @@ def sql_cmd(
         str,
         typer.Argument(help="SQL over the views events, tasks, sessions, tool_calls, turns."),
     ],
-    events: EventsOpt = None,
+    events: LogsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run SQL with DuckDB over the event log (views: events, tasks, sessions, tool_calls,
     turns)."""
     try:
-        table = sql(_events(events, debug), statement)
+        table = sql(_logs(events, debug), statement)
     except AnalyticsError as exc:
         _fail(str(exc), debug, exc)
     if as_json:
