@@ -14,6 +14,10 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+JSON = json.JSONEncoder(default=str)
+"""How events' payloads and the write-ahead log's lines are written: ``json.dumps(x,
+default=str)``, made once (``json.dumps`` with an argument builds an encoder per call)."""
+
 
 class EventType(StrEnum):
     task_submitted = "task.submitted"
@@ -140,7 +144,7 @@ class Event(BaseModel):
             "session_id": self.session_id,
             "attempt": self.attempt,
             "worker": self.worker,
-            "payload": json.dumps(self.payload, default=str),
+            "payload": JSON.encode(self.payload),
             "tool": self.tool,
             "exit_code": self.exit_code,
             "duration_ms": self.duration_ms,
