@@ -3,11 +3,12 @@
 Durability without tiny files: every appended batch goes first to a write-ahead log (one
 JSON line per append, a list of the batch's rows, in the current segment, written before
 ``append`` returns, so an acknowledged event survives a crash of the process; a write a
-crash cut short loses its whole batch, never part of it), and is buffered in memory. ``roll`` turns the buffer into
-one Parquet file per date, named after the segment, then drops the segment. On open, a
-segment left by a crash is rolled again; a partition that already has that segment's file
-is skipped, so replay is exact. ``compact`` merges a partition's small files into one (and
-opening the log finishes a compaction a crash cut short).
+crash cut short loses its whole batch, never part of it), and is buffered in memory.
+``roll`` turns the buffer into one Parquet file per date, named after the segment, then
+drops the segment. On open, a segment left by a crash is rolled again; a partition that
+already has that segment's file is skipped, so replay is exact. ``compact`` merges a
+partition's small files into one (and opening the log finishes a compaction a crash cut
+short).
 
 How far an acknowledged event survives is the ``wal_fsync`` choice. Every mode writes and
 flushes the WAL before ``append`` returns, so a crash of the *process* loses nothing; they
