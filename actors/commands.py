@@ -77,12 +77,16 @@ class Commands:
         listed with the field at fault and why."""
         accepted: list[str] = []
         rejected: list[dict[str, str]] = []
+        events: list[Event] = []
+        accepted_ids: set[str] = set()
         for raw in tasks:
             try:
                 spec = raw if isinstance(raw, TaskSpec) else TaskSpec.model_validate(raw)
                 if self.sched.vault is not None:  # an inline environment's values: by reference
                     spec = self.sched.vault.seal(spec)
                 plan, decisions = self.planner(spec) if self.planner else ({}, [])
+                if spec.id in accepted_ids:  # twice in this call (the scheduler sees the log)
+                    raise TaskRejected(spec.id, "id", "a task with this id already exists")
                 event = self.sched.submit(spec, batch, plan)
             except TaskRejected as exc:
                 rejection = {"task_id": exc.task_id, "field": exc.field, "error": exc.message}
@@ -92,9 +96,13 @@ class Commands:
                 task_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
                 rejected.append({"task_id": task_id, "field": "", "error": str(exc)})
                 continue
-            # Apply at once so a duplicate id later in the same batch is caught.
-            await self.record([event, *(d.event(spec.id) for d in decisions)])
+            events += [event, *(d.event(spec.id) for d in decisions)]
             accepted.append(spec.id)
+            accepted_ids.add(spec.id)
+        # One append for the whole call: every accepted task is logged (or none, on a crash)
+        # before this returns, and nothing awaits between the checks above and the apply.
+        if events:
+            await self.record(events)
         return {"accepted": accepted, "rejected": rejected, "batch": batch}
 
     async def put_spec(

@@ -99,6 +99,23 @@ def _refusal(exc: TaskRejected | ValidationError) -> str:
     return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
 
 
+PASSIVE_EVENTS: frozenset[EventType] = frozenset(
+    {
+        EventType.agent_message,
+        EventType.agent_tool_use,
+        EventType.agent_mcp_tool_use,
+        EventType.gate_passed,
+        EventType.gate_failed,
+        EventType.review_decided,
+        EventType.memory_decision,
+        EventType.manager_decision,
+        EventType.artifact_saved,
+        EventType.user_interrupt,
+    }
+)
+"""Events that change nothing of their task's record but its ``seq`` and last event (the
+fold skips the rest for them: most of a running session's events are these)."""
+
 Entry = tuple[int, float, int, str]
 """A queue entry: (-priority, -expected seconds, order of pushing, task id)."""
 
@@ -224,6 +241,10 @@ class Scheduler:
         self.vault: Vault | None = None
         """Where the secrets a session names are read when it is assigned (None: no task
         may name one)."""
+        self._shapes: dict[Shape, Shape] = {}
+        """Each shape once (queue entries of the same shape share its tuple)."""
+        self._pins: dict[tuple[Any, ...], dict[str, dict[str, int]]] = {}
+        """Pinned versions by value, shared by the tasks pinned to them (:meth:`_pinned`)."""
 
     @property
     def config(self) -> FleetConfig:
@@ -253,8 +274,9 @@ class Scheduler:
                 batch=p.get("batch"),
                 submitted_at=event.ts,
                 plan=p.get("plan") or {},
-                versions={k: dict(v) for k, v in (p.get("versions") or {}).items()},
             )
+            # Set, not validated: validation would copy the shared dict for each task.
+            record.versions = self._pinned(p.get("versions") or {})
             self.tasks[spec.id] = record
             self._enqueue(record)
         elif event.type in REGISTRY_EVENTS:
@@ -278,6 +300,8 @@ class Scheduler:
         record.seq = max(record.seq, event.seq)
         record.last_event_at = event.ts
         record.last_event = event.type.value
+        if event.type in PASSIVE_EVENTS:  # most of a session's events: nothing else changes
+            return
         match event.type:
             case EventType.task_assigned:
                 self.queue.discard(record.id)
@@ -367,8 +391,10 @@ class Scheduler:
                 record.stage = int(p.get("stage", record.stage))
                 record.agent = p.get("to_agent")
                 if p.get("to_agent") and p.get("to_version"):  # pinned as it takes over
-                    pins = record.versions.setdefault("agent", {})
-                    pins.setdefault(p["to_agent"], int(p["to_version"]))
+                    pins = record.versions.get("agent", {})
+                    if p["to_agent"] not in pins:  # a new dict: the old one may be shared
+                        pins = {**pins, p["to_agent"]: int(p["to_version"])}
+                        record.versions = {**record.versions, "agent": pins}
                 record.attempts = 0
                 record.feedback = (
                     [f"Handed over by {p.get('from_agent')}: {p['note']}"] if p.get("note") else []
@@ -433,12 +459,23 @@ class Scheduler:
 
     def _enqueue(self, record: TaskRecord) -> None:
         if record.id not in self.queue:
+            shape = self.shape(record)
             self.queue.push(
                 record.id,
                 record.spec.priority,
                 record.plan.get("expected_s", 0.0),
-                self.shape(record),
+                self._shapes.setdefault(shape, shape),  # one tuple per shape, not per task
             )
+
+    def _pinned(self, versions: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        """A new task's pinned versions (``TaskRecord.versions``), one dict shared by every
+        task pinned to the same versions: a big queue holds a few, not one per task. Shared,
+        so never changed in place (a handoff pins its target in a new dict)."""
+        key = tuple(sorted((kind, tuple(sorted(pins.items()))) for kind, pins in versions.items()))
+        shared = self._pins.get(key)
+        if shared is None:
+            shared = self._pins[key] = {kind: dict(pins) for kind, pins in versions.items()}
+        return shared
 
     # -- decisions ---------------------------------------------------------------------
     def submit(self, spec: TaskSpec, batch: str | None = None, plan: dict | None = None) -> Event:

@@ -1,12 +1,14 @@
 """The event log: Parquet files, Hive-partitioned by date, written by one writer.
 
-Durability without tiny files: every appended batch goes first to a write-ahead log (JSON
-lines in the current segment, written before ``append`` returns, so an acknowledged event
-survives a crash of the process), and is buffered in memory. ``roll`` turns the buffer into
-one Parquet file per date, named after the segment, then drops the segment. On open, a
-segment left by a crash is rolled again; a partition that already has that segment's file
-is skipped, so replay is exact. ``compact`` merges a partition's small files into one (and
-opening the log finishes a compaction a crash cut short).
+Durability without tiny files: every appended batch goes first to a write-ahead log (one
+JSON line per append, a list of the batch's rows, in the current segment, written before
+``append`` returns, so an acknowledged event survives a crash of the process; a write a
+crash cut short loses its whole batch, never part of it), and is buffered in memory.
+``roll`` turns the buffer into one Parquet file per date, named after the segment, then
+drops the segment. On open, a segment left by a crash is rolled again; a partition that
+already has that segment's file is skipped, so replay is exact. ``compact`` merges a
+partition's small files into one (and opening the log finishes a compaction a crash cut
+short).
 
 How far an acknowledged event survives is the ``wal_fsync`` choice. Every mode writes and
 flushes the WAL before ``append`` returns, so a crash of the *process* loses nothing; they
@@ -63,7 +65,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from core.errors import StorageError
-from core.events import ARROW_SCHEMA, Event, rows_to_table
+from core.events import ARROW_SCHEMA, JSON, Event, rows_to_table
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +247,11 @@ class EventLog:
         """Write events to the WAL and buffer them: once this returns they survive a crash of
         the process, and of the host as far as ``wal_fsync`` says (see the module doc)."""
         rows = [e.to_row() for e in events]
-        lines = "".join(json.dumps(r, default=str) + "\n" for r in rows)
-        self._wal.write(lines)
+        if not rows:
+            return
+        # One line per append: a crash that cuts the write short loses the whole append
+        # (never acknowledged), never half of it; one encode for the batch is cheaper too.
+        self._wal.write(JSON.encode(rows) + "\n")
         self._wal.flush()
         self._buffer.extend(rows)  # rolled even if an fsync below fails: the caller has them
         if self.fsync_every == 0.0:
@@ -443,9 +448,11 @@ class EventLog:
             rows = []
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
-                    rows.append(json.loads(line))
+                    written = json.loads(line)
                 except json.JSONDecodeError:  # a torn last line: it was never acknowledged
                     continue
+                # An append's rows (a list), or one row (a WAL written by an older version).
+                rows.extend(written if isinstance(written, list) else [written])
             for row in rows:
                 row["ts"] = datetime.fromisoformat(row["ts"])
             if rows:

@@ -14,6 +14,10 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+JSON = json.JSONEncoder(default=str)
+"""How events' payloads and the write-ahead log's lines are written: ``json.dumps(x,
+default=str)``, made once (``json.dumps`` with an argument builds an encoder per call)."""
+
 
 class EventType(StrEnum):
     task_submitted = "task.submitted"
@@ -130,10 +134,24 @@ class Event(BaseModel):
     cost_usd: float | None = None
 
     def to_row(self) -> dict[str, Any]:
-        row = self.model_dump()
-        row["type"] = self.type.value
-        row["payload"] = json.dumps(self.payload, default=str)
-        return row
+        """The event as a row of :data:`ARROW_SCHEMA` (the payload as JSON text). Read from
+        the fields as they are (no ``model_dump``: no deep copy of the payload per event)."""
+        return {
+            "ts": self.ts,
+            "task_id": self.task_id,
+            "type": self.type.value,
+            "seq": self.seq,
+            "session_id": self.session_id,
+            "attempt": self.attempt,
+            "worker": self.worker,
+            "payload": JSON.encode(self.payload),
+            "tool": self.tool,
+            "exit_code": self.exit_code,
+            "duration_ms": self.duration_ms,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost_usd": self.cost_usd,
+        }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Event:

@@ -161,3 +161,26 @@ def test_archiving_says_why_a_spec_cannot_go() -> None:
     assert registry.archive("agent", "temp").reason == "agent 'temp' is archived already"
     assert registry.archive("agent", "nobody").reason == "no agent 'nobody'"
     assert registry.archive("agent", "default").reason == "the default agent cannot be archived"
+
+
+def test_a_submit_call_records_its_accepted_tasks_in_one_append() -> None:
+    fleet = Fleet()
+    appends: list[list[EventType]] = []
+    record = fleet.record
+
+    async def counted(events: list[Event]) -> None:
+        appends.append([e.type for e in events])
+        await record(events)
+
+    fleet.commands.record = counted
+    tasks = [
+        {"id": "a", "prompt": "x"},
+        {"id": "bad", "agent": "nobody"},
+        {"id": "b", "prompt": "y"},
+    ]
+    out = asyncio.run(fleet.commands.submit(tasks))
+    assert out["accepted"] == ["a", "b"]
+    submitted_, decided = EventType.task_submitted, EventType.memory_decision
+    assert appends == [[submitted_, decided, submitted_, decided]]  # both or neither in the log
+    assert asyncio.run(fleet.commands.submit([{"id": "bad", "agent": "nobody"}]))["accepted"] == []
+    assert len(appends) == 1  # nothing accepted: nothing appended

@@ -1,4 +1,5 @@
 import itertools
+import json
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -8,7 +9,7 @@ import duckdb
 import pytest
 
 from core.eventlog import EventLog, EventLogError
-from core.events import Event, EventType
+from core.events import ARROW_SCHEMA, Event, EventType
 
 
 def ev(task: str, seq: int, ts: datetime | None = None, **kw) -> Event:
@@ -62,6 +63,37 @@ def test_torn_last_wal_line_is_skipped(tmp_path):
     assert [e.seq for e in EventLog(str(tmp_path)).replay()] == [0]
 
 
+def test_an_append_cut_short_by_a_crash_loses_all_its_events_not_some(tmp_path):
+    log = EventLog(str(tmp_path))
+    log.append([ev("a", 0)])
+    # The next append (a session's events and the decision they led to) is cut short by a
+    # crash in the middle of its write, here in its last event: none of it is replayed.
+    log.append([ev("a", 1), ev("a", 2, payload={"decision": "x" * 50})])
+    crash(log)
+    wal = log._wal_path(log._segment)
+    os.truncate(wal, wal.stat().st_size - 30)
+    assert [e.seq for e in EventLog(str(tmp_path)).replay()] == [0]
+
+
+def test_a_wal_of_one_row_per_line_is_still_replayed(tmp_path):
+    log = EventLog(str(tmp_path))
+    rows = [ev("a", 0, payload={"k": "v"}).to_row(), ev("a", 1).to_row()]
+    log._wal.write("".join(json.dumps(r, default=str) + "\n" for r in rows))  # older versions
+    crash(log)
+    replayed = list(EventLog(str(tmp_path)).replay())
+    assert [(e.seq, e.payload) for e in replayed] == [(0, {"k": "v"}), (1, {})]
+
+
+def test_to_row_gives_every_column_of_the_schema_as_model_dump_would():
+    event = ev("a", 3, payload={"k": [1, {"x": None}]}, tool="shell", tokens_in=5)
+    expected = event.model_dump() | {
+        "type": event.type.value,
+        "payload": json.dumps(event.payload, default=str),
+    }
+    assert event.to_row() == expected
+    assert list(event.to_row()) == ARROW_SCHEMA.names == list(Event.model_fields)
+
+
 def test_compaction_merges_small_files_and_keeps_every_event(tmp_path):
     log = EventLog(str(tmp_path), compact_min_files=3)
     for i in range(5):
@@ -93,7 +125,7 @@ KILLED_COMPACTION = """
 import os, signal, sys
 from datetime import UTC, datetime
 from core.eventlog import EventLog
-from core.events import Event, EventType
+from core.events import ARROW_SCHEMA, Event, EventType
 
 log = EventLog(sys.argv[1], compact_min_files=3)
 for i in range(6):

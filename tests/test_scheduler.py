@@ -452,3 +452,50 @@ def test_a_refused_followup_is_recorded_with_the_field_at_fault():
     assert noted[0] == {"child": "p.f1", "prompt": "ok"}
     assert noted[1]["error"].startswith("priority: Input should be a valid integer")
     assert noted[2]["error"] == "task taken: id: a task with this id already exists"
+
+
+def _submitted(sched: Scheduler, spec: TaskSpec, seq: int = 0) -> None:
+    event = sched.submit(spec)
+    event.seq = seq
+    sched.apply(event)
+
+
+def test_passive_events_change_only_the_seq_and_last_event_of_their_task():
+    from actors.scheduler import PASSIVE_EVENTS
+
+    sched = Scheduler(FleetConfig(), FleetSettings(memory=False))
+    _submitted(sched, TaskSpec(id="t1", prompt="x"))
+    record = sched.tasks["t1"]
+    for seq, kind in enumerate(sorted(PASSIVE_EVENTS), start=1):
+        before = record.model_dump()
+        sched.apply(Event(task_id="t1", type=kind, seq=seq, payload={"call_id": "c"}))
+        after = record.model_dump()
+        changed = {k for k in after if after[k] != before[k]}
+        assert changed <= {"seq", "last_event_at", "last_event"}, (kind, changed)
+        assert record.seq == seq and record.last_event == kind.value
+    # Every other kind of a task's event is one the fold looks at (a new case is not skipped).
+    assert EventType.agent_tool_result not in PASSIVE_EVENTS
+    assert EventType.user_message not in PASSIVE_EVENTS
+
+
+def test_tasks_pinned_to_the_same_versions_share_them_and_a_handoff_copies_before_pinning():
+    sched = Scheduler(FleetConfig(), FleetSettings(memory=False))
+    _submitted(sched, TaskSpec(id="a", prompt="x"))
+    _submitted(sched, TaskSpec(id="b", prompt="x"))
+    a, b = sched.tasks["a"], sched.tasks["b"]
+    assert a.versions == {"agent": {"default": 1}, "environment": {"default": 1}}
+    assert a.versions is b.versions  # one dict for the queue, not one per task
+    handoff = Event(
+        task_id="a",
+        type=EventType.handoff,
+        seq=1,
+        payload={"to_agent": "reviewer", "to_version": 3, "stage": 0},
+    )
+    sched.apply(handoff)
+    assert a.versions["agent"] == {"default": 1, "reviewer": 3}
+    assert b.versions == {"agent": {"default": 1}, "environment": {"default": 1}}
+    again = handoff.model_copy(
+        update={"seq": 2, "payload": {"to_agent": "reviewer", "to_version": 9}}
+    )
+    sched.apply(again)  # pinned once: a later handoff to it keeps the first version
+    assert a.versions["agent"]["reviewer"] == 3
