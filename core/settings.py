@@ -541,6 +541,14 @@ def host_variable(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
+def ray_workers_at_normal_priority() -> None:
+    """Have a Ray this process starts run its worker processes at nice 0 (Ray's default is
+    15, to yield to its own daemons) unless ``RAY_worker_niceness`` says otherwise: the
+    fleet's supervisor and workers are its latency path, and the containers they drive run
+    at nice 0, so on a busy machine (weight 36 against 1024) they would starve."""
+    os.environ.setdefault("RAY_worker_niceness", "0")
+
+
 def otel_variables() -> dict[str, str]:
     """The standard OpenTelemetry variables (``OTEL_*``) set here: the driver hands them to
     the supervisor, which exports the traces, wherever it runs."""

@@ -26,7 +26,7 @@ from actors.supervisor import Supervisor, supervisor_name
 from core.errors import FleetError, one_line, root_cause
 from core.events import Event
 from core.records import CommandResult, TaskRecord
-from core.settings import FleetSettings, otel_variables
+from core.settings import FleetSettings, otel_variables, ray_workers_at_normal_priority
 from core.specs import FleetConfig, TaskSpec
 from core.vault import SecretInfo
 from sandboxes import describe_kind, resolve_kind
@@ -150,11 +150,7 @@ class Fleet:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR
         )
-        # Ray starts its worker processes at nice 15, to yield to its own daemons; but the
-        # supervisor and workers are the fleet's latency path, and the containers they drive
-        # run at nice 0: on a busy machine (weight 36 against 1024) they would starve. A Ray
-        # this process starts runs them at 0 (a cluster's nodes: see cluster.yaml).
-        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray_workers_at_normal_priority()  # a cluster's nodes: see cluster.yaml
         try:
             ray.init(
                 address=address,
