@@ -51,7 +51,11 @@ class WarmPool:
         """Background closes: evicted idle sandboxes and released used ones."""
         self._closed = False
         self.hits = 0
+        """Acquires served at once by an idle, started sandbox."""
+        self.waits = 0
+        """Acquires that found none idle and waited for one already starting."""
         self.misses = 0
+        """Acquires that found none idle or starting and started one themselves."""
         self.started = 0
         """Sandboxes this pool started (for a caller, or to refill), failed starts left out."""
 
@@ -71,12 +75,17 @@ class WarmPool:
         idle = self._idle.setdefault(key, deque())
         starting = self._starting.setdefault(key, set())
         sandbox: Sandbox | None = None
+        waited = False
         while sandbox is None:
             if idle:
                 sandbox = idle.popleft()
-                self.hits += 1
+                if waited:
+                    self.waits += 1
+                else:
+                    self.hits += 1
             elif starting:
                 # One is on its way: usually quicker to wait for it than to start another.
+                waited = True
                 await asyncio.wait(set(starting), return_when=asyncio.FIRST_COMPLETED)
             else:
                 self.misses += 1

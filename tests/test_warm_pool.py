@@ -58,8 +58,10 @@ def test_acquire_returns_started_sandbox_and_refills(tmp_path: Any) -> None:
         assert pool.hits == 1 and second is not first and second.workdir
         assert pool.started == 2  # the first, and its replacement (the next one is on its way)
         assert (await second.exec("echo ok")).stdout == "ok\n"
-        await first.close()
-        await second.close()
+        third = await pool.acquire(env)  # none idle: it waits for the refill on its way
+        assert (pool.hits, pool.waits, pool.misses) == (1, 1, 1)
+        for sandbox in (first, second, third):
+            await sandbox.close()
         await pool.close()
 
     asyncio.run(go())
