@@ -99,6 +99,9 @@ class FakeGitHub:
         self._ids = 1000
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._pairing: float | None = None
+        self._pairs: dict[str, threading.Event] = {}
+        self._pairs_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> FakeGitHub:
@@ -200,6 +203,27 @@ class FakeGitHub:
         """The next ``count`` requests (any) answer ``status`` (with ``Retry-After``)."""
         with self.lock:
             self.faults.extend(Fault(status, retry_after) for _ in range(count))
+
+    def pair_comment_posts(self, timeout_s: float = 1.0) -> None:
+        """From now on, hold the answer to a comment POST until a second comment is posted on
+        the same issue (or ``timeout_s`` passes): two clients commenting at once then both
+        see both comments when they read them back, whatever the timing."""
+        self._pairing = timeout_s
+
+    def _hold_for_pair(self, path: str) -> None:
+        if self._pairing is None:
+            return
+        with self._pairs_lock:
+            waiting = self._pairs.pop(path, None)
+            if waiting is None:
+                mine = self._pairs[path] = threading.Event()
+        if waiting is not None:
+            waiting.set()  # the second comment: release the first
+            return
+        if not mine.wait(self._pairing):
+            with self._pairs_lock:
+                if self._pairs.get(path) is mine:
+                    del self._pairs[path]
 
     def count(self, method: str, path_part: str = "") -> int:
         with self.lock:
@@ -533,6 +557,8 @@ class _Handler(BaseHTTPRequestHandler):
             gh.requests.append(
                 Request(self.command, parsed.path, query, dict(self.headers), body, status)
             )
+        if self.command == "POST" and parsed.path.endswith("/comments") and status == 201:
+            gh._hold_for_pair(parsed.path)
         data = b"" if payload is None else json.dumps(payload).encode()
         self.send_response(status)
         if data:

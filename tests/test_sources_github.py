@@ -163,6 +163,7 @@ def test_two_watchers_claim_each_of_30_issues_exactly_once(
     gh: FakeGitHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     numbers = [gh.add_issue(API, f"task {n}", None, ["agent-ready"]) for n in range(30)]
+    gh.pair_comment_posts()  # claims that meet on an issue both post before either reads
     a = make(gh, monkeypatch, owner="fleet-a")
     b = make(gh, monkeypatch, owner="fleet-b")
     item_ids = [f"{API}#{n}" for n in numbers]
