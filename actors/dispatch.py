@@ -95,8 +95,7 @@ class Dispatcher:
         self.pool.heartbeats[worker_id] = self.clock()
         if finishing is not None:
             task_id, session_id = finishing
-            if self.pool.running.get(worker_id) == task_id:
-                del self.pool.running[worker_id]
+            self.pool.free(worker_id, task_id)
             if not self.pool.reported.pop(session_id, False):  # not already back
                 self.pool.finishing[worker_id] = (task_id, session_id)
         if result is not None:
@@ -116,8 +115,7 @@ class Dispatcher:
 
     async def _take_behind(self, worker_id: str, result: SessionResult) -> None:
         """Take ``result`` in the background (waiting first while too many are)."""
-        if self.pool.running.get(worker_id) == result.task_id:
-            del self.pool.running[worker_id]  # the worker is free; the task not yet
+        self.pool.free(worker_id, result.task_id)  # the worker is free; the task not yet
         while len(self._taking) >= max(1, len(self.pool.workers)):
             await asyncio.wait(set(self._taking), return_when=asyncio.FIRST_COMPLETED)
         taking = asyncio.create_task(self._take_logged(worker_id, result))
@@ -138,8 +136,7 @@ class Dispatcher:
     async def take_result(self, worker_id: str, result: SessionResult) -> None:
         """Record a session's events and artifacts and what follows it (retry, next stage,
         review, parking, success)."""
-        if self.pool.running.get(worker_id) == result.task_id:  # not the worker's next task
-            del self.pool.running[worker_id]
+        self.pool.free(worker_id, result.task_id)
         self.pool.session_started.pop(result.session_id, None)
         refs: dict[str, str] = {}
         if art.has_artifacts(result):  # first: what the log will point at exists

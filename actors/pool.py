@@ -69,6 +69,11 @@ class WorkerPool:
         held = [finishing[0]] if finishing else []
         return self.pools.pop(worker_id, None), held + ([running] if running else [])
 
+    def free(self, worker_id: str, task_id: str) -> None:
+        """The worker runs ``task_id`` no more (if it still did: not its next task)."""
+        if self.running.get(worker_id) == task_id:
+            del self.running[worker_id]
+
     def beat(self, worker_id: str, now: float) -> None:
         if worker_id in self.workers:
             self.heartbeats[worker_id] = now
