@@ -47,16 +47,12 @@ from actors.pool import WorkerPool
 from actors.scheduler import Scheduler
 from actors.streams import LiveStreams
 from benchmarks.assign import per_assign_us
-from benchmarks.manager import rss_mib
+from benchmarks.manager import held_fleet, held_tasks, queue_memory
 from core.eventlog import EventLog
 from core.events import Event, EventType
 from core.records import SessionOutcome, SessionResult
 from core.settings import FleetSettings, PoolSpec
 from core.specs import FleetConfig
-from fleet import Fleet
-
-HELD = {"held": 0}
-"""A label whose limit is 0: its tasks queue and never start."""
 
 
 def line(what: str, value: float, unit: str, target: float, higher_is_better: bool = True) -> None:
@@ -71,21 +67,9 @@ def line(what: str, value: float, unit: str, target: float, higher_is_better: bo
     )
 
 
-def held_tasks(prefix: str, start: int, stop: int) -> list[dict[str, Any]]:
-    return [{"id": f"{prefix}{i}", "prompt": "x", "labels": ["held"]} for i in range(start, stop)]
-
-
 def bulk_submit(n: int, chunk: int) -> float:
     """Tasks/s of ``Fleet.submit`` (accepted and journaled) through the supervisor."""
-    events_dir = tempfile.mkdtemp(prefix="fleet-bench-lim-d-")
-    with Fleet.start(
-        workers=1,
-        sandbox="local",
-        events_dir=events_dir,
-        memory=False,
-        label_limits=HELD,
-        name="limits-dispatch",
-    ) as fleet:
+    with held_fleet("limits-dispatch") as fleet:
         fleet.submit(held_tasks("warm", 0, 10))
         t0 = time.perf_counter()
         accepted = 0
@@ -220,15 +204,7 @@ class Producer:
 
 def events_rate(events: int, producers: int, batch: int) -> tuple[float, float]:
     """Events/s appended through ``ingest`` by concurrent producers; the flush's seconds."""
-    events_dir = tempfile.mkdtemp(prefix="fleet-bench-lim-e-")
-    with Fleet.start(
-        workers=1,
-        sandbox="local",
-        events_dir=events_dir,
-        memory=False,
-        label_limits=HELD,
-        name="limits-events",
-    ) as fleet:
+    with held_fleet("limits-events") as fleet:
         ids = fleet.submit(held_tasks("e", 0, producers)).accepted
         actors = [Producer.remote(fleet.supervisor, task_id) for task_id in ids]
         ray.get([p.prepare.remote(batch, batch) for p in actors])
@@ -242,27 +218,6 @@ def events_rate(events: int, producers: int, batch: int) -> tuple[float, float]:
         fleet.flush()
         flushed = time.perf_counter() - t1
     return each * producers / elapsed, flushed
-
-
-def queue_rss(n: int) -> tuple[float, float]:
-    """The supervisor's RSS idle and with ``n`` tasks queued (MiB)."""
-    events_dir = tempfile.mkdtemp(prefix="fleet-bench-lim-q-")
-    with Fleet.start(
-        workers=1,
-        sandbox="local",
-        events_dir=events_dir,
-        memory=False,
-        label_limits=HELD,
-        name="limits-queue",
-    ) as fleet:
-        pid = ray.get(fleet.supervisor.pid.remote())
-        before = rss_mib(pid)
-        for start in range(0, n, 5000):
-            fleet.submit(held_tasks("q", start, min(n, start + 5000)))
-        fleet.flush()
-        after = rss_mib(pid)
-        assert fleet.status()["counts"]["queued"] == n
-    return before, after
 
 
 def main() -> None:
@@ -306,7 +261,7 @@ def main() -> None:
         )
         print(f"  then rolling them into Parquet (flush): {flushed:.2f} s", flush=True)
     if "queue" in only:
-        before, after = queue_rss(args.queue)
+        before, after = queue_memory(args.queue)
         line(
             f"supervisor RSS with {args.queue:,} tasks queued (idle {before:.0f} MiB, "
             f"{(after - before) * 1024 / args.queue:.2f} KiB per task)",

@@ -19,6 +19,7 @@ import random
 import signal
 import tempfile
 import time
+from typing import Any
 
 import ray
 
@@ -61,15 +62,28 @@ def makespan(events_dir: str, tasks: list[dict], memory: bool, workers: int) -> 
         return time.perf_counter() - started
 
 
+def held_fleet(name: str) -> Fleet:
+    """A one-worker fleet (local sandbox, no memory, its own temporary events directory)
+    whose tasks labelled ``held`` queue and never start (that label's limit is 0)."""
+    return Fleet.start(
+        workers=1,
+        sandbox="local",
+        events_dir=tempfile.mkdtemp(prefix=f"fleet-bench-{name}-"),
+        memory=False,
+        label_limits={"held": 0},
+        name=name,
+    )
+
+
+def held_tasks(prefix: str, start: int, stop: int) -> list[dict[str, Any]]:
+    """Tasks ``prefix<start>`` .. ``prefix<stop - 1>`` labelled ``held``."""
+    return [{"id": f"{prefix}{i}", "prompt": "x", "labels": ["held"]} for i in range(start, stop)]
+
+
 def submit_held(fleet: Fleet, prefix: str, n: int) -> None:
     """Queue ``n`` tasks that never start (their label's limit is 0), 5000 per call."""
     for start in range(0, n, 5000):
-        fleet.submit(
-            [
-                {"id": f"{prefix}{i}", "prompt": "x", "labels": ["held"]}
-                for i in range(start, min(n, start + 5000))
-            ]
-        )
+        fleet.submit(held_tasks(prefix, start, min(n, start + 5000)))
 
 
 def rss_mib(pid: int) -> float:
@@ -81,15 +95,7 @@ def rss_mib(pid: int) -> float:
 
 
 def queue_memory(n: int) -> tuple[float, float]:
-    events_dir = tempfile.mkdtemp(prefix="fleet-bench-q-")
-    with Fleet.start(
-        workers=1,
-        sandbox="local",
-        events_dir=events_dir,
-        memory=False,
-        label_limits={"held": 0},
-        name="queue",
-    ) as fleet:
+    with held_fleet("queue") as fleet:
         pid = ray.get(fleet.supervisor.pid.remote())
         before = rss_mib(pid)
         submit_held(fleet, "q", n)
@@ -100,15 +106,7 @@ def queue_memory(n: int) -> tuple[float, float]:
 
 
 def recovery(n: int) -> tuple[float, int]:
-    events_dir = tempfile.mkdtemp(prefix="fleet-bench-r-")
-    with Fleet.start(
-        workers=1,
-        sandbox="local",
-        events_dir=events_dir,
-        memory=False,
-        label_limits={"held": 0},
-        name="recover",
-    ) as fleet:
+    with held_fleet("recover") as fleet:
         submit_held(fleet, "r", n)
         fleet.flush()
         pid = ray.get(fleet.supervisor.pid.remote())
