@@ -275,7 +275,7 @@ class Manager:
 
     def task_views(self) -> list[dict[str, Any]]:
         """What the agent is shown of the live tasks, highest priority first."""
-        live = [r for r in self.sched.tasks.values() if not r.state.terminal]
+        live = [r for r in self.sched.tasks.records() if not r.state.terminal]
         live.sort(key=lambda r: -r.spec.priority)
         return [
             {

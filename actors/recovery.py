@@ -27,7 +27,7 @@ def recover(event_log: EventLog, sched: Scheduler) -> int:
     for event in event_log.replay():
         sched.apply(event)
         count += 1
-    orphans = [orphan_event(r) for r in sched.tasks.values() if r.state == TaskState.running]
+    orphans = [orphan_event(r) for r in sched.tasks.built() if r.state == TaskState.running]
     for event in orphans:
         event.seq = sched.tasks[event.task_id].seq + 1
         sched.apply(event)

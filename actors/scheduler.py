@@ -44,6 +44,7 @@ import heapq
 import itertools
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -51,6 +52,7 @@ from pydantic import SecretStr, ValidationError
 
 from actors.delivery import Delivery
 from actors.registry import Registry
+from actors.tasktable import Submitted, TaskTable
 from core.errors import InputError, StateError
 from core.events import (
     REGISTRY_EVENTS,
@@ -73,6 +75,11 @@ RESUMES = (
 )
 """States a task leaves by :meth:`Scheduler.unpark` (a decision, a tool result, a message,
 a close): its session stopped, resumable, and no worker is held meanwhile."""
+
+
+def first_agent(spec: TaskSpec, plan: dict[str, Any] | None) -> str:
+    """The agent a task starts with: the one memory chose at submit, else its own."""
+    return (plan or {}).get("agent") or spec.agent_name
 
 
 class TaskRejected(InputError):
@@ -207,6 +214,10 @@ class TaskQueue:
             del self._heaps[shape]
         return found
 
+    def shapes(self) -> Counter[Shape]:
+        """How many tasks are queued of each shape."""
+        return Counter(shape for _, shape in self._live.values())
+
     def ids(self, limit: int | None = None) -> list[str]:
         """Queued task ids in the order they would run (the first ``limit`` of them)."""
         live = [item for heap in self._heaps.values() for item in heap if self._is_live(item)]
@@ -226,7 +237,7 @@ class Scheduler:
         """The versions of agents and environments (its events fold in through apply)."""
         self.file_exists = file_exists or (lambda _: False)
         """Is there an uploaded file of this id (``actors.files``)? Without a store: no."""
-        self.tasks: dict[str, TaskRecord] = {}
+        self.tasks = TaskTable()
         self.queue = TaskQueue()
         self.finished: list[str] = []
         """Task ids in the order they reached a terminal state (drivers page through it)."""
@@ -258,9 +269,9 @@ class Scheduler:
 
     def next_seq(self, task_id: str) -> int:
         """The ``seq`` the next event of ``task_id`` gets (a task's or a pseudo id's)."""
-        record = self.tasks.get(task_id)
-        if record is not None:
-            return record.seq + 1
+        seq = self.tasks.seq(task_id)
+        if seq is not None:
+            return seq + 1
         return self._pseudo_seq.get(task_id, -1) + 1
 
     # -- the fold ----------------------------------------------------------------------
@@ -268,17 +279,13 @@ class Scheduler:
         p = event.payload
         if event.type == EventType.task_submitted:
             spec = TaskSpec.model_validate(p["task"])
-            record = TaskRecord(
-                id=spec.id,
-                spec=spec,
-                batch=p.get("batch"),
-                submitted_at=event.ts,
-                plan=p.get("plan") or {},
-            )
-            # Set, not validated: validation would copy the shared dict for each task.
-            record.versions = self._pinned(p.get("versions") or {})
-            self.tasks[spec.id] = record
-            self._enqueue(record)
+            plan = p.get("plan") or {}
+            shape = self._shape_of(spec, first_agent(spec, plan))
+            self.queue.push(spec.id, spec.priority, plan.get("expected_s", 0.0), shape)
+            versions = self._pinned(p.get("versions") or {})
+            held = Submitted.of(spec, shape[3], p.get("batch"), plan, versions, event.ts, event.seq)
+            self.tasks.submitted(spec.id, held)
+            return
         elif event.type in REGISTRY_EVENTS:
             seen = self._pseudo_seq.get(event.task_id, -1)
             self._pseudo_seq[event.task_id] = max(seen, event.seq)
@@ -459,13 +466,8 @@ class Scheduler:
 
     def _enqueue(self, record: TaskRecord) -> None:
         if record.id not in self.queue:
-            shape = self.shape(record)
-            self.queue.push(
-                record.id,
-                record.spec.priority,
-                record.plan.get("expected_s", 0.0),
-                self._shapes.setdefault(shape, shape),  # one tuple per shape, not per task
-            )
+            expected_s = record.plan.get("expected_s", 0.0)
+            self.queue.push(record.id, record.spec.priority, expected_s, self.shape(record))
 
     def _pinned(self, versions: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
         """A new task's pinned versions (``TaskRecord.versions``), one dict shared by every
@@ -499,7 +501,7 @@ class Scheduler:
             for name in sorted(needed_secrets(inline) if not isinstance(inline, str) else ()):
                 if self.vault is None or self.vault.origin(name) is None:
                     raise TaskRejected(spec.id, field, f"unknown secret {name!r}")
-        first = (plan or {}).get("agent") or spec.agent_name
+        first = first_agent(spec, plan)
         names += [first] if (plan or {}).get("agent") else []
         versions: dict[str, dict[str, int]] = {}
         for name in names:
@@ -549,7 +551,7 @@ class Scheduler:
         spec = record.spec
         if record.stage > 0:
             return spec.stages[record.stage - 1].agent
-        return record.plan.get("agent") or spec.agent_name
+        return first_agent(spec, record.plan)
 
     def resolve_agent(self, record: TaskRecord) -> AgentSpec:
         """The agent spec of the task's current stage (inline, or the pinned version of a
@@ -603,9 +605,11 @@ class Scheduler:
     def shape(self, record: TaskRecord) -> Shape:
         """What decides, apart from its own clock, whether the task may run on a worker: its
         requirements, environment, agent and labels (the queue keeps a heap per shape)."""
-        spec = record.spec
-        requires = tuple(sorted(spec.requires))
-        return (requires, spec.environment_name, self.agent_name(record), tuple(spec.labels))
+        return self._shape_of(record.spec, self.agent_name(record))
+
+    def _shape_of(self, spec: TaskSpec, agent: str) -> tuple[Any, ...]:
+        shape = (tuple(sorted(spec.requires)), spec.environment_name, agent, tuple(spec.labels))
+        return self._shapes.setdefault(shape, shape)  # one tuple per shape, not per task
 
     def shape_fits(self, shape: Shape, pool: PoolSpec, running: list[TaskRecord]) -> bool:
         """May tasks of ``shape`` start on a worker of ``pool``, given what is running?"""
@@ -642,7 +646,7 @@ class Scheduler:
         running = running or []
         now = time.time() if now is None else now
         task_id = self.queue.pop(
-            lambda t: self.tasks[t].not_before <= now,
+            lambda t: self.tasks.not_before(t) <= now,
             lambda shape: self.shape_fits(shape, pool, running),
             only,
         )
@@ -1080,11 +1084,16 @@ class Scheduler:
 
     def next_wakeup(self, now: float) -> float | None:
         """The earliest future time a queued task becomes eligible (end of a backoff)."""
-        times = [r.not_before for t in self.queue.ids() if (r := self.tasks[t]).not_before > now]
+        times = [
+            r.not_before
+            for r in self.tasks.built()  # a task held as submitted has no backoff
+            if r.state == TaskState.queued and r.not_before > now
+        ]
         return min(times, default=None)
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys((s.value for s in TaskState), 0)
-        for record in self.tasks.values():
+        counts[TaskState.queued.value] = self.tasks.untouched
+        for record in self.tasks.built():
             counts[record.state.value] += 1
         return counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from actors.scheduler import Scheduler
@@ -72,7 +73,7 @@ def fleet_status(
             "tool": waited_call(r).get("tool"),
             "reason": r.reason,
         }
-        for r in sched.tasks.values()
+        for r in sched.tasks.built()  # a task held as submitted waits on nobody
         if r.state in WAITING_ON_A_PERSON or asks_now(r)
     ][:50]
     recent = [sched.tasks[i] for i in sched.finished[-10:]]
@@ -88,7 +89,7 @@ def fleet_status(
         "blocked": blocked,
         "recent": [{"task_id": r.id, "state": r.state.value, "reason": r.reason} for r in recent],
         "sources": dict(sched.sources),
-        "prompts": {i: sched.tasks[i].spec.prompt[:PROMPT_SHOWN] for i in shown},
+        "prompts": {i: sched.tasks.peek(i).spec.prompt[:PROMPT_SHOWN] for i in shown},
         "events_dir": settings.events_dir,
         "uptime_s": round(now - started_at, 1),
     }
@@ -98,9 +99,11 @@ def list_tasks(
     sched: Scheduler, state: str | None, label: str | None, limit: int, offset: int
 ) -> list[TaskRecord]:
     """Tasks, newest first, optionally only those in ``state`` or carrying ``label``."""
-    picked = [
-        r
-        for r in reversed(sched.tasks.values())
-        if (state is None or r.state == state) and (label is None or label in r.spec.labels)
-    ]
-    return picked[offset : offset + limit]
+    tasks = sched.tasks
+    picked = (
+        task_id
+        for task_id in reversed(tasks)
+        if (state is None or tasks.state(task_id) == state)
+        and (label is None or label in tasks.labels(task_id))
+    )
+    return [tasks.peek(task_id) for task_id in itertools.islice(picked, offset, offset + limit)]

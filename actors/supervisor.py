@@ -119,7 +119,7 @@ class Supervisor:
         self._pruned: set[str] = set()
         """Finished tasks whose old workspaces are already removed (keep_workspaces_days)."""
         self.telemetry = Telemetry.for_fleet(settings, self.sched.tasks)
-        self.telemetry.prime(self.sched.tasks.values())  # traces of tasks a restart took up
+        self.telemetry.prime(self.sched.tasks.records())  # traces of tasks a restart took up
         observe = self.telemetry.observe if self.telemetry.enabled else None
         self.journal = Journal(
             self.sched,
@@ -285,7 +285,7 @@ class Supervisor:
         """Remove the workspaces of tasks finished more than ``keep_workspaces_days`` ago."""
         finished = [
             (r.id, r.finished_at)
-            for r in self.sched.tasks.values()
+            for r in self.sched.tasks.built()
             if r.state.terminal and r.id not in self._pruned
         ]
         try:
@@ -343,7 +343,7 @@ class Supervisor:
         return self.config.reports
 
     def get(self, task_ids: list[str]) -> list[TaskRecord | None]:
-        return [self.sched.tasks.get(i) for i in task_ids]
+        return [self.sched.tasks.peek(i) for i in task_ids]
 
     def status(self) -> dict[str, Any]:
         workers = len(self.pool.workers)

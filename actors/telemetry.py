@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 
 from actors.pool import WorkerPool
 from actors.scheduler import Scheduler
+from actors.tasktable import TaskTable
 from actors.tracing import (
     SpanBatches,
     SpanData,
@@ -165,7 +166,7 @@ class FleetMetrics:
     records; ``tasks`` is the scheduler's records (a task's labels)."""
 
     def __init__(
-        self, metrics: Mapping[str, Metric], tasks: Mapping[str, TaskRecord], fleet: FleetSettings
+        self, metrics: Mapping[str, Metric], tasks: TaskTable, fleet: FleetSettings
     ) -> None:
         self.m = metrics
         self.tasks = tasks
@@ -200,8 +201,7 @@ class FleetMetrics:
 
     # -- per event ---------------------------------------------------------------------
     def _entered(self, event: Event, state: str) -> None:
-        record = self.tasks.get(event.task_id)
-        labels = record.spec.labels if record is not None else []
+        labels = self.tasks.labels(event.task_id)
         counter = self.m["fleet_tasks"]
         for label in labels or [""]:
             counter.inc(1, {"state": state, "label": label})
@@ -307,13 +307,10 @@ class FleetMetrics:
         if len(specs) == 1:  # one pool takes every task
             return {specs[0].name: len(sched.queue)}
         depth: Counter[str] = Counter()
-        for record in sched.tasks.values():
-            if record.state != TaskState.queued:
-                continue
-            spec, agent = record.spec, sched.agent_name(record)
+        for (requires, environment, agent, _), queued in sched.queue.shapes().items():
             for pool in specs:
-                if pool.takes(spec.requires, spec.environment_name, agent):
-                    depth[pool.name] += 1
+                if pool.takes(list(requires), environment, agent):
+                    depth[pool.name] += queued
         return depth
 
 
@@ -345,7 +342,7 @@ class Telemetry:
     def for_fleet(
         cls,
         settings: FleetSettings,
-        tasks: Mapping[str, TaskRecord],
+        tasks: TaskTable,
         make_metrics: Callable[[str], Mapping[str, Metric]] = ray_metrics,
         make_exporter: Callable[[str], Exporter] | None = None,
     ) -> Telemetry:

@@ -64,7 +64,7 @@ def idle_expired(sched: Scheduler, now: float, settings: FleetSettings) -> list[
         return []
     return [
         (r.id, f"idle for {now - r.idle_since.timestamp():.0f}s (idle_timeout_s {timeout:g})")
-        for r in sched.tasks.values()
+        for r in sched.tasks.built()  # an idle task is past its submit
         if r.state == TaskState.idle
         and r.idle_since is not None
         and now - r.idle_since.timestamp() > timeout

@@ -110,6 +110,13 @@ def parse_wal_fsync(value: str | float) -> float | None:
     return float(match.group(1)) / 1000
 
 
+def release_arrow_memory() -> None:
+    """Give back what Arrow's allocator keeps of the tables a write or a merge made. It
+    keeps it for later; a supervisor writes now and then and holds its queue meanwhile
+    (about 45 MiB of its RSS after a roll of 20,000 events)."""
+    pa.default_memory_pool().release_unused()
+
+
 def fsync_path(path: str | Path) -> None:
     """fsync a file or a directory by name (a directory: so the names it holds persist)."""
     fd = os.open(path, os.O_RDONLY)
@@ -292,6 +299,7 @@ class EventLog:
     def finish_roll(self, segment: int, rows: list[dict[str, Any]]) -> None:
         self._write_segment(segment, rows)  # durable (fsynced) before the WAL goes
         self._wal_path(segment).unlink(missing_ok=True)
+        release_arrow_memory()
 
     def close(self) -> None:
         self.roll()
@@ -340,17 +348,21 @@ class EventLog:
         for partition, files in self._partitions().items():
             sizes = self.fs.get_file_info(files)
             small = [i.path for i in sizes if (i.size or 0) < self.compact_small_bytes]
-            if len(small) < self.compact_min_files:
-                continue
-            tables = [pq.read_table(f, filesystem=self.fs, schema=ARROW_SCHEMA) for f in small]
-            table = pa.concat_tables(tables).sort_by([("ts", "ascending")])
-            replaces = json.dumps([f.rsplit("/", 1)[-1] for f in small])
-            table = table.replace_schema_metadata({REPLACES: replaces})
-            name = f"compact-{self.writer}-{uuid.uuid4().hex[:12]}.parquet"
-            self._write_table(f"{partition}/{name}", table)
-            self._delete(small)
-            removed += len(small)
+            if len(small) >= self.compact_min_files:
+                self._merge(partition, small)
+                removed += len(small)
+        release_arrow_memory()
         return removed
+
+    def _merge(self, partition: str, small: list[str]) -> None:
+        """Write one file of ``small``'s rows in ``partition``, then delete them."""
+        tables = [pq.read_table(f, filesystem=self.fs, schema=ARROW_SCHEMA) for f in small]
+        table = pa.concat_tables(tables).sort_by([("ts", "ascending")])
+        replaces = json.dumps([f.rsplit("/", 1)[-1] for f in small])
+        table = table.replace_schema_metadata({REPLACES: replaces})
+        name = f"compact-{self.writer}-{uuid.uuid4().hex[:12]}.parquet"
+        self._write_table(f"{partition}/{name}", table)
+        self._delete(small)
 
     def _delete(self, files: list[str]) -> None:
         for f in files:

@@ -53,7 +53,7 @@ def test_a_restart_rebuilds_the_state_and_requeues_what_ran(tmp_path: Path) -> N
     log = EventLog(str(tmp_path), writer="f")
     try:
         count = recover(log, sched)
-        states = {t: r.state for t, r in sched.tasks.items()}
+        states = {t: sched.tasks[t].state for t in sched.tasks}
         assert states == {
             "run": TaskState.queued,
             "ckpt": TaskState.queued,

@@ -422,7 +422,7 @@ def test_max_running_zero_pauses_the_fleet():
     h = make(max_running=0)
     h.submit(id="held", prompt="x")
     assert h.s.assign("w1", PoolSpec(), []) is None
-    assert [r.id for r in h.s.tasks.values() if r.state == TaskState.queued] == ["held"]
+    assert [r.id for r in h.s.tasks.records() if r.state == TaskState.queued] == ["held"]
 
 
 def test_a_refused_followup_is_recorded_with_the_field_at_fault():

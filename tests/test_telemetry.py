@@ -26,6 +26,7 @@ from actors.pool import WorkerPool
 from actors.scheduler import Scheduler
 from actors.session import SessionRunner
 from actors.streams import LiveStreams
+from actors.tasktable import TaskTable
 from actors.telemetry import METRICS, FleetMetrics, Telemetry
 from actors.tracing import (
     ReadableSink,
@@ -418,7 +419,7 @@ def test_a_restarted_supervisor_goes_on_with_the_same_trace_and_task_span(tmp_pa
     submitted = sched.submit(TaskSpec.model_validate(two_attempts_and_a_handoff()))
     submitted.seq = 0
     sched.apply(submitted)
-    tracer.prime(sched.tasks.values())  # as a new life after replaying the log
+    tracer.prime(sched.tasks.records())  # as a new life after replaying the log
     tracer.observe(
         [Event(task_id="t1", type=EventType.task_cancelled, seq=1, payload={"reason": "r"})]
     )
@@ -532,7 +533,9 @@ def test_the_otel_variables_choose_the_exporter(monkeypatch: pytest.MonkeyPatch)
         exporter_plan()
     # The fleet refuses to start on such a variable (not at its first export).
     with pytest.raises(TelemetryError, match="http/json"):
-        Telemetry.for_fleet(FleetSettings(tracing=True), {}, make_exporter=lambda _: (print, print))
+        Telemetry.for_fleet(
+            FleetSettings(tracing=True), TaskTable(), make_exporter=lambda _: (print, print)
+        )
 
 
 def test_a_parked_session_resumed_after_approval_and_a_cancel_under_a_session() -> None:
