@@ -28,6 +28,7 @@ from core.events import Event, EventType
 from core.records import Assignment, SessionResult
 from core.settings import FleetSettings
 from core.specs import EnvironmentSpec
+from core.vault import Redactor
 from harness.hooks import Decision, InboxHooks, ToolResult, content_text
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
@@ -45,6 +46,32 @@ class _Session:
     task: asyncio.Task[SessionResult] | None = None
     stop_reason: str | None = None
     figures: dict[str, Any] = field(default_factory=dict)
+
+
+async def session_result(session: _Session, worker_id: str) -> SessionResult:
+    """The result of a session whose task has ended: a stopped one fails with the reason
+    it was stopped for; one that raised (a bug past the runner's own handling) fails with
+    the error, so that its task is retried rather than left running."""
+    a = session.assignment
+    assert session.task is not None
+    try:
+        result = await session.task
+        carry_late_decision(result, session.hooks)  # one that arrived as it ended
+        return result
+    except asyncio.CancelledError:
+        reason = session.stop_reason or "session stopped by the supervisor"
+    except Exception as exc:
+        log.exception("session %s of task %s failed", a.session_id, a.task.id)
+        error = Redactor(a.secret_values()).text(f"{type(exc).__name__}: {exc}")
+        reason = f"session error: {error}"
+    return SessionResult(
+        task_id=a.task.id,
+        session_id=a.session_id,
+        attempt=a.attempt,
+        worker=worker_id,
+        status="failed",
+        reason=reason,
+    )
 
 
 def reap_node_containers(own: bool = False) -> int:
@@ -248,23 +275,11 @@ class Worker:
         return await self.runner.run(session.assignment, sink, session.hooks, live_ended)
 
     async def _collect(self, session: _Session, batcher: EventBatcher) -> SessionResult:
-        """The session's result, once it ended (a stopped one fails with the reason)."""
-        a = session.assignment
-        assert session.task is not None
+        """The session's result, once it ended, with the events not shipped yet."""
         try:
-            result = await session.task
-            carry_late_decision(result, session.hooks)  # one that arrived as it ended
-        except asyncio.CancelledError:
-            result = SessionResult(
-                task_id=a.task.id,
-                session_id=a.session_id,
-                attempt=a.attempt,
-                worker=self.worker_id,
-                status="failed",
-                reason=session.stop_reason or "session stopped by the supervisor",
-            )
+            result = await session_result(session, self.worker_id)
         finally:
-            self._sessions.pop(a.session_id, None)
+            self._sessions.pop(session.assignment.session_id, None)
         result.events = await batcher.drain()
         return result
 

@@ -1,0 +1,76 @@
+"""What a worker reports for a session whose task ended: its result, or a failure that says
+why (stopped, or an error nothing below caught), so the task never stays running."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import SecretStr
+
+from actors.worker import _Session, session_result
+from core.records import Assignment, SessionOutcome, SessionResult
+from core.specs import AgentSpec, EnvironmentSpec, TaskSpec
+from harness.hooks import InboxHooks
+
+SECRET = "hunter2-value"
+
+
+def assignment() -> Assignment:
+    return Assignment(
+        task=TaskSpec(id="t1", prompt="x"),
+        agent=AgentSpec(),
+        environment=EnvironmentSpec(),
+        attempt=2,
+        session_id="s-1",
+        max_turns=5,
+        time_limit_s=60,
+        secrets={"TOKEN": SecretStr(SECRET)},
+    )
+
+
+async def ended(run: object, stop_reason: str | None = None) -> SessionResult:
+    session = _Session(assignment(), InboxHooks(), stop_reason=stop_reason)
+    session.task = asyncio.ensure_future(run)  # type: ignore[arg-type]
+    if stop_reason is not None:
+        await asyncio.sleep(0)
+        session.task.cancel()
+    return await session_result(session, "w1")
+
+
+def test_a_session_that_raised_fails_with_the_error_and_no_secret_in_it() -> None:
+    async def broken() -> SessionResult:
+        raise RuntimeError(f"release failed for token {SECRET}")
+
+    result = asyncio.run(ended(broken()))
+
+    assert result.status == "failed"
+    assert (result.task_id, result.session_id, result.attempt) == ("t1", "s-1", 2)
+    assert result.worker == "w1"
+    assert result.reason.startswith("session error: RuntimeError: release failed for token ")
+    assert SECRET not in result.reason
+
+
+def test_a_stopped_session_fails_with_why_it_was_stopped() -> None:
+    async def forever() -> SessionResult:
+        await asyncio.sleep(60)
+        raise AssertionError("not stopped")
+
+    result = asyncio.run(ended(forever(), stop_reason="time limit 60s"))
+
+    assert result.status == "failed" and result.reason == "time limit 60s"
+
+
+def test_a_session_that_ended_reports_its_own_result() -> None:
+    own = SessionResult(
+        task_id="t1",
+        session_id="s-1",
+        attempt=2,
+        worker="w1",
+        status="succeeded",
+        outcome=SessionOutcome(status="finished", summary="done"),
+    )
+
+    async def fine() -> SessionResult:
+        return own
+
+    assert asyncio.run(ended(fine())) is own
