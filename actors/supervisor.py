@@ -49,7 +49,7 @@ from actors.telemetry import Telemetry
 from actors.worker import Worker
 from core.errors import one_line
 from core.eventlog import EventLog
-from core.events import Event
+from core.events import Event, EventWire, decode_events
 from core.records import Assignment, CommandResult, SessionResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
 from core.specs import AgentSpec, FleetConfig, SavedReport
@@ -514,9 +514,11 @@ class Supervisor:
         task's starting workspace when the session sends it."""
         return await self.dispatch.checkpoint(task_id, session_id, state, workspace, base)
 
-    async def ingest(self, events: list[Event]) -> int:
-        """A running session's events; those of sessions written off are dropped."""
-        return await self.dispatch.ingest(events)
+    async def ingest(self, batch: EventWire) -> int:
+        """A running session's events, as the worker's ``EventBatcher`` sends them
+        (:func:`core.events.encode_events`); those of sessions written off are dropped.
+        Raises :class:`core.events.EventWireError` (and logs nothing) on a malformed batch."""
+        return await self.dispatch.ingest(decode_events(batch))
 
     def heartbeat(self, worker_id: str) -> None:
         self.pool.beat(worker_id, time.time())

@@ -24,7 +24,7 @@ from typing import Any
 import ray
 
 from actors.session import SessionRunner, carry_late_decision
-from core.events import Event, EventType
+from core.events import Event, EventType, encode_events
 from core.records import Assignment, SessionResult
 from core.settings import FleetSettings
 from core.specs import EnvironmentSpec
@@ -93,7 +93,7 @@ class EventBatcher:
                 return
             batch, self.buffer = self.buffer, []
             if batch:
-                await self.supervisor.ingest.remote(batch)
+                await self.supervisor.ingest.remote(encode_events(batch))
 
     async def drain(self) -> list[Event]:
         """Stop shipping and hand back what is left (after any batch in flight landed)."""
