@@ -64,7 +64,8 @@ VERDICTS = frozenset({EventType.gate_passed, EventType.gate_failed})
 
 
 class EventBatcher:
-    """Buffers a session's events and ships them every ``interval_s`` while it runs.
+    """Buffers a session's events and ships them every ``interval_s`` while it runs, in the
+    wire form of :func:`core.events.encode_events` (what the supervisor's ``ingest`` reads).
 
     From the gate's verdict on, nothing more is shipped early: the verdict and what follows
     ride on the session's result, so the log never holds a gate that passed in a session
