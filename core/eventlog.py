@@ -103,6 +103,18 @@ def no_columns() -> Columns:
     return [[] for _ in FIELDS]
 
 
+def read_wal(path: Path) -> Columns:
+    """The events a WAL segment holds (a torn last line, never acknowledged, is skipped)."""
+    columns = no_columns()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            written = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line: it was never acknowledged
+            continue
+        read_wal_line(written, columns)
+    return columns
+
+
 def read_wal_line(written: Any, into: Columns) -> None:
     """Add the events of a parsed WAL line to ``into``: ``{"columns": [...]}``, or (a WAL
     an older version wrote) a list of row objects or one row object, ``ts`` as ISO text."""
@@ -490,13 +502,7 @@ class EventLog:
         self._finish_compactions()
         for segment in self._wal_segments():
             path = self._wal_path(segment)
-            columns = no_columns()
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    written = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line: it was never acknowledged
-                    continue
-                read_wal_line(written, columns)
+            columns = read_wal(path)
             if columns[TS]:
                 self._write_segment(segment, columns)
             path.unlink()
