@@ -121,7 +121,7 @@ def read_wal_line(written: Any, into: Columns) -> None:
     if isinstance(written, dict) and "columns" in written:
         columns = written["columns"]
         if len(columns) != len(FIELDS) or len({len(c) for c in columns}) != 1:
-            raise EventLogError(f"a WAL line of {len(columns)} columns of unequal lengths")
+            raise EventLogError(f"a WAL line's columns are not {len(FIELDS)} lists of a length")
         for column, values in zip(into, columns, strict=True):
             column.extend(values)
         return

@@ -311,6 +311,14 @@ _WIRE_KINDS: dict[str, frozenset[type]] = {
 _TYPES: dict[str, EventType] = {value: t for t, value in _VALUES.items()}
 
 
+_new = object.__new__
+_set = object.__setattr__
+_ALL_SET = set(FIELDS)
+"""The ``model_fields_set`` of every decoded event (each has every field): one set for all,
+fewer objects for the garbage collector to scan. Safe to share: pydantic only adds a field
+to it as one is assigned, which changes nothing when every field is in it already."""
+
+
 class EventWireError(InputError):
     """A batch sent to the supervisor's ``ingest`` is not in the wire form of
     :func:`encode_events` (the message names the field and the event)."""
@@ -368,14 +376,6 @@ def decode_events(wire: object) -> list[Event]:
         _set(event, "__pydantic_private__", None)
         events.append(event)
     return events
-
-
-_new = object.__new__
-_set = object.__setattr__
-_ALL_SET = set(FIELDS)
-"""The ``model_fields_set`` of every decoded event (each has every field): one set for all,
-fewer objects for the garbage collector to scan. Safe to share: pydantic only adds a field
-to it as one is assigned, which changes nothing when every field is in it already."""
 
 
 def _floats(column: list[Any]) -> list[Any]:

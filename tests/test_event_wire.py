@@ -26,6 +26,7 @@ from core.events import (
     encode_events,
     log_columns,
     log_rows,
+    payload_json,
     ts_us,
     us_ts,
 )
@@ -148,6 +149,21 @@ def test_the_log_columns_are_to_row_column_by_column() -> None:
     assert len(columns) == len(FIELDS) and columns[0] == [ts_us(e.ts) for e in events]
     assert log_rows(columns) == [e.to_row() for e in events]
     assert log_columns([]) == [[] for _ in FIELDS]
+
+
+def test_a_payload_is_written_exactly_as_json_dumps_with_default_str() -> None:
+    class Thing:
+        def __str__(self) -> str:
+            return "a thing"
+
+    payloads = [
+        {},
+        {"k": "v", "n": [1, 2.5, None, True], "deep": {"x": {"y": []}}},
+        {"é": "ü ✓ 日本", "quote": 'a "b" \\ c\n', "nan": float("nan"), "big": 10**30},
+        {"at": datetime(2026, 1, 1, tzinfo=UTC), "thing": Thing(), "tuple": (1, 2)},
+    ]
+    for payload in payloads:
+        assert payload_json(payload) == json.dumps(payload, default=str)
 
 
 def test_microseconds_since_the_epoch_are_exact_both_ways() -> None:
