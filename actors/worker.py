@@ -24,7 +24,7 @@ from typing import Any
 import ray
 
 from actors.session import SessionRunner, carry_late_decision
-from core.events import Event, EventType
+from core.events import Event, EventType, encode_events
 from core.records import Assignment, SessionResult
 from core.settings import FleetSettings
 from core.specs import EnvironmentSpec
@@ -91,7 +91,8 @@ VERDICTS = frozenset({EventType.gate_passed, EventType.gate_failed})
 
 
 class EventBatcher:
-    """Buffers a session's events and ships them every ``interval_s`` while it runs.
+    """Buffers a session's events and ships them every ``interval_s`` while it runs, in the
+    wire form of :func:`core.events.encode_events` (what the supervisor's ``ingest`` reads).
 
     From the gate's verdict on, nothing more is shipped early: the verdict and what follows
     ride on the session's result, so the log never holds a gate that passed in a session
@@ -120,7 +121,7 @@ class EventBatcher:
                 return
             batch, self.buffer = self.buffer, []
             if batch:
-                await self.supervisor.ingest.remote(batch)
+                await self.supervisor.ingest.remote(encode_events(batch))
 
     async def drain(self) -> list[Event]:
         """Stop shipping and hand back what is left (after any batch in flight landed)."""

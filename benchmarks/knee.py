@@ -32,7 +32,7 @@ from typing import Any
 
 import ray
 
-from core.events import Event, EventType
+from core.events import Event, EventType, encode_events
 from core.records import Assignment, SessionOutcome, SessionResult
 from core.settings import PoolSpec
 from fleet import Fleet
@@ -90,7 +90,7 @@ class SimulatedWorkers:
 
     async def _ship(self, events: list[Event]) -> None:
         t0 = time.perf_counter()
-        await self.supervisor.ingest.remote(events)
+        await self.supervisor.ingest.remote(encode_events(events))  # as EventBatcher sends
         self.ingests.append((time.time(), (time.perf_counter() - t0) * 1000, len(events)))
 
     async def _session(self, worker_id: str, a: Assignment) -> SessionResult:

@@ -15,10 +15,12 @@ for the memory target):
    fleet of fast workers costs the supervisor). Target: 1,000 tasks/s.
 2. **Events appended** (events/s): ``--producers`` Ray actors each send ``--events`` /
    producers events (tool calls and results, like a session's) in batches of ``--batch``
-   through the supervisor's ``ingest`` (what workers' ``EventBatcher`` does), each with two
-   calls in flight, all at once; the events are made before the clock starts, which stops
-   when every call returned (each batch numbered, applied and in the WAL). Then the
-   roll of what is buffered into Parquet (``flush``) is timed too. Target: 50,000 events/s.
+   through the supervisor's ``ingest``, each with two calls in flight, all at once. A batch
+   is sent as workers' ``EventBatcher`` sends it (``core.events.encode_events``); the events
+   are made and encoded before the clock starts, which stops when every call returned (each
+   batch decoded, numbered, redacted, applied, in the WAL, observed and kept for streams).
+   Printed beside it: what the encoding cost the producers (µs per event, off the clock),
+   then the roll of what is buffered into Parquet (``flush``). Target: 50,000 events/s.
 3. **Queue memory** (MiB): the supervisor's RSS with ``--queue`` tasks queued that cannot
    start. Target: <= 300 MiB.
 4. **Assignment cost**: microseconds per assignment with ``--blocked`` tasks queued that
@@ -49,7 +51,7 @@ from actors.streams import LiveStreams
 from benchmarks.assign import per_assign_us
 from benchmarks.manager import held_fleet, held_tasks, queue_memory
 from core.eventlog import EventLog
-from core.events import Event, EventType
+from core.events import Event, EventType, EventWire, encode_events
 from core.records import SessionOutcome, SessionResult
 from core.settings import FleetSettings, PoolSpec
 from core.specs import FleetConfig
@@ -151,17 +153,22 @@ async def dispatch_cycle(n: int, workers: int = 8) -> float:
 @ray.remote(num_cpus=0)
 class Producer:
     """Sends a session's kind of events to the supervisor in batches, ``in_flight`` calls at
-    a time (several sessions' batchers, as one worker node would). The events are made
-    before the clock starts: what is timed is the supervisor taking them."""
+    a time (several sessions' batchers, as one worker node would), each encoded as a
+    worker's ``EventBatcher`` sends it. The events are made and encoded before the clock
+    starts: what is timed is the supervisor taking them."""
 
     def __init__(self, supervisor: Any, task_id: str) -> None:
         self.supervisor = supervisor
         self.task_id = task_id
-        self.batches: list[list[Event]] = []
+        self.batches: list[EventWire] = []
 
-    def prepare(self, events: int, batch: int) -> int:
-        self.batches = [self.batch(i, min(batch, events - i)) for i in range(0, events, batch)]
-        return sum(len(b) for b in self.batches)
+    def prepare(self, events: int, batch: int) -> float:
+        """Make ``events`` events in batches of ``batch`` and encode them; the seconds the
+        encoding took (``encode_events``, what a worker pays per batch it ships)."""
+        made = [self.batch(i, min(batch, events - i)) for i in range(0, events, batch)]
+        t0 = time.perf_counter()
+        self.batches = [encode_events(b) for b in made]
+        return time.perf_counter() - t0
 
     def run(self, in_flight: int = 2) -> float:
         t0 = time.perf_counter()
@@ -202,22 +209,23 @@ class Producer:
         return out
 
 
-def events_rate(events: int, producers: int, batch: int) -> tuple[float, float]:
-    """Events/s appended through ``ingest`` by concurrent producers; the flush's seconds."""
+def events_rate(events: int, producers: int, batch: int) -> tuple[float, float, float]:
+    """Events/s appended through ``ingest`` by concurrent producers; the producers'
+    encoding, µs per event; the flush's seconds."""
     with held_fleet("limits-events") as fleet:
         ids = fleet.submit(held_tasks("e", 0, producers)).accepted
         actors = [Producer.remote(fleet.supervisor, task_id) for task_id in ids]
         ray.get([p.prepare.remote(batch, batch) for p in actors])
         ray.get([p.run.remote() for p in actors])  # warm: actors up, code loaded
         each = events // producers
-        ray.get([p.prepare.remote(each, batch) for p in actors])
+        encoding = sum(ray.get([p.prepare.remote(each, batch) for p in actors]))
         t0 = time.perf_counter()
         ray.get([p.run.remote() for p in actors])
         elapsed = time.perf_counter() - t0
         t1 = time.perf_counter()
         fleet.flush()
         flushed = time.perf_counter() - t1
-    return each * producers / elapsed, flushed
+    return each * producers / elapsed, encoding * 1e6 / (each * producers), flushed
 
 
 def main() -> None:
@@ -252,12 +260,16 @@ def main() -> None:
             1000,
         )
     if "events" in only:
-        rate, flushed = events_rate(args.events, args.producers, args.batch)
+        rate, encode_us, flushed = events_rate(args.events, args.producers, args.batch)
         line(
             f"events appended through ingest, {args.producers} producers, batches of {args.batch}",
             rate,
             "events/s",
             50_000,
+        )
+        print(
+            f"  the producers' encoding (encode_events, off the clock): {encode_us:.2f} us/event",
+            flush=True,
         )
         print(f"  then rolling them into Parquet (flush): {flushed:.2f} s", flush=True)
     if "queue" in only:

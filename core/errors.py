@@ -19,6 +19,8 @@ also a ``ValueError``, ``UnknownSpec`` also a ``LookupError``, ...). The tree::
     │   ├── FileTooLarge             actors.files     an upload over max_file_bytes (413)
     │   ├── RowError                 sources.sql      a table row cannot become a task (reason)
     │   ├── IssueError               sources.github   an issue cannot become a task (reason)
+    │   ├── EventWireError           core.events      a batch of events sent to ``ingest`` is
+    │   │                                             not in the wire form (field, event)
     │   └── TelemetryError           actors.tracing   an OTEL_* variable asks for an exporter or
     │                                                 sampler the fleet cannot make
     ├── StateError                   core.errors      the request does not fit the fleet's state

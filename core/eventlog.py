@@ -1,9 +1,13 @@
 """The event log: Parquet files, Hive-partitioned by date, written by one writer.
 
 Durability without tiny files: every appended batch goes first to a write-ahead log (one
-JSON line per append, a list of the batch's rows, in the current segment, written before
-``append`` returns, so an acknowledged event survives a crash of the process; a write a
-crash cut short loses its whole batch, never part of it), and is buffered in memory.
+JSON line per append, in the current segment, written before ``append`` returns, so an
+acknowledged event survives a crash of the process; a write a crash cut short loses its
+whole batch, never part of it), and is buffered in memory. A line is the batch column by
+column, ``{"columns": [...]}``: one list per field in :data:`core.events.FIELDS` order,
+``ts`` in microseconds since the epoch, each payload as its JSON text
+(:func:`core.events.log_columns`). Segments that older versions wrote (a line of a list of
+row objects, or of one, with ``ts`` as ISO text) are replayed alike.
 ``roll`` turns the buffer into one Parquet file per date, named after the segment, then
 drops the segment. On open, a segment left by a crash is rolled again; a partition that
 already has that segment's file is skipped, so replay is exact. ``compact`` merges a
@@ -56,7 +60,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +69,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from core.errors import StorageError
-from core.events import ARROW_SCHEMA, JSON, Event, rows_to_table
+from core.events import (
+    ARROW_SCHEMA,
+    FIELDS,
+    JSON,
+    TS,
+    Event,
+    columns_table,
+    log_columns,
+    log_rows,
+    ts_us,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +89,47 @@ REPLACES = b"fleet.replaces"
 
 class EventLogError(StorageError):
     """The event log cannot be written, or another live fleet of the same name writes it."""
+
+
+DAY_US = 86_400_000_000
+"""Microseconds in a day: a row's ``ts // DAY_US`` is its date partition (UTC)."""
+
+
+Columns = list[list[Any]]
+"""Events as the log writes and buffers them: :func:`core.events.log_columns`."""
+
+
+def no_columns() -> Columns:
+    return [[] for _ in FIELDS]
+
+
+def read_wal(path: Path) -> Columns:
+    """The events a WAL segment holds (a torn last line, never acknowledged, is skipped)."""
+    columns = no_columns()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            written = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line: it was never acknowledged
+            continue
+        read_wal_line(written, columns)
+    return columns
+
+
+def read_wal_line(written: Any, into: Columns) -> None:
+    """Add the events of a parsed WAL line to ``into``: ``{"columns": [...]}``, or (a WAL
+    an older version wrote) a list of row objects or one row object, ``ts`` as ISO text."""
+    if isinstance(written, dict) and "columns" in written:
+        columns = written["columns"]
+        if len(columns) != len(FIELDS) or len({len(c) for c in columns}) != 1:
+            raise EventLogError(f"a WAL line's columns are not {len(FIELDS)} lists of a length")
+        for column, values in zip(into, columns, strict=True):
+            column.extend(values)
+        return
+    for row in written if isinstance(written, list) else [written]:
+        values = [row.get(name) for name in FIELDS]
+        values[TS] = ts_us(datetime.fromisoformat(row["ts"]))
+        for column, value in zip(into, values, strict=True):
+            column.append(value)
 
 
 def writer_name(name: str) -> str:
@@ -243,7 +298,8 @@ class EventLog:
         except OSError as exc:
             raise EventLogError(f"cannot write the event log at {root}: {exc}") from exc
         self._lock = self._take_lock(root, lock_wait_s)
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: Columns = no_columns()
+        """Appended events not yet rolled."""
         self._syncer = _WalSyncer(self.fsync_every, self.wal_dir) if self.fsync_every else None
         self._recover()
         self._segment = self._next_segment()
@@ -253,14 +309,15 @@ class EventLog:
     def append(self, events: list[Event]) -> None:
         """Write events to the WAL and buffer them: once this returns they survive a crash of
         the process, and of the host as far as ``wal_fsync`` says (see the module doc)."""
-        rows = [e.to_row() for e in events]
-        if not rows:
+        if not events:
             return
+        columns = log_columns(events)
         # One line per append: a crash that cuts the write short loses the whole append
         # (never acknowledged), never half of it; one encode for the batch is cheaper too.
-        self._wal.write(JSON.encode(rows) + "\n")
+        self._wal.write(JSON.encode({"columns": columns}) + "\n")
         self._wal.flush()
-        self._buffer.extend(rows)  # rolled even if an fsync below fails: the caller has them
+        for buffered, column in zip(self._buffer, columns, strict=True):
+            buffered.extend(column)  # rolled even if an fsync below fails: the caller has them
         if self.fsync_every == 0.0:
             if self._new_wal:
                 fsync_path(self.wal_dir)
@@ -271,7 +328,7 @@ class EventLog:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer[TS])
 
     def roll(self) -> int:
         """Move buffered events into Parquet files; returns how many were written."""
@@ -279,25 +336,25 @@ class EventLog:
         if pending is None:
             return 0
         self.finish_roll(*pending)
-        return len(pending[1])
+        return len(pending[1][TS])
 
-    def start_roll(self) -> tuple[int, list[dict[str, Any]]] | None:
+    def start_roll(self) -> tuple[int, Columns] | None:
         """Cheap half of a roll: take the buffer and start a new WAL segment.
 
         ``finish_roll`` (slow: Parquet writes) may then run in another thread while
         ``append`` goes on in this one.
         """
-        if not self._buffer:
+        if not self.buffered:
             return None
-        rows, self._buffer = self._buffer, []
+        columns, self._buffer = self._buffer, no_columns()
         segment = self._segment
         self._wal.close()  # the syncer holds its own descriptor of it if it was dirty
         self._segment = segment + 1
         self._open_wal()
-        return segment, rows
+        return segment, columns
 
-    def finish_roll(self, segment: int, rows: list[dict[str, Any]]) -> None:
-        self._write_segment(segment, rows)  # durable (fsynced) before the WAL goes
+    def finish_roll(self, segment: int, columns: Columns) -> None:
+        self._write_segment(segment, columns)  # durable (fsynced) before the WAL goes
         self._wal_path(segment).unlink(missing_ok=True)
         release_arrow_memory()
 
@@ -399,7 +456,7 @@ class EventLog:
     def replay(self) -> Iterator[Event]:
         """Every event of this writer, rolled and buffered: tasks interleaved by time, each
         task's own events in ``seq`` order (clocks of different nodes may disagree)."""
-        rows = self.read_table().to_pylist() + list(self._buffer)
+        rows = self.read_table().to_pylist() + log_rows(self._buffer)
         rows.sort(key=lambda r: (str(r["ts"]), r["seq"]))
         seen: set[tuple[str, int]] = set()
         unique = []
@@ -457,30 +514,26 @@ class EventLog:
         self._finish_compactions()
         for segment in self._wal_segments():
             path = self._wal_path(segment)
-            rows = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    written = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line: it was never acknowledged
-                    continue
-                # An append's rows (a list), or one row (a WAL written by an older version).
-                rows.extend(written if isinstance(written, list) else [written])
-            for row in rows:
-                row["ts"] = datetime.fromisoformat(row["ts"])
-            if rows:
-                self._write_segment(segment, rows)
+            columns = read_wal(path)
+            if columns[TS]:
+                self._write_segment(segment, columns)
             path.unlink()
 
-    def _write_segment(self, segment: int, rows: list[dict[str, Any]]) -> None:
-        by_date: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for row in rows:
-            ts = row["ts"]
-            by_date[ts.date().isoformat()].append(row)
-        for day, day_rows in by_date.items():
-            path = f"{self.root}/date={day}/seg-{self.writer}-{segment:08d}.parquet"
+    def _write_segment(self, segment: int, columns: Columns) -> None:
+        """One Parquet file per date (UTC) of the events' ``ts``, named after the segment
+        (skipped where it exists: a replay after a crash writes each once)."""
+        table = columns_table(columns)
+        days = [ts // DAY_US for ts in columns[TS]]
+        distinct = sorted(set(days))
+        for day in distinct:
+            date = datetime.fromtimestamp(day * 86_400, UTC).date().isoformat()
+            path = f"{self.root}/date={date}/seg-{self.writer}-{segment:08d}.parquet"
             if self.fs.get_file_info(path).type == pafs.FileType.File:
                 continue
-            self._write_table(path, rows_to_table(day_rows))
+            if len(distinct) > 1:
+                self._write_table(path, table.filter(pa.array([d == day for d in days])))
+            else:
+                self._write_table(path, table)
 
     def _write_table(self, path: str, table: pa.Table) -> None:
         """Write, fsync, rename, fsync the directory: a reader never sees half a file, and

@@ -3,14 +3,15 @@
 import asyncio
 
 from actors.worker import EventBatcher
-from core.events import Event, EventType
+from core.events import Event, EventType, EventWire, decode_events
 
 
 class Ingest:
     def __init__(self) -> None:
         self.shipped: list[list[EventType]] = []
 
-    async def _ingest(self, batch: list[Event]) -> int:
+    async def _ingest(self, wire: EventWire) -> int:
+        batch = decode_events(wire)  # what the supervisor's ingest reads
         self.shipped.append([e.type for e in batch])
         return len(batch)
 
@@ -19,8 +20,8 @@ class Ingest:
         outer = self
 
         class Method:
-            def remote(self, batch: list[Event]):  # type: ignore[no-untyped-def]
-                return outer._ingest(batch)
+            def remote(self, wire: EventWire):  # type: ignore[no-untyped-def]
+                return outer._ingest(wire)
 
         return Method()
 

@@ -10,7 +10,8 @@ import pytest
 import ray
 
 from core.analytics import report, sql
-from core.events import EventType
+from core.eventlog import read_wal
+from core.events import EventType, log_rows
 from core.specs import FleetConfig, TaskState
 from tests.conftest import script
 
@@ -93,8 +94,8 @@ def test_submitted_tasks_are_in_the_log_before_submit_returns(fleet_factory):
     fleet = fleet_factory(workers=1, flush_interval_s=60)
     fleet.submit([{"id": "durable", "prompt": "x", "script": HELLO}])
     wal = Path(fleet.settings.events_dir, "_wal", fleet.settings.name)
-    text = "".join(f.read_text() for f in wal.glob("seg-*.jsonl"))
-    assert '"task_id": "durable"' in text and '"type": "task.submitted"' in text
+    rows = [row for f in wal.glob("seg-*.jsonl") for row in log_rows(read_wal(f))]
+    assert any(r["task_id"] == "durable" and r["type"] == "task.submitted" for r in rows)
 
 
 def test_a_killed_worker_does_not_lose_its_task(fleet_factory):
