@@ -17,6 +17,7 @@ import contextlib
 import logging
 import socket
 import threading
+import traceback
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,9 +62,10 @@ async def session_result(session: _Session, worker_id: str) -> SessionResult:
     except asyncio.CancelledError:
         reason = session.stop_reason or "session stopped by the supervisor"
     except Exception as exc:
-        log.exception("session %s of task %s failed", a.session_id, a.task.id)
-        error = Redactor(a.secret_values()).text(f"{type(exc).__name__}: {exc}")
-        reason = f"session error: {error}"
+        redact = Redactor(a.secret_values()).text  # the log, too, never holds a secret
+        trace = redact("".join(traceback.format_exception(exc)))
+        log.error("session %s of task %s failed:\n%s", a.session_id, a.task.id, trace)
+        reason = "session error: " + redact(f"{type(exc).__name__}: {exc}")
     return SessionResult(
         task_id=a.task.id,
         session_id=a.session_id,

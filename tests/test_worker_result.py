@@ -4,7 +4,9 @@ why (stopped, or an error nothing below caught), so the task never stays running
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 from pydantic import SecretStr
 
 from actors.worker import _Session, session_result
@@ -37,11 +39,17 @@ async def ended(run: object, stop_reason: str | None = None) -> SessionResult:
     return await session_result(session, "w1")
 
 
-def test_a_session_that_raised_fails_with_the_error_and_no_secret_in_it() -> None:
+def test_a_session_that_raised_fails_with_the_error_and_no_secret_in_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def broken() -> SessionResult:
         raise RuntimeError(f"release failed for token {SECRET}")
 
-    result = asyncio.run(ended(broken()))
+    with caplog.at_level(logging.ERROR, logger="actors.worker"):
+        result = asyncio.run(ended(broken()))
+
+    assert "release failed for token" in caplog.text  # logged with its traceback...
+    assert "Traceback" in caplog.text and SECRET not in caplog.text  # ...redacted
 
     assert result.status == "failed"
     assert (result.task_id, result.session_id, result.attempt) == ("t1", "s-1", 2)
