@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Session:
-    """A session this worker holds: running, or finishing behind the next one."""
+class HeldSession:
+    """A session a worker holds: running, or finishing behind the next one."""
 
     assignment: Assignment
     hooks: InboxHooks
@@ -48,8 +48,22 @@ class _Session:
     stop_reason: str | None = None
     figures: dict[str, Any] = field(default_factory=dict)
 
+    def push(self, kind: str, data: Any) -> None:
+        """What the supervisor sends the session: a message, an interrupt, a decision or a
+        custom tool's result."""
+        if kind == "message":
+            self.hooks.push_message(str(data))
+        elif kind == "interrupt":
+            self.hooks.push_interrupt()
+        elif kind == "decision":
+            decision = Decision(bool(data["allow"]), data["message"], recorded=True)
+            self.hooks.push_decision(data["call_id"], decision)
+        elif kind == "tool_result":
+            result = ToolResult(content_text(data["content"]), bool(data["is_error"]))
+            self.hooks.push_tool_result(data["call_id"], result)
 
-async def session_result(session: _Session, worker_id: str) -> SessionResult:
+
+async def session_result(session: HeldSession, worker_id: str) -> SessionResult:
     """The result of a session whose task has ended: a stopped one fails with the reason
     it was stopped for; one that raised (a bug past the runner's own handling) fails with
     the error, so that its task is retried rather than left running."""
@@ -165,7 +179,7 @@ class Worker:
         """The warm pool's ``started`` count when the last session ended (metrics)."""
         self._figures: ContextVar[dict[str, Any]] = ContextVar("sandbox_figures")
         """The session's sandbox figures (whether it was warm), set in the session's task."""
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, HeldSession] = {}
         """Session id -> the session running and the one finishing behind it, if any."""
         self._behind: asyncio.Task[None] | None = None
         """The finish (and report) of the session finishing behind the running one."""
@@ -252,7 +266,7 @@ class Worker:
         """Run a session until its live part is over: its result, or None when it finishes
         behind (it reports its result itself, see ``_finish_behind``)."""
         batcher = EventBatcher(self.supervisor, self.settings.worker_event_batch_s)
-        session = _Session(assignment, InboxHooks())
+        session = HeldSession(assignment, InboxHooks())
         self._sessions[assignment.session_id] = session
 
         def sink(event: Event) -> None:
@@ -272,12 +286,12 @@ class Worker:
         return None
 
     async def _session(
-        self, session: _Session, sink: Any, live_ended: asyncio.Event
+        self, session: HeldSession, sink: Any, live_ended: asyncio.Event
     ) -> SessionResult:
         self._figures.set(session.figures)  # in this session's task only
         return await self.runner.run(session.assignment, sink, session.hooks, live_ended)
 
-    async def _collect(self, session: _Session, batcher: EventBatcher) -> SessionResult:
+    async def _collect(self, session: HeldSession, batcher: EventBatcher) -> SessionResult:
         """The session's result, once it ended, with the events not shipped yet."""
         try:
             result = await session_result(session, self.worker_id)
@@ -286,7 +300,7 @@ class Worker:
         result.events = await batcher.drain()
         return result
 
-    async def _finish_behind(self, session: _Session, batcher: EventBatcher) -> None:
+    async def _finish_behind(self, session: HeldSession, batcher: EventBatcher) -> None:
         result = await self._collect(session, batcher)
         try:
             await self.supervisor.report_result.remote(self.worker_id, result)
@@ -306,17 +320,7 @@ class Worker:
         session = self._sessions.get(session_id)
         if session is None:
             return False
-        hooks = session.hooks
-        if kind == "message":
-            hooks.push_message(str(data))
-        elif kind == "interrupt":
-            hooks.push_interrupt()
-        elif kind == "decision":
-            decision = Decision(bool(data["allow"]), data["message"], recorded=True)
-            hooks.push_decision(data["call_id"], decision)
-        elif kind == "tool_result":
-            result = ToolResult(content_text(data["content"]), bool(data["is_error"]))
-            hooks.push_tool_result(data["call_id"], result)
+        session.push(kind, data)
         return True
 
     async def stop_session(self, session_id: str, reason: str = "") -> bool:

@@ -36,15 +36,16 @@ from actors.commands import Commands
 from actors.dispatch import answered
 from actors.files import FileStore
 from actors.scheduler import Scheduler
-from actors.session import SessionRunner, carry_late_decision
+from actors.session import SessionRunner
 from actors.status import fleet_status, list_tasks
+from actors.worker import HeldSession, session_result
 from core.eventlog import EventLog
 from core.events import Event, EventType
-from core.records import Assignment, CommandResult, SessionResult, TaskRecord
+from core.records import Assignment, CommandResult, TaskRecord
 from core.settings import FleetSettings, PoolSpec
 from core.specs import EnvironmentSpec, FleetConfig, SavedReport
 from core.vault import SecretInfo, Vault
-from harness.hooks import Decision, InboxHooks, ToolResult, content_text
+from harness.hooks import InboxHooks
 from sandboxes import create_sandbox
 from sandboxes.base import Sandbox
 
@@ -89,8 +90,8 @@ class FakeSupervisor:
         self.stream: list[Event] = []
         self.running: dict[str, str] = {}
         """worker id -> task id"""
-        self.sessions: dict[str, tuple[asyncio.Task[SessionResult], InboxHooks]] = {}
-        """worker id -> its running session and the hooks that reach it"""
+        self.sessions: dict[str, HeldSession] = {}
+        """worker id -> its running session (its task and the hooks that reach it)"""
         self.calls: Counter[str] = Counter()
         self.commands = Commands(self.sched, self._record_async, self)
         self.started_at = time.time()
@@ -109,8 +110,9 @@ class FakeSupervisor:
         """Stop the sessions and the loop."""
         for worker in self._workers:
             worker.cancel()
-        for session, _ in list(self.sessions.values()):
-            self.loop.call_soon_threadsafe(session.cancel)
+        for session in list(self.sessions.values()):
+            if session.task is not None:
+                self.loop.call_soon_threadsafe(session.task.cancel)
         time.sleep(0.2)  # let cancelled sessions close their sandboxes
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
@@ -266,21 +268,13 @@ class FakeSupervisor:
 
     def deliver(self, worker_id: str, session_id: str | None, kind: str, data: Any) -> None:
         """The :class:`actors.commands.SessionLink` push: to the session's hooks."""
-        hooks = self.sessions[worker_id][1]
-        if kind == "message":
-            hooks.push_message(str(data))
-        elif kind == "interrupt":
-            hooks.push_interrupt()
-        elif kind == "decision":
-            decision = Decision(bool(data["allow"]), data["message"], recorded=True)
-            hooks.push_decision(data["call_id"], decision)
-        elif kind == "tool_result":
-            result = ToolResult(content_text(data["content"]), bool(data["is_error"]))
-            hooks.push_tool_result(data["call_id"], result)
+        self.sessions[worker_id].push(kind, data)
 
     def stop(self, worker_id: str, session_id: str | None, reason: str = "") -> None:
         """The :class:`actors.commands.SessionLink` stop: cancel the session's coroutine."""
-        self.sessions[worker_id][0].cancel()
+        task = self.sessions[worker_id].task
+        if task is not None:
+            task.cancel()
 
     def _record(self, events: list[Event]) -> None:
         """Redact, number, apply, log and keep events, then wake whoever waits (all on the
@@ -337,23 +331,14 @@ class FakeSupervisor:
                 await self._session(assignment, worker)
 
     async def _session(self, a: Assignment, worker: str) -> None:
-        hooks = InboxHooks()
-        session = asyncio.create_task(self.runner.run(a, lambda e: self._record([e]), hooks))
+        session = HeldSession(a, InboxHooks())
+        session.task = asyncio.create_task(
+            self.runner.run(a, lambda e: self._record([e]), session.hooks)
+        )
         self.running[worker] = a.task.id
-        self.sessions[worker] = (session, hooks)
+        self.sessions[worker] = session
         try:
-            result = await session
-            carry_late_decision(result, hooks)
-        except asyncio.CancelledError:
-            reason = "session stopped by the supervisor"
-            result = SessionResult(
-                task_id=a.task.id,
-                session_id=a.session_id,
-                attempt=a.attempt,
-                worker=worker,
-                status="failed",
-                reason=reason,
-            )
+            result = await session_result(session, worker)
         finally:
             del self.running[worker], self.sessions[worker]
         refs = art.store_result(self.artifacts, result) if art.has_artifacts(result) else {}

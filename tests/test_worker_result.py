@@ -9,29 +9,18 @@ import logging
 import pytest
 from pydantic import SecretStr
 
-from actors.worker import _Session, session_result
-from core.records import Assignment, SessionOutcome, SessionResult
-from core.specs import AgentSpec, EnvironmentSpec, TaskSpec
+from actors.worker import HeldSession, session_result
+from core.records import SessionOutcome, SessionResult
+from core.specs import AgentSpec
 from harness.hooks import InboxHooks
+from tests.test_harness_support import assignment
 
 SECRET = "hunter2-value"
 
 
-def assignment() -> Assignment:
-    return Assignment(
-        task=TaskSpec(id="t1", prompt="x"),
-        agent=AgentSpec(),
-        environment=EnvironmentSpec(),
-        attempt=2,
-        session_id="s-1",
-        max_turns=5,
-        time_limit_s=60,
-        secrets={"TOKEN": SecretStr(SECRET)},
-    )
-
-
 async def ended(run: object, stop_reason: str | None = None) -> SessionResult:
-    session = _Session(assignment(), InboxHooks(), stop_reason=stop_reason)
+    a = assignment(AgentSpec(), secrets={"TOKEN": SecretStr(SECRET)})
+    session = HeldSession(a, InboxHooks(), stop_reason=stop_reason)
     session.task = asyncio.ensure_future(run)  # type: ignore[arg-type]
     if stop_reason is not None:
         await asyncio.sleep(0)
@@ -52,7 +41,7 @@ def test_a_session_that_raised_fails_with_the_error_and_no_secret_in_it(
     assert "Traceback" in caplog.text and SECRET not in caplog.text  # ...redacted
 
     assert result.status == "failed"
-    assert (result.task_id, result.session_id, result.attempt) == ("t1", "s-1", 2)
+    assert (result.task_id, result.session_id, result.attempt) == ("t", "s-1", 1)
     assert result.worker == "w1"
     assert result.reason.startswith("session error: RuntimeError: release failed for token ")
     assert SECRET not in result.reason
@@ -70,9 +59,9 @@ def test_a_stopped_session_fails_with_why_it_was_stopped() -> None:
 
 def test_a_session_that_ended_reports_its_own_result() -> None:
     own = SessionResult(
-        task_id="t1",
+        task_id="t",
         session_id="s-1",
-        attempt=2,
+        attempt=1,
         worker="w1",
         status="succeeded",
         outcome=SessionOutcome(status="finished", summary="done"),
