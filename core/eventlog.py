@@ -78,6 +78,7 @@ from core.events import (
     columns_table,
     log_columns,
     log_rows,
+    no_columns,
     ts_us,
 )
 
@@ -97,10 +98,6 @@ DAY_US = 86_400_000_000
 
 Columns = list[list[Any]]
 """Events as the log writes and buffers them: :func:`core.events.log_columns`."""
-
-
-def no_columns() -> Columns:
-    return [[] for _ in FIELDS]
 
 
 def read_wal(path: Path) -> Columns:
