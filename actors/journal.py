@@ -27,6 +27,8 @@ from core.specs import TaskState
 log = logging.getLogger("fleet.supervisor")
 
 REQUEUES = (EventType.task_submitted, EventType.task_retried, EventType.handoff)
+QUIET = frozenset(EventType) - {*REQUEUES, EventType.task_assigned, *TERMINAL_EVENTS}
+"""Events the journal has nothing more to do for once they are applied (most of them)."""
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 Observer = Callable[[list[Event]], None]
@@ -98,9 +100,12 @@ class Journal:
         """Number events and fold them into the state; [requeued, ended]."""
         requeued = ended = False
         now = self.clock()
+        sched = self.sched
         for event in events:
-            event.seq = self.sched.next_seq(event.task_id)
-            self.sched.apply(event)
+            event.number(sched.next_seq(event.task_id))
+            sched.apply(event)
+            if event.type in QUIET:
+                continue
             if event.type in REQUEUES:
                 requeued = True
                 not_before = event.payload.get("not_before", 0)

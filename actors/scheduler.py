@@ -276,6 +276,11 @@ class Scheduler:
 
     # -- the fold ----------------------------------------------------------------------
     def apply(self, event: Event) -> None:
+        if event.type in PASSIVE_EVENTS:  # most of a session's events: quick to fold
+            passive = self.tasks.get(event.task_id)
+            if passive is not None:
+                passive.touch(event)
+            return
         p = event.payload
         if event.type == EventType.task_submitted:
             spec = TaskSpec.model_validate(p["task"])
@@ -304,11 +309,7 @@ class Scheduler:
         record = self.tasks.get(event.task_id)
         if record is None:
             return
-        record.seq = max(record.seq, event.seq)
-        record.last_event_at = event.ts
-        record.last_event = event.type.value
-        if event.type in PASSIVE_EVENTS:  # most of a session's events: nothing else changes
-            return
+        record.touch(event)
         match event.type:
             case EventType.task_assigned:
                 self.queue.discard(record.id)

@@ -72,13 +72,13 @@ from core.errors import StorageError
 from core.events import (
     ARROW_SCHEMA,
     FIELDS,
-    JSON,
     TS,
     Event,
     columns_table,
     log_columns,
     log_rows,
     no_columns,
+    to_json,
     ts_us,
 )
 
@@ -311,7 +311,7 @@ class EventLog:
         columns = log_columns(events)
         # One line per append: a crash that cuts the write short loses the whole append
         # (never acknowledged), never half of it; one encode for the batch is cheaper too.
-        self._wal.write(JSON.encode({"columns": columns}) + "\n")
+        self._wal.write(to_json({"columns": columns}) + "\n")
         self._wal.flush()
         for buffered, column in zip(self._buffer, columns, strict=True):
             buffered.extend(column)  # rolled even if an fsync below fails: the caller has them

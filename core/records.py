@@ -213,6 +213,16 @@ class TaskRecord(BaseModel):
     pr_url: str | None = None
     """...and the pull request opened for it, once one is."""
 
+    def touch(self, event: Event) -> None:
+        """What every event of the task does to its record: its ``seq`` (never lower), the
+        time and type of its last event. Written straight into the fields, as
+        :meth:`Event.number` does: most of a running session's events change nothing else."""
+        fields = self.__dict__
+        if event.seq > fields["seq"]:
+            fields["seq"] = event.seq
+        fields["last_event_at"] = event.ts
+        fields["last_event"] = event.type.value
+
     @property
     def duration_s(self) -> float | None:
         if self.started_at and self.finished_at:

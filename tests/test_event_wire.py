@@ -151,19 +151,31 @@ def test_the_log_columns_are_to_row_column_by_column() -> None:
     assert log_columns([]) == [[] for _ in FIELDS]
 
 
-def test_a_payload_is_written_exactly_as_json_dumps_with_default_str() -> None:
+def test_a_payload_is_written_as_compact_json_with_str_for_the_rest() -> None:
     class Thing:
         def __str__(self) -> str:
             return "a thing"
 
-    payloads = [
-        {},
-        {"k": "v", "n": [1, 2.5, None, True], "deep": {"x": {"y": []}}},
-        {"é": "ü ✓ 日本", "quote": 'a "b" \\ c\n', "nan": float("nan"), "big": 10**30},
-        {"at": datetime(2026, 1, 1, tzinfo=UTC), "thing": Thing(), "tuple": (1, 2)},
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    cases = [
+        ({}, {}),
+        (
+            {"k": "v", "n": [1, 2.5, None, True], "deep": {"x": {"y": []}}},
+            {"k": "v", "n": [1, 2.5, None, True], "deep": {"x": {"y": []}}},
+        ),
+        ({"é": "ü ✓ 日本", "quote": 'a "b" \\ c\n'}, {"é": "ü ✓ 日本", "quote": 'a "b" \\ c\n'}),
+        ({"nan": float("nan"), "inf": float("inf")}, {"nan": None, "inf": None}),
+        ({"big": 10**30, "small": -(10**30)}, {"big": 10**30, "small": -(10**30)}),
+        (
+            {"at": at, "thing": Thing(), "tuple": (1, 2), 3: "three"},
+            {"at": str(at), "thing": "a thing", "tuple": [1, 2], "3": "three"},
+        ),
     ]
-    for payload in payloads:
-        assert payload_json(payload) == json.dumps(payload, default=str)
+    for payload, read in cases:
+        assert json.loads(payload_json(payload)) == read
+    assert payload_json({"a": 1, "b": [1, None]}) == '{"a":1,"b":[1,null]}'  # compact
+    assert payload_json({"t": "日本"}) == '{"t":"日本"}'  # UTF-8 text, not \\u escapes
+    assert payload_json({"at": at}) == json.dumps({"at": at}, default=str, separators=(",", ":"))
 
 
 def test_microseconds_since_the_epoch_are_exact_both_ways() -> None:

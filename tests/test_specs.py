@@ -2,6 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from core.events import ARROW_SCHEMA, Event, EventType
+from core.records import TaskRecord
 from core.specs import AgentSpec, FleetConfig, TaskSpec, TaskState
 
 
@@ -49,7 +50,7 @@ def test_event_row_round_trip_and_schema_cover_the_model():
         duration_ms=1.5,
     )
     row = event.to_row()
-    assert row["type"] == "agent.tool_result" and row["payload"] == '{"a": [1, 2]}'
+    assert row["type"] == "agent.tool_result" and row["payload"] == '{"a":[1,2]}'
     back = Event.from_row(row)
     assert back == event
     assert set(ARROW_SCHEMA.names) == set(Event.model_fields)
@@ -58,3 +59,22 @@ def test_event_row_round_trip_and_schema_cover_the_model():
 def test_event_type_names_are_noun_verb():
     for t in EventType:
         assert t.value == "handoff" or t.value == "usage" or "." in t.value
+
+
+def test_numbering_an_event_and_touching_a_record_write_what_assignment_would() -> None:
+    # Event.number and TaskRecord.touch write into the fields directly: the same as pydantic's
+    # own assignment only while neither model validates assignments.
+    assert not Event.model_config.get("validate_assignment")
+    assert not TaskRecord.model_config.get("validate_assignment")
+    event = Event(task_id="t", type=EventType.agent_tool_use, payload={"call_id": "c"})
+    assigned = event.model_copy()
+    event.number(7)
+    assigned.seq = 7
+    assert event.model_dump() == assigned.model_dump() and event.seq == 7
+    record = TaskRecord(id="t", spec=TaskSpec(id="t", prompt="p"), seq=3)
+    record.touch(event)
+    assert (record.seq, record.last_event_at, record.last_event) == (7, event.ts, "agent.tool_use")
+    earlier = Event(task_id="t", type=EventType.agent_message, seq=5)
+    record.touch(earlier)  # an event numbered lower never lowers the record's seq
+    assert (record.seq, record.last_event) == (7, "agent.message")
+    assert TaskRecord.model_validate(record.model_dump()) == record
