@@ -2,11 +2,15 @@
 
 Every state change of the fleet is an event that passes through one place, the supervisor's
 :class:`~actors.journal.Journal`; :class:`Telemetry` is handed each batch it logged. From
-them :class:`FleetMetrics` counts and times (tasks by state and label, sessions, tool calls,
-model latency, tokens and cost, gates, retries, sandboxes) and :class:`~actors.tracing.
-TaskTracer` builds one trace per task. The gauges (queue depth and running sessions per
-pool, workers, tasks per state) are sampled from the scheduler and the pool by the
-supervisor's watch loop instead.
+them :class:`FleetMetrics` counts and times (tasks by state and label, sessions, gates,
+retries, sandboxes) and :class:`~actors.tracing.TaskTracer` builds one trace per task. The
+gauges (queue depth and running sessions per pool, workers, tasks per state) are sampled
+from the scheduler and the pool by the supervisor's watch loop instead.
+
+Each model turn and tool call (:data:`CALL_METRICS`: their latency, tokens and cost) is
+recorded by the worker whose session made it, :class:`CallMetrics` on the events it emits:
+they are most of a running fleet's events, and a Ray metric point costs about 4 µs, which
+the supervisor's one thread would pay for every one of them.
 
 The metric objects are injected: :func:`ray_metrics` makes them with ``ray.util.metrics``
 (Ray exports them at each node's metrics endpoint, for Prometheus and Ray's dashboard, with
@@ -128,6 +132,17 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("counter", "fleet_workers_lost", "Workers that died while running a session"),
 )
 
+CALL_METRICS: frozenset[str] = frozenset(
+    {
+        "fleet_tool_call_duration_seconds",
+        "fleet_model_latency_seconds",
+        "fleet_tokens",
+        "fleet_cost_usd",
+    }
+)
+"""The metrics of model turns and tool calls, recorded by the workers (:class:`CallMetrics`);
+the supervisor records the others (:class:`FleetMetrics`)."""
+
 
 class Metric(Protocol):
     """What the observer calls: ``ray.util.metrics`` objects have these (each kind one)."""
@@ -139,13 +154,16 @@ class Metric(Protocol):
     def observe(self, value: float, tags: dict[str, str] | None = None) -> None: ...
 
 
-def ray_metrics(fleet: str) -> dict[str, Any]:
-    """The metrics of :data:`METRICS` made with ``ray.util.metrics`` (call it in a Ray
-    worker, e.g. the supervisor actor), each tagged ``fleet=<name>``."""
+def ray_metrics(fleet: str, calls: bool = False) -> dict[str, Any]:
+    """The supervisor's metrics of :data:`METRICS` (``calls``: a worker's, those of
+    :data:`CALL_METRICS`) made with ``ray.util.metrics`` (call it in a Ray worker: the
+    supervisor actor, a worker actor), each tagged ``fleet=<name>``."""
     from ray.util import metrics as ray_util_metrics
 
     made: dict[str, Any] = {}
     for d in METRICS:
+        if (d.name in CALL_METRICS) != calls:
+            continue
         keys = ("fleet", *d.tags)
         metric: Any
         if d.kind == "counter":
@@ -162,8 +180,9 @@ def ray_metrics(fleet: str) -> dict[str, Any]:
 
 
 class FleetMetrics:
-    """Updates ``metrics`` (name -> metric, see :data:`METRICS`) from the events the journal
-    records; ``tasks`` is the scheduler's records (a task's labels)."""
+    """Updates ``metrics`` (name -> metric, see :data:`METRICS`; those of
+    :data:`CALL_METRICS` are the workers') from the events the journal records; ``tasks`` is
+    the scheduler's records (a task's labels)."""
 
     def __init__(
         self, metrics: Mapping[str, Metric], tasks: TaskTable, fleet: FleetSettings
@@ -173,8 +192,6 @@ class FleetMetrics:
         self.settings = fleet
         self.agents: dict[str, str] = {}
         """session id -> its agent (from ``task.assigned``), until the session ends."""
-        self.models: dict[str, str] = {}
-        """session id -> its model (from ``session.started``)."""
         self._handlers: dict[EventType, Callable[[Event], None]] = {
             EventType.task_submitted: lambda e: self._entered(e, TaskState.queued.value),
             EventType.handoff: lambda e: self._entered(e, TaskState.queued.value),
@@ -182,10 +199,7 @@ class FleetMetrics:
             EventType.task_assigned: self._assigned,
             EventType.task_parked: self._parked,
             EventType.task_awaiting_review: lambda e: self._entered(e, "awaiting_review"),
-            EventType.session_started: self._session_started,
             EventType.session_ended: self._session_ended,
-            EventType.usage: self._usage,
-            EventType.agent_tool_result: self._tool_result,
             EventType.gate_passed: lambda e: self.m["fleet_gates"].inc(1, {"result": "passed"}),
             EventType.gate_failed: lambda e: self.m["fleet_gates"].inc(1, {"result": "failed"}),
             EventType.worker_lost: self._worker_lost,
@@ -227,10 +241,6 @@ class FleetMetrics:
         if event.session_id:
             self._forget(event.session_id)
 
-    def _session_started(self, event: Event) -> None:
-        if event.session_id:
-            self.models[event.session_id] = str(event.payload.get("model", ""))
-
     def _session_ended(self, event: Event) -> None:
         p = event.payload
         session_id = event.session_id or ""
@@ -250,33 +260,6 @@ class FleetMetrics:
             self.m["fleet_sandboxes_lost"].inc(1)
         self._forget(session_id)
 
-    def _usage(self, event: Event) -> None:
-        p = event.payload
-        session_id = event.session_id or ""
-        agent = str(p.get("agent") or self.agents.get(session_id, ""))
-        model = str(p.get("model") or self.models.get(session_id, ""))
-        tags = {"agent": agent, "model": model}
-        if event.duration_ms is not None:
-            self.m["fleet_model_latency_seconds"].observe(event.duration_ms / 1000, tags)
-        tokens = self.m["fleet_tokens"]
-        counts = (
-            ("input", event.tokens_in),
-            ("cached_input", p.get("cached_input_tokens")),
-            ("output", event.tokens_out),
-        )
-        for kind, count in counts:
-            if isinstance(count, int) and count > 0:
-                tokens.inc(count, {**tags, "kind": kind})
-        if event.cost_usd:
-            self.m["fleet_cost_usd"].inc(event.cost_usd, tags)
-
-    def _tool_result(self, event: Event) -> None:
-        tags = {
-            "tool": event.tool or "",
-            "error": "true" if event.payload.get("is_error") else "false",
-        }
-        self.m["fleet_tool_call_duration_seconds"].observe((event.duration_ms or 0.0) / 1000, tags)
-
     def _worker_lost(self, event: Event) -> None:
         self.m["fleet_workers_lost"].inc(1)
         if event.session_id:
@@ -284,7 +267,6 @@ class FleetMetrics:
 
     def _forget(self, session_id: str) -> None:
         self.agents.pop(session_id, None)
-        self.models.pop(session_id, None)
 
     # -- sampled -----------------------------------------------------------------------
     def sample(self, sched: Scheduler, pool: WorkerPool) -> None:
@@ -316,6 +298,61 @@ class FleetMetrics:
 
 Exporter = tuple[Callable[[list[SpanData]], None], Callable[[], None]]
 """How spans reach an exporter: send a batch (fire and forget), and close (flushing)."""
+
+
+class CallMetrics:
+    """A worker's part of the metrics (:data:`CALL_METRICS`): its sessions' model turns
+    (latency, tokens, cost) and tool calls (duration), from each event a session emits, as
+    it emits it. A session's agent and model come from its ``session.started``."""
+
+    def __init__(self, metrics: Mapping[str, Metric]) -> None:
+        self.m = metrics
+        self.sessions: dict[str, tuple[str, str]] = {}
+        """session id -> (agent, model), from ``session.started`` until ``session.ended``."""
+        self._failed = False
+
+    def observe(self, event: Event) -> None:
+        """Never raises (a metric that fails is logged once): a session goes on regardless."""
+        try:
+            if event.type == EventType.agent_tool_result:
+                self._tool_result(event)
+            elif event.type == EventType.usage:
+                self._usage(event)
+            elif event.type == EventType.session_started and event.session_id:
+                p = event.payload
+                agent, model = str(p.get("agent", "")), str(p.get("model", ""))
+                self.sessions[event.session_id] = (agent, model)
+            elif event.type == EventType.session_ended and event.session_id:
+                self.sessions.pop(event.session_id, None)
+        except Exception:
+            if not self._failed:
+                log.exception("call metrics failed on an event (logged once)")
+            self._failed = True
+
+    def _usage(self, event: Event) -> None:
+        p = event.payload
+        agent, model = self.sessions.get(event.session_id or "", ("", ""))
+        tags = {"agent": str(p.get("agent") or agent), "model": str(p.get("model") or model)}
+        if event.duration_ms is not None:
+            self.m["fleet_model_latency_seconds"].observe(event.duration_ms / 1000, tags)
+        tokens = self.m["fleet_tokens"]
+        counts = (
+            ("input", event.tokens_in),
+            ("cached_input", p.get("cached_input_tokens")),
+            ("output", event.tokens_out),
+        )
+        for kind, count in counts:
+            if isinstance(count, int) and count > 0:
+                tokens.inc(count, {**tags, "kind": kind})
+        if event.cost_usd:
+            self.m["fleet_cost_usd"].inc(event.cost_usd, tags)
+
+    def _tool_result(self, event: Event) -> None:
+        tags = {
+            "tool": event.tool or "",
+            "error": "true" if event.payload.get("is_error") else "false",
+        }
+        self.m["fleet_tool_call_duration_seconds"].observe((event.duration_ms or 0.0) / 1000, tags)
 
 
 class Telemetry:

@@ -25,6 +25,7 @@ from typing import Any
 import ray
 
 from actors.session import SessionRunner, carry_late_decision
+from actors.telemetry import CallMetrics, ray_metrics
 from core.events import Event, EventType, encode_events
 from core.records import Assignment, SessionResult
 from core.settings import FleetSettings
@@ -173,6 +174,8 @@ class Worker:
             checkpoints=self._checkpoint,
             release=self.pool.release,  # containers are removed behind the next session
         )
+        self.calls = CallMetrics(ray_metrics(settings.name, True)) if settings.metrics else None
+        """The metrics of the model turns and tool calls this worker's sessions make."""
         self._prewarm = prewarm or []
         self._made = 0
         self._starts_reported = 0
@@ -270,6 +273,8 @@ class Worker:
         self._sessions[assignment.session_id] = session
 
         def sink(event: Event) -> None:
+            if self.calls is not None:
+                self.calls.observe(event)
             batcher.add(self._sandbox_figures(event, session.figures))
 
         live_ended = asyncio.Event()

@@ -8,8 +8,9 @@ process that reads and drops them). Runs are interleaved, their order rotated ea
 machine is shared and noisy); each prints tasks/s, and the medians are compared with ``off``.
 
 It also prints what the telemetry costs per event inside the supervisor's process (the
-metrics; the tracer and the calls that ship its spans to the trace exporter actor), measured
-in a Ray task over a synthetic stream of one-turn tasks (8 events each).
+metrics; the tracer and the calls that ship its spans to the trace exporter actor) and in a
+worker's (the metrics of its model turns and tool calls), measured in a Ray task over a
+synthetic stream of one-turn tasks (8 events each).
 
     python -m benchmarks.telemetry [--workers 4] [--tasks 400] [--rounds 3]
 """
@@ -75,7 +76,7 @@ def per_event_cost(tasks: int, endpoint: str) -> dict[str, float]:
     (spans shipped to a trace exporter actor, as the supervisor ships them)."""
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
     from actors.scheduler import Scheduler
-    from actors.telemetry import FleetMetrics, ray_metrics
+    from actors.telemetry import CallMetrics, FleetMetrics, ray_metrics
     from actors.trace_exporter import start_exporter
     from actors.tracing import SpanBatches, TaskTracer
     from core.events import Event, EventType
@@ -111,6 +112,11 @@ def per_event_cost(tasks: int, endpoint: str) -> dict[str, float]:
     for n in range(0, len(stream), 8):
         metrics.observe(stream[n : n + 8])
     metrics_us = (time.perf_counter() - t0) / len(stream) * 1e6
+    calls = CallMetrics(ray_metrics("bench-micro", calls=True))
+    t0 = time.perf_counter()
+    for event in stream:  # a worker's share: the model turns and tool calls it made
+        calls.observe(event)
+    calls_us = (time.perf_counter() - t0) / len(stream) * 1e6
     send, close = start_exporter("bench-micro")
     spans = SpanBatches(send)
     tracer = TaskTracer(spans, "bench-micro")
@@ -122,7 +128,7 @@ def per_event_cost(tasks: int, endpoint: str) -> dict[str, float]:
     spans.flush()
     tracing_us = (time.perf_counter() - t0) / len(stream) * 1e6
     close()
-    return {"metrics_us": metrics_us, "tracing_us": tracing_us}
+    return {"metrics_us": metrics_us, "calls_us": calls_us, "tracing_us": tracing_us}
 
 
 def main() -> None:
@@ -165,7 +171,8 @@ def main() -> None:
         )
     print(
         f"per event in the supervisor: metrics {micro['metrics_us']:.1f} us, "
-        f"tracing {micro['tracing_us']:.1f} us (8 events per one-turn task); "
+        f"tracing {micro['tracing_us']:.1f} us (8 events per one-turn task); in a worker: "
+        f"its model turns' and tool calls' metrics {micro['calls_us']:.1f} us; "
         f"the collector stand-in received {Sink.received / 1e6:.1f} MB of spans"
     )
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from actors.scheduler import Scheduler
 from actors.session import SessionRunner
 from actors.streams import LiveStreams
 from actors.tasktable import TaskTable
-from actors.telemetry import METRICS, FleetMetrics, Telemetry
+from actors.telemetry import CALL_METRICS, METRICS, CallMetrics, FleetMetrics, Telemetry
 from actors.tracing import (
     ReadableSink,
     SpanData,
@@ -78,7 +79,8 @@ def recorders() -> dict[str, Recorder]:
 
 class PlainFleet:
     """The supervisor's plain parts with one worker coroutine (no Ray), the telemetry hooked
-    into the journal as the supervisor hooks it."""
+    into the journal as the supervisor hooks it, the call metrics on the sessions' events as
+    the worker hooks them."""
 
     def __init__(self, root: Path, config: FleetConfig, trace_prompts: bool = False) -> None:
         self.settings = FleetSettings(
@@ -89,6 +91,7 @@ class PlainFleet:
         self.log = EventLog(str(root), writer="test")
         self.exporter = InMemorySpanExporter()
         self.metrics = recorders()
+        self.calls = CallMetrics(self.metrics)
         self.telemetry = Telemetry(
             FleetMetrics(self.metrics, self.sched.tasks, self.settings),
             TaskTracer(ReadableSink([SimpleSpanProcessor(self.exporter)]), "pf", trace_prompts),
@@ -116,6 +119,15 @@ class PlainFleet:
         )
         self.runner = SessionRunner(self.settings, "w1", self.sandbox)
 
+    def sink(self, events: list[Event]) -> Callable[[Event], None]:
+        """A session's events, as the worker takes them: its call metrics, then ``events``."""
+
+        def take(event: Event) -> None:
+            self.calls.observe(event)
+            events.append(event)
+
+        return take
+
     def background_task(self, coro: Any) -> None:
         self.background.append(asyncio.create_task(coro))
 
@@ -135,7 +147,7 @@ class PlainFleet:
             a = await asyncio.wait_for(self.dispatch.assign("w1"), 10)
             assert a is not None
             events: list[Event] = []
-            result: SessionResult = await self.runner.run(a, events.append)
+            result: SessionResult = await self.runner.run(a, self.sink(events))
             for event in events:  # the worker adds these to session.ended
                 if event.type == EventType.session_ended:
                     event.payload |= {"sandbox_warm": a.attempt == 2, "sandboxes_started": 1}
@@ -335,27 +347,36 @@ def test_tokens_cost_lost_sandboxes_and_workers_are_counted() -> None:
     sched.apply(submitted)
     m = recorders()
     metrics = FleetMetrics(m, sched.tasks, settings)
+    calls = CallMetrics(m)
     common = {"task_id": "t", "session_id": "s1", "attempt": 1}
+    started = Event(
+        type=EventType.session_started, payload={"agent": "coder", "model": "gpt-x"}, **common
+    )
+    usage = Event(
+        type=EventType.usage,
+        payload={"cached_input_tokens": 40, "turn": 1},
+        tokens_in=100,
+        tokens_out=7,
+        cost_usd=0.25,
+        duration_ms=1500.0,
+        **common,
+    )
+    ended = Event(
+        type=EventType.session_ended,
+        payload={"status": "failed", "reason": "sandbox lost: container died"},
+        duration_ms=2000.0,
+        **common,
+    )
+    for event in (started, usage, ended):  # what the worker sees of its session
+        calls.observe(event)
+    assert calls.sessions == {}  # forgotten once the session ended
     metrics.observe(
         [
             submitted,
             Event(type=EventType.task_assigned, payload={"agent": "coder"}, **common),
-            Event(type=EventType.session_started, payload={"model": "gpt-x"}, **common),
-            Event(
-                type=EventType.usage,
-                payload={"cached_input_tokens": 40, "turn": 1},
-                tokens_in=100,
-                tokens_out=7,
-                cost_usd=0.25,
-                duration_ms=1500.0,
-                **common,
-            ),
-            Event(
-                type=EventType.session_ended,
-                payload={"status": "failed", "reason": "sandbox lost: container died"},
-                duration_ms=2000.0,
-                **common,
-            ),
+            started,
+            usage,
+            ended,
             Event(type=EventType.worker_lost, payload={"reason": "died"}, **common),
             Event(
                 type=EventType.task_retried,
@@ -374,6 +395,52 @@ def test_tokens_cost_lost_sandboxes_and_workers_are_counted() -> None:
     assert m["fleet_retries"].total(cause="worker_lost") == 1
     assert m["fleet_retries"].total(cause="failed") == 0
     assert m["fleet_tasks"].total(state="queued", label="") == 2  # submitted, requeued
+
+
+def test_model_turns_and_tool_calls_are_the_workers_to_record_not_the_supervisors() -> None:
+    settings = FleetSettings(memory=False)
+    sched = Scheduler(FleetConfig(), settings)
+    submitted = sched.submit(TaskSpec(id="t", prompt="x"))
+    sched.apply(submitted)
+    common = {"task_id": "t", "session_id": "s1", "attempt": 1}
+    session = [
+        Event(type=EventType.session_started, payload={"agent": "a", "model": "m"}, **common),
+        Event(type=EventType.usage, payload={"turn": 1}, tokens_in=3, duration_ms=20.0, **common),
+        Event(type=EventType.agent_tool_use, tool="shell", payload={"call_id": "c"}, **common),
+        Event(
+            type=EventType.agent_tool_result,
+            tool="shell",
+            duration_ms=250.0,
+            payload={"call_id": "c", "is_error": True},
+            **common,
+        ),
+    ]
+    supervisor = recorders()
+    FleetMetrics(supervisor, sched.tasks, settings).observe([submitted, *session])
+    assert all(supervisor[name].count() == 0 for name in CALL_METRICS)
+    assert supervisor["fleet_tasks"].total(state="queued") == 1  # its own, still
+    worker = recorders()
+    calls = CallMetrics(worker)
+    for event in session:
+        calls.observe(event)
+    assert worker["fleet_model_latency_seconds"].values == {
+        frozenset({("agent", "a"), ("model", "m")}): [0.02]
+    }
+    assert worker["fleet_tokens"].total(agent="a", model="m", kind="input") == 3
+    assert worker["fleet_tool_call_duration_seconds"].values == {
+        frozenset({("tool", "shell"), ("error", "true")}): [0.25]
+    }
+    assert {n for n, r in worker.items() if r.count()} == CALL_METRICS - {"fleet_cost_usd"}
+
+    class Broken(Recorder):
+        def _record(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+            raise RuntimeError("exporter down")
+
+        inc = set = observe = _record
+
+    broken = CallMetrics({name: Broken() for name in worker})
+    for event in session:  # a metric that fails never fails the session's event
+        broken.observe(event)
 
 
 def test_the_gauges_follow_the_queue_and_the_pools() -> None:
