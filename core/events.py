@@ -27,9 +27,9 @@ as ``json.dumps(x, default=str)`` does."""
 def to_json(value: Any) -> str:
     """``value`` as compact JSON text: how events' payloads and the write-ahead log's lines
     are written (``orjson``, several times faster than the standard library: the supervisor
-    writes every event's payload twice). What JSON has no form for is written as its
-    ``str``; where orjson refuses (an int past 64 bits, a payload that holds itself),
-    ``json.dumps(value, default=str)`` writes it instead."""
+    writes each payload as text, then that text again inside its WAL line). What JSON has no
+    form for is written as its ``str``; where orjson refuses (an int past 64 bits, nesting
+    deeper than 254), ``json.dumps(value, default=str)`` writes it instead."""
     try:
         return orjson.dumps(value, default=str, option=_DUMPS_OPTIONS).decode()
     except orjson.JSONEncodeError:
