@@ -55,6 +55,13 @@ def counting_fsync() -> tuple[list[int], Callable[[], None]]:
     return count, lambda: setattr(os, "fsync", real)
 
 
+def drop_buffered(log: EventLog) -> None:
+    """Forget the events appended so far, unrolled: memory stays flat (rolls are not what is
+    measured)."""
+    for column in log._buffer:
+        column.clear()
+
+
 def run(mode: str, batch: int, appends: int, seconds: float, where: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=where) as root:
         log = EventLog(root, wal_fsync=mode)
@@ -69,13 +76,11 @@ def run(mode: str, batch: int, appends: int, seconds: float, where: str) -> dict
                 log.append(one)
                 latencies.append(time.perf_counter() - t0)
                 if i % 200 == 199:
-                    for column in log._buffer:  # keep memory flat: rolls are not what is measured
-                        column.clear()
+                    drop_buffered(log)
                     if time.perf_counter() - started > seconds:
                         break
             elapsed = time.perf_counter() - started
-            for column in log._buffer:
-                column.clear()
+            drop_buffered(log)
             log.close()
         finally:
             undo()
