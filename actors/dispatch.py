@@ -264,7 +264,7 @@ class Dispatcher:
             while True:
                 if self.pool.stopping or pool is None or worker_id not in self.pool.workers:
                     return None
-                running = self.pool.running_records(self.sched)
+                running = self.sched.running(tuple(self.pool.running.values()))
                 if self.manager.routes():
                     pinned = self.manager.pins.pop(worker_id, None)
                     got = (

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from actors.scheduler import Scheduler
-from core.records import TaskRecord
 from core.settings import FleetSettings, PoolSpec
 from core.specs import EnvironmentSpec, FleetConfig
 
@@ -91,9 +89,6 @@ class WorkerPool:
     def idle(self, pinned: dict[str, str]) -> list[str]:
         """Workers running nothing and promised nothing (``pinned``: worker id -> task)."""
         return [w for w in self.workers if w not in self.running and w not in pinned]
-
-    def running_records(self, sched: Scheduler) -> list[TaskRecord]:
-        return [sched.tasks[t] for t in self.running.values()]
 
 
 def worker_options(settings: FleetSettings, pool: PoolSpec) -> dict[str, Any]:

@@ -45,7 +45,7 @@ import itertools
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
@@ -129,6 +129,30 @@ Entry = tuple[int, float, int, str]
 Shape = Hashable
 """What decides whether a queued task may run on a worker, apart from its own clock: its
 requirements, environment, agent and labels (:meth:`Scheduler.shape`)."""
+
+
+class Running:
+    """The tasks running now, as the scheduler's limits read them: how many
+    (``max_running``), and how many carry a label (``label_limits``: counted the first time a
+    label is asked for). Nothing is looked up unless a limit asks: an assignment must not
+    cost more the more sessions run."""
+
+    def __init__(
+        self, task_ids: Collection[str], labels_of: Callable[[str], list[str]] = lambda _: []
+    ) -> None:
+        self.task_ids = task_ids
+        self._labels_of = labels_of
+        self._labels: Counter[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+    def with_label(self, label: str) -> int:
+        if self._labels is None:
+            self._labels = Counter(
+                label for task_id in self.task_ids for label in set(self._labels_of(task_id))
+            )
+        return self._labels[label]
 
 
 class TaskQueue:
@@ -612,7 +636,11 @@ class Scheduler:
         shape = (tuple(sorted(spec.requires)), spec.environment_name, agent, tuple(spec.labels))
         return self._shapes.setdefault(shape, shape)  # one tuple per shape, not per task
 
-    def shape_fits(self, shape: Shape, pool: PoolSpec, running: list[TaskRecord]) -> bool:
+    def running(self, task_ids: Collection[str]) -> Running:
+        """These tasks as what runs now (:class:`Running`)."""
+        return Running(task_ids, self.tasks.labels)
+
+    def shape_fits(self, shape: Shape, pool: PoolSpec, running: Running) -> bool:
         """May tasks of ``shape`` start on a worker of ``pool``, given what is running?"""
         requires, environment, agent, labels = shape
         if not pool.takes(list(requires), environment, agent):
@@ -621,21 +649,15 @@ class Scheduler:
             return False
         for label in labels:
             limit = self.settings.label_limits.get(label)
-            if limit is not None and sum(label in r.spec.labels for r in running) >= limit:
+            if limit is not None and running.with_label(label) >= limit:
                 return False
         return True
-
-    def fits(
-        self, record: TaskRecord, pool: PoolSpec, running: list[TaskRecord], now: float
-    ) -> bool:
-        """May this task start now on a worker of ``pool``, given what is running?"""
-        return record.not_before <= now and self.shape_fits(self.shape(record), pool, running)
 
     def assign(
         self,
         worker: str,
         pool: PoolSpec | None = None,
-        running: list[TaskRecord] | None = None,
+        running: Running | None = None,
         now: float | None = None,
         only: str | None = None,
     ) -> tuple[Assignment, Event] | tuple[None, Event] | None:
@@ -644,7 +666,7 @@ class Scheduler:
         Returns None when none may run, ``(assignment, task.assigned)``, or ``(None,
         task.failed)`` when the picked task names an agent or environment that is gone."""
         pool = pool or PoolSpec(workers=1)
-        running = running or []
+        running = running or Running(())
         now = time.time() if now is None else now
         task_id = self.queue.pop(
             lambda t: self.tasks.not_before(t) <= now,

@@ -1,6 +1,6 @@
 import pytest
 
-from actors.scheduler import Scheduler, TaskQueue, TaskRejected
+from actors.scheduler import Running, Scheduler, TaskQueue, TaskRejected
 from core.events import Event, EventType
 from core.records import SessionResult
 from core.settings import FleetSettings
@@ -236,12 +236,33 @@ def test_label_and_global_concurrency_limits():
         h.submit(id=f"db{i}", prompt="x", labels=["db"])
     h.submit(id="other", prompt="x")
     first = h.assign()
-    running = [h.s.tasks[first.task.id]]
-    got = h.s.assign("w2", PoolSpec(), running)
+    got = h.s.assign("w2", PoolSpec(), h.s.running([first.task.id]))
     assert got[0].task.id == "other"  # the second db task waits for the label's slot
     h.record([got[1]])
-    running.append(h.s.tasks["other"])
-    assert h.s.assign("w3", PoolSpec(), running) is None  # global limit of 2
+    both = h.s.running([first.task.id, "other"])
+    assert h.s.assign("w3", PoolSpec(), both) is None  # global limit of 2
+    assert (len(both), both.with_label("db"), both.with_label("web")) == (2, 1, 0)
+
+
+def test_an_assignment_reads_the_running_tasks_labels_only_for_a_label_limit():
+    asked: list[str] = []
+
+    def labels_of(task_id: str) -> list[str]:
+        asked.append(task_id)
+        return ["db"] if task_id.startswith("db") else []
+
+    running = [f"db{i}" for i in range(3)] + [f"r{i}" for i in range(300)]
+    plain = make()
+    plain.submit(id="t", prompt="x", labels=["db"])
+    assert plain.s.assign("w1", PoolSpec(), Running(running, labels_of)) is not None
+    assert asked == []  # no limit asks: nothing about the 303 running tasks is read
+    limited = make(label_limits={"db": 3})
+    for i in range(5):
+        limited.submit(id=f"q{i}", prompt="x", labels=["db"])
+    limited.submit(id="free", prompt="x")
+    got = limited.s.assign("w1", PoolSpec(), Running(running, labels_of))
+    assert got[0].task.id == "free"  # the db tasks wait for the label's slots
+    assert sorted(asked) == sorted(running)  # each running task read once, for all 5 waiting
 
 
 def test_backoff_delays_the_retry_and_feedback_reaches_the_next_prompt():
