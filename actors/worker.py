@@ -24,8 +24,8 @@ from typing import Any
 
 import ray
 
+from actors.metrics import CallMetrics, ray_metrics
 from actors.session import SessionRunner, carry_late_decision
-from actors.telemetry import CallMetrics, ray_metrics
 from core.events import Event, EventType, encode_events
 from core.records import Assignment, SessionResult
 from core.settings import FleetSettings

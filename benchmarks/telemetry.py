@@ -75,8 +75,9 @@ def per_event_cost(tasks: int, endpoint: str) -> dict[str, float]:
     """Microseconds per event, in the caller's process, of the metrics and of the tracer
     (spans shipped to a trace exporter actor, as the supervisor ships them)."""
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    from actors.metrics import CallMetrics, ray_metrics
     from actors.scheduler import Scheduler
-    from actors.telemetry import CallMetrics, FleetMetrics, ray_metrics
+    from actors.telemetry import FleetMetrics
     from actors.trace_exporter import start_exporter
     from actors.tracing import SpanBatches, TaskTracer
     from core.events import Event, EventType

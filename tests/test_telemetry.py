@@ -23,12 +23,13 @@ from actors.artifacts import ArtifactStore
 from actors.dispatch import Dispatcher
 from actors.journal import Journal
 from actors.manager import Manager
+from actors.metrics import CALL_METRICS, METRICS, CallMetrics
 from actors.pool import WorkerPool
 from actors.scheduler import Scheduler
 from actors.session import SessionRunner
 from actors.streams import LiveStreams
 from actors.tasktable import TaskTable
-from actors.telemetry import CALL_METRICS, METRICS, CallMetrics, FleetMetrics, Telemetry
+from actors.telemetry import FleetMetrics, Telemetry
 from actors.tracing import (
     ReadableSink,
     SpanData,
