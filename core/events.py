@@ -36,10 +36,6 @@ def to_json(value: Any) -> str:
         return json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False)
 
 
-payload_json = to_json
-"""A payload as the log keeps it (its ``payload`` column): :func:`to_json`."""
-
-
 class EventType(StrEnum):
     task_submitted = "task.submitted"
     task_assigned = "task.assigned"
@@ -172,7 +168,7 @@ class Event(BaseModel):
             "session_id": self.session_id,
             "attempt": self.attempt,
             "worker": self.worker,
-            "payload": payload_json(self.payload),
+            "payload": to_json(self.payload),
             "tool": self.tool,
             "exit_code": self.exit_code,
             "duration_ms": self.duration_ms,
@@ -269,7 +265,7 @@ def log_columns(events: list[Event]) -> list[list[Any]]:
     write as JSON and to turn into Arrow than a dict per event."""
     columns = event_columns(events)
     columns[TS] = _ts_us_column(columns[TS])
-    columns[PAYLOAD] = [payload_json(payload) for payload in columns[PAYLOAD]]
+    columns[PAYLOAD] = [to_json(payload) for payload in columns[PAYLOAD]]
     return columns
 
 

@@ -26,7 +26,7 @@ from core.events import (
     encode_events,
     log_columns,
     log_rows,
-    payload_json,
+    to_json,
     ts_us,
     us_ts,
 )
@@ -172,10 +172,10 @@ def test_a_payload_is_written_as_compact_json_with_str_for_the_rest() -> None:
         ),
     ]
     for payload, read in cases:
-        assert json.loads(payload_json(payload)) == read
-    assert payload_json({"a": 1, "b": [1, None]}) == '{"a":1,"b":[1,null]}'  # compact
-    assert payload_json({"t": "日本"}) == '{"t":"日本"}'  # UTF-8 text, not \\u escapes
-    assert payload_json({"at": at}) == json.dumps({"at": at}, default=str, separators=(",", ":"))
+        assert json.loads(to_json(payload)) == read
+    assert to_json({"a": 1, "b": [1, None]}) == '{"a":1,"b":[1,null]}'  # compact
+    assert to_json({"t": "日本"}) == '{"t":"日本"}'  # UTF-8 text, not \\u escapes
+    assert to_json({"at": at}) == json.dumps({"at": at}, default=str, separators=(",", ":"))
 
 
 def test_microseconds_since_the_epoch_are_exact_both_ways() -> None:
