@@ -264,7 +264,8 @@ class Dispatcher:
             while True:
                 if self.pool.stopping or pool is None or worker_id not in self.pool.workers:
                     return None
-                running = self.sched.running(tuple(self.pool.running.values()))
+                # A live view of the running tasks, read only by the (synchronous) assign below.
+                running = self.sched.running(self.pool.running.values())
                 if self.manager.routes():
                     pinned = self.manager.pins.pop(worker_id, None)
                     got = (

@@ -666,7 +666,7 @@ class Scheduler:
         Returns None when none may run, ``(assignment, task.assigned)``, or ``(None,
         task.failed)`` when the picked task names an agent or environment that is gone."""
         pool = pool or PoolSpec(workers=1)
-        running = running or Running(())
+        running = Running(()) if running is None else running
         now = time.time() if now is None else now
         task_id = self.queue.pop(
             lambda t: self.tasks.not_before(t) <= now,
