@@ -251,9 +251,9 @@ class SessionRunner:
         except Exception as exc:
             return rec.result("failed", f"sandbox failed to start: {exc}")
         rec.sandbox = getattr(sandbox, "container_name", None) or getattr(sandbox, "workdir", None)
-        sandbox = SessionSandbox(sandbox, a.environment_secrets(), Redactor(a.secret_values()))
+        own = SessionSandbox(sandbox, a.environment_secrets(), Redactor(a.secret_values()))
         try:
-            result = await self._in_sandbox(a, sandbox, rec, hooks, checkout, live_ended)
+            result = await self._in_sandbox(a, own, rec, hooks, checkout, live_ended)
         except SandboxLost as exc:
             result = rec.result("failed", f"sandbox lost: {exc}")
         except Exception as exc:

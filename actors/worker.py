@@ -165,7 +165,9 @@ class Worker:
         self.supervisor = supervisor
         self.settings = settings
         where = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
-        self.pool = WarmPool(self._new_sandbox, size=settings.warm_pool)
+        self.pool = WarmPool(
+            self._new_sandbox, size=settings.warm_pool, reuse=settings.sandbox_reuse
+        )
         self.runner = SessionRunner(
             settings,
             worker_id,
@@ -206,16 +208,20 @@ class Worker:
         """A started sandbox: from the warm pool, which then starts the next one."""
         hits = self.pool.hits
         sandbox = await self.pool.acquire(environment)
-        self._figures.get({})["warm"] = self.pool.hits > hits
+        reused = getattr(sandbox, "resets", 0) > 0
+        # Warm: it did not wait for a container to start (a reset takes milliseconds).
+        self._figures.get({}).update(warm=self.pool.hits > hits or reused, reused=reused)
         return sandbox
 
     def _sandbox_figures(self, event: Event, figures: dict[str, Any]) -> Event:
-        """``session.ended`` says whether the session's sandbox was warm (``sandbox_warm``)
-        and how many sandboxes this worker started since the last one ended
-        (``sandboxes_started``): the fleet's sandbox metrics."""
+        """``session.ended`` says whether the session's sandbox was warm (``sandbox_warm``),
+        whether it had served an earlier session (``sandbox_reused``) and how many
+        sandboxes this worker started since the last one ended (``sandboxes_started``): the
+        fleet's sandbox metrics."""
         if event.type == EventType.session_ended:
             if "warm" in figures:
                 event.payload["sandbox_warm"] = figures["warm"]
+                event.payload["sandbox_reused"] = figures["reused"]
             event.payload["sandboxes_started"] = self.pool.started - self._starts_reported
             self._starts_reported = self.pool.started
         return event

@@ -138,6 +138,14 @@ class FleetSettings(BaseSettings):
     warm_pool: int = Field(
         1, ge=0, le=16, description="Started sandboxes a worker keeps ready (0: on demand)."
     )
+    sandbox_reuse: bool = Field(
+        True,
+        description="A docker container that served a session is reset (every process killed, "
+        "everything the sandbox user wrote removed, checked) and serves the worker's next "
+        "session of the same environment, instead of a new container per session; one that "
+        "cannot be reset is removed. False: a new container for every session. Needs "
+        "warm_pool >= 1.",
+    )
     sandbox_output_limit: int = Field(
         1_000_000, ge=1000, description="Bytes of a command's output kept (head + tail)."
     )

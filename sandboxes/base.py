@@ -99,6 +99,16 @@ class Sandbox(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class Resettable(Protocol):
+    """A sandbox that can be made as it was when it started, for another session of the same
+    environment (the warm pool's ``reuse``)."""
+
+    async def reset(self) -> None:
+        """Make it as it started, or raise SandboxError (then it must not be used again)."""
+        ...
+
+
 class SessionSandbox:
     """A started sandbox as one session uses it: every command gets the session's secret
     variables (``env``: the values of the secrets its environment declares, given to each

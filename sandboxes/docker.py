@@ -1,4 +1,4 @@
-"""Docker sandbox: one container per session, driven through an in-container exec agent.
+"""Docker sandbox: a container per session, driven through an in-container exec agent.
 
 The container's main process is ``exec_agent.py`` (see there for the wire format). The host
 attaches to its stdin/stdout once, before the container starts, over the Docker socket, and
@@ -17,6 +17,11 @@ the container it ran in) and removed by ``close``, ``reap_containers`` or ``reap
 The agent runs as the same uid as the commands, so it seals itself (see ``exec_agent``) and
 the host trusts no frame bigger than the largest legitimate reply: an oversize frame or a
 dead agent raises ``SandboxLost`` and the sandbox is not used again.
+
+A container serves one session at a time. ``reset`` makes it as it started (the agent kills
+every process, removes what the sandbox user wrote and checks it) so that the next session
+of the same environment on the same worker can use it without a new container (the warm
+pool's ``reuse``); a container that cannot be reset is removed.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ PREFIX_SIZE = 12
 READY_TIMEOUT_S = 30.0
 GRACE_S = 15.0
 """How long past a command's own timeout the host waits for the agent before giving up."""
+RESET_TIMEOUT_S = 10.0
+"""How long the exec agent may take to reset a container (a slower one is removed)."""
 MAX_HEADER = 1 << 20
 """The largest frame header the host accepts (real ones are a few hundred bytes)."""
 
@@ -282,6 +289,8 @@ class DockerSandbox:
         self._broken: str | None = None
         self._firewalled = False
         self._allowed: list[str] = []
+        self.resets = 0
+        """How many times it was reset (the sessions it served before the current one)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -313,14 +322,28 @@ class DockerSandbox:
                 raise SandboxError(f"exec agent is not sealed as PID 1 ({header!r})")
             if isinstance(self.environment.network, list):
                 await asyncio.to_thread(self._firewall)
-            seed = {
-                k: v.encode() for k, v in self.environment.files.items() if not os.path.isabs(k)
-            }
-            if seed:
-                await self.restore(tar_files(seed))
+            await self._seed()
         except BaseException:
             await self.close()
             raise
+
+    async def _seed(self) -> None:
+        """The environment's files, in the workspace (relative paths only)."""
+        seed = {k: v.encode() for k, v in self.environment.files.items() if not os.path.isabs(k)}
+        if seed:
+            await self.restore(tar_files(seed))
+
+    async def reset(self) -> None:
+        """Make the container as it was when it started, for another session of the same
+        environment: the exec agent kills every other process, removes every IPC object and
+        every file the sandbox user owns on a writable mount, restores the mounts' roots, and
+        checks all of it; then the environment's files are put back. Raises SandboxError (the
+        caller then closes the sandbox) when any of it does not hold."""
+        reply, _ = await self._request({"op": "reset"}, timeout_s=RESET_TIMEOUT_S)
+        if "error" in reply:
+            raise SandboxError(f"sandbox {self.name} could not be reset: {reply['error']}")
+        await self._seed()
+        self.resets += 1
 
     async def _create_recorded(self) -> None:
         """Create the container in a thread. Its id is recorded even when we are cancelled

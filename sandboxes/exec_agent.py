@@ -4,7 +4,8 @@ It talks to the host over its attached stdin/stdout, which avoids the cost of on
 ``docker exec`` per command. Both directions carry frames: a 12-byte prefix
 (``>IQ``: header length, body length), a JSON header, then the body bytes.
 
-Requests (header ``op``): ``exec``, ``read``, ``write``, ``snapshot``, ``restore``, ``cancel``.
+Requests (header ``op``): ``exec``, ``read``, ``write``, ``snapshot``, ``restore``, ``cancel``,
+``reset``.
 Replies carry the request ``id``; each request ends with exactly one ``done`` frame.
 While a command runs, the first ``limit // 2`` bytes of each stream go back at once as
 ``out``/``err`` frames; the rest is kept as a tail of ``limit - limit // 2`` bytes that rides
@@ -16,6 +17,12 @@ or double fork, and a fork bomb ends. Processes the host started with ``docker e
 (long-lived services, such as a stdio MCP server) and their descendants are spared: while
 one runs, the others are killed one by one, as listed in ``/proc``, until none is left.
 Standard library only; runs on any python3 >= 3.8.
+
+``reset`` makes the container as a fresh one is, for the next session (see :func:`reset`):
+every other process killed (services too), every System V IPC object removed, every file the
+agent's uid owns on a writable mount removed, the roots of those mounts given back their
+first mode, times and extended attributes; then it checks that all of that holds, and says
+what does not (the host then removes the container instead of reusing it).
 
 Commands run as the agent's own uid, so the agent guards itself from them: it makes itself
 non-dumpable (``PR_SET_DUMPABLE`` 0), so a command can neither open ``/proc/1/fd/*`` (to
@@ -35,6 +42,7 @@ import json
 import os
 import select
 import signal
+import stat
 import struct
 import subprocess
 import tarfile
@@ -132,8 +140,8 @@ def processes() -> dict[int, int]:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as stat:
-                data = stat.read()
+            with open(f"/proc/{name}/stat", "rb") as handle_:
+                data = handle_.read()
         except OSError:  # it just ended
             continue
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
@@ -190,6 +198,164 @@ def reap(main: subprocess.Popen | None) -> None:
                 return
             if main is not None and pid == main.pid and main.returncode is None:
                 main.returncode = os.waitstatus_to_exitcode(status)
+
+
+def kill_all(deadline: float) -> bool:
+    """SIGKILL every other process in the container, services too, until none is left
+    (True) or ``deadline`` passes (False). A service's parent is outside the container, which
+    reaps it: we wait until ``/proc`` no longer lists it."""
+    me = os.getpid()
+    while True:
+        others = [pid for pid in processes() if pid != me]
+        if not others:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(-1, signal.SIGKILL)
+        reap(None)
+        time.sleep(0.002)
+
+
+IPC_RMID = 0
+IPC_KINDS = (("shm", "shmctl"), ("sem", "semctl"), ("msg", "msgctl"))
+
+
+def ipc_objects() -> list[tuple[str, int]]:
+    """The System V IPC objects of the container's IPC namespace: (kind, id)."""
+    found = []
+    for kind, _ in IPC_KINDS:
+        with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as table:
+            for line in list(table)[1:]:  # a header line, then "key id perms ..."
+                fields = line.split()
+                if len(fields) > 1:
+                    found.append((kind, int(fields[1])))
+    return found
+
+
+def remove_ipc() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    calls = {kind: getattr(libc, name) for kind, name in IPC_KINDS}
+    for kind, ident in ipc_objects():
+        if kind == "sem":
+            calls[kind](ident, 0, IPC_RMID, None)
+        else:
+            calls[kind](ident, IPC_RMID, None)
+
+
+def writable_mounts() -> list[str]:
+    """Mount points a command could write to: read-write tmpfs and mqueue mounts outside
+    /proc and /sys (the workspace, /tmp, the home, /dev/shm, /dev/mqueue; /dev itself)."""
+    points = []
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            point = fields[1].replace("\\040", " ")
+            if fields[2] not in ("tmpfs", "mqueue") or "rw" not in fields[3].split(","):
+                continue
+            if point.startswith(("/proc", "/sys")):
+                continue
+            points.append(point)
+    return points
+
+
+def owned_roots(points: list[str]) -> dict[str, tuple[int, float, float]]:
+    """The mount roots this uid owns, with their mode and times as they are now."""
+    roots = {}
+    for point in points:
+        with contextlib.suppress(OSError):
+            st = os.lstat(point)
+            if st.st_uid == os.getuid():
+                roots[point] = (st.st_mode & 0o7777, st.st_atime, st.st_mtime)
+    return roots
+
+
+ROOTS: dict[str, tuple[int, float, float]] = {}
+"""The writable mount roots this uid owns, as they were when the agent started."""
+
+
+def wipe(root: str) -> list[str]:
+    """Remove everything under ``root`` that this uid owns, without crossing into other
+    mounts; returns what is still there and ours."""
+    uid, left = os.getuid(), []
+    device = os.lstat(root).st_dev
+
+    def clear(directory: str) -> None:
+        try:
+            names = os.listdir(directory)
+        except PermissionError:
+            if os.lstat(directory).st_uid != uid:
+                return  # not ours, and nothing of ours can be in it
+            os.chmod(directory, 0o700)
+            names = os.listdir(directory)
+        for name in names:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            if st.st_dev != device:
+                continue  # another mount, wiped on its own (or not ours)
+            if stat.S_ISDIR(st.st_mode):
+                if st.st_uid == uid:
+                    os.chmod(path, 0o700)
+                clear(path)
+                if st.st_uid == uid:
+                    os.rmdir(path)
+            elif st.st_uid == uid:
+                os.unlink(path)
+
+    try:
+        clear(root)
+    except OSError as exc:
+        left.append(f"{root}: {exc}")
+    return left
+
+
+def leftovers(root: str) -> list[str]:
+    """What this uid still owns under ``root`` (the mount's root itself left out)."""
+    uid, found = os.getuid(), []
+    device = os.lstat(root).st_dev
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if st.st_uid == uid and st.st_dev == device:
+                    found.append(path)
+        dirs[:] = [d for d in dirs if os.lstat(os.path.join(directory, d)).st_dev == device]
+    return found
+
+
+def reset() -> list[str]:
+    """Make the container as it was when it started; returns what could not be (empty when
+    all of it holds)."""
+    problems = []
+    if not kill_all(time.monotonic() + 5.0):
+        problems.append(f"processes left: {sorted(set(processes()) - {os.getpid()})}")
+    try:
+        remove_ipc()
+    except Exception as exc:  # checked below
+        problems.append(f"removing IPC objects: {exc}")
+    points = writable_mounts()
+    for point in points:
+        problems += wipe(point)
+    for point, (mode, atime, mtime) in ROOTS.items():
+        try:
+            for attribute in os.listxattr(point):
+                os.removexattr(point, attribute)
+            os.chmod(point, mode)
+            os.utime(point, (atime, mtime))
+        except OSError as exc:
+            problems.append(f"{point}: {exc}")
+    # Check, rather than trust, what was done.
+    for point in points:
+        problems += [f"left: {path}" for path in leftovers(point)[:5]]
+    for point, (mode, _, _) in ROOTS.items():
+        if os.lstat(point).st_mode & 0o7777 != mode or os.listxattr(point):
+            problems.append(f"{point}: mode or attributes not restored")
+    if ipc_objects():
+        problems.append(f"IPC objects left: {ipc_objects()[:5]}")
+    with contextlib.suppress(OSError):
+        os.chdir(WORKDIR)
+    return problems
 
 
 def run_command(channel: Channel, req: dict, wake_fd: int) -> None:
@@ -364,6 +530,12 @@ def handle(channel: Channel, header: dict, body: bytes, wake_fd: int) -> None:
         elif op == "restore":
             restore(body)
             channel.send({"id": rid, "t": "done"})
+        elif op == "reset":
+            problems = reset()
+            if problems:
+                channel.send({"id": rid, "t": "done", "error": "; ".join(problems)[:2000]})
+            else:
+                channel.send({"id": rid, "t": "done"})
         elif op == "ping":
             channel.send({"id": rid, "t": "done"})
         else:
@@ -390,6 +562,7 @@ def seal() -> bool:
 def main() -> None:
     sealed = seal()
     os.umask(0o022)
+    ROOTS.update(owned_roots(writable_mounts()))
     with contextlib.suppress(OSError):
         os.chdir(WORKDIR)
     wake_r, wake_w = os.pipe()

@@ -4,11 +4,19 @@ Keyed by a hash of the environment spec: ``acquire`` hands out an idle, already 
 sandbox for that environment (or starts one when none is ready), then tops the pool back up
 to ``size`` in the background. ``size`` bounds the whole pool, not each environment: topping
 up for one environment closes (or stops starting) sandboxes of the others beyond it, so idle
-containers do not pile up over many environments. A sandbox that was handed out is never
-reused: the caller closes it, or hands it to ``release``, which closes it in the background
-(container removal off the caller's critical path; at most ``max_closing`` at once, ``close``
-waits for them all). Background starts that fail are logged and dropped; the next
+containers do not pile up over many environments. The caller closes a sandbox it was handed,
+or hands it to ``release``. Background starts that fail are logged and dropped; the next
 ``acquire`` then starts one itself, so the error reaches a caller.
+
+Without ``reuse``, a sandbox handed out is never handed out again: ``release`` closes it in
+the background (container removal off the caller's critical path; at most ``max_closing`` at
+once, ``close`` waits for them all). With ``reuse``, ``release`` resets a sandbox that can be
+(see :class:`sandboxes.base.Resettable`) in the background and puts it back with the idle
+ones of its environment; one whose reset fails is closed. Such sandboxes on loan count as on
+their way back when the pool tops up, all but one (the caller's running session's), and a
+reused one may be idle beyond ``size`` by one: a worker, whose finished session gives its
+sandbox back while the next one runs, then alternates between two containers instead of
+starting one per session.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sandboxes.base import Sandbox, SandboxError
+from sandboxes.base import Resettable, Sandbox, SandboxError
 
 if TYPE_CHECKING:
     from core.specs import EnvironmentSpec
@@ -39,16 +47,21 @@ class WarmPool:
         factory: Callable[[EnvironmentSpec], Sandbox],
         size: int = 1,
         max_closing: int = 2,
+        *,
+        reuse: bool = False,
     ) -> None:
         if size < 0 or max_closing < 1:
             raise ValueError("size must be >= 0 and max_closing >= 1")
         self._factory = factory
         self.size = size
         self.max_closing = max_closing
+        self.reuse = reuse
         self._idle: dict[str, deque[Sandbox]] = {}
         self._starting: dict[str, set[asyncio.Task[None]]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         """Background closes: evicted idle sandboxes and released used ones."""
+        self._lent: dict[int, tuple[str, EnvironmentSpec]] = {}
+        """Sandboxes handed out that may come back (``reuse``): id -> environment key, spec."""
         self._closed = False
         self.hits = 0
         """Acquires served at once by an idle, started sandbox."""
@@ -58,6 +71,8 @@ class WarmPool:
         """Acquires that found none idle or starting and started one themselves."""
         self.started = 0
         """Sandboxes this pool started (for a caller, or to refill), failed starts left out."""
+        self.reused = 0
+        """Released sandboxes reset and put back with the idle ones."""
 
     def idle(self, environment: EnvironmentSpec) -> int:
         """How many started sandboxes wait for ``environment``."""
@@ -90,8 +105,20 @@ class WarmPool:
             else:
                 self.misses += 1
                 sandbox = await self._start(environment)
+        if self.reuse and isinstance(sandbox, Resettable):
+            self._lent[id(sandbox)] = (key, environment)
         self.fill(environment)
         return sandbox
+
+    def _room(self, key: str) -> bool:
+        """Whether a reused sandbox of ``key`` may join the idle ones: up to one beyond
+        ``size`` (a worker's finished session gives its sandbox back while the one after it
+        runs, so it alternates between two), and none when ``size`` is 0 (on demand)."""
+        return self.size > 0 and len(self._idle.get(key, ())) <= self.size
+
+    def _returning(self, key: str) -> int:
+        """Sandboxes of ``key`` on loan that will come back, all but the newest loan's."""
+        return max(0, sum(1 for k, _ in self._lent.values() if k == key) - 1)
 
     def fill(self, environment: EnvironmentSpec) -> None:
         """Start sandboxes in the background until ``size`` are idle or starting."""
@@ -100,7 +127,7 @@ class WarmPool:
         key = environment_key(environment)
         idle = self._idle.setdefault(key, deque())
         starting = self._starting.setdefault(key, set())
-        wanted = self.size - len(idle) - len(starting)
+        wanted = self.size - len(idle) - len(starting) - self._returning(key)
         if wanted > 0:
             self._make_room(key, wanted)
         for _ in range(wanted):
@@ -124,12 +151,49 @@ class WarmPool:
                     excess -= 1
 
     async def release(self, sandbox: Sandbox) -> None:
-        """Take back a sandbox ``acquire`` handed out, done with: it is closed in the
-        background. Returns at once unless ``max_closing`` closes are already running; then
-        it waits for one to end first, so closes cannot pile up."""
+        """Take back a sandbox ``acquire`` handed out, done with. With ``reuse`` it is reset
+        and kept (or closed when its reset fails or the pool has enough idle ones), else it
+        is closed, in the background either way. Returns at once unless ``max_closing``
+        closes are already running; then it waits for one to end first, so closes cannot pile
+        up."""
+        loan = self._lent.pop(id(sandbox), None)
+        if loan is not None and not self._closed and self._room(loan[0]):
+            key, environment = loan
+            task = asyncio.create_task(self._reuse(key, sandbox))
+            starting = self._starting.setdefault(key, set())
+            starting.add(task)  # an acquire waits for it as for a start
+            task.add_done_callback(starting.discard)
+            task.add_done_callback(lambda done: self._after_reuse(done, sandbox, environment))
+            return
         while len(self._closing) >= self.max_closing:
             await asyncio.wait(set(self._closing), return_when=asyncio.FIRST_COMPLETED)
         self._close_behind(sandbox)
+
+    async def _reuse(self, key: str, sandbox: Sandbox) -> bool:
+        """Reset ``sandbox`` and keep it with the idle ones; False when it was closed."""
+        assert isinstance(sandbox, Resettable)
+        try:
+            await sandbox.reset()
+        except Exception as exc:
+            log.warning("warm pool: a sandbox is closed, not reused: %s", exc)
+            self._close_behind(sandbox)
+            return False
+        if self._closed or not self._room(key):
+            self._close_behind(sandbox)
+            return False
+        self.reused += 1
+        self._idle[key].append(sandbox)
+        return True
+
+    def _after_reuse(
+        self, reuse: asyncio.Task[bool], sandbox: Sandbox, environment: EnvironmentSpec
+    ) -> None:
+        """A reuse cancelled (the pool closing, or making room), even before it began, closes
+        its sandbox; one that did not keep it starts another if the pool is short."""
+        if reuse.cancelled():
+            self._close_behind(sandbox)
+        elif reuse.exception() is None and not reuse.result():
+            self.fill(environment)
 
     def _close_behind(self, sandbox: Sandbox) -> None:
         task = asyncio.create_task(_close_quietly(sandbox))

@@ -222,3 +222,58 @@ def test_hostile_agents_are_contained_and_the_batch_goes_on(  # type: ignore[no-
     assert _fleet_containers(fleet.settings.name)  # labelled with the fleet's name
     fleet.shutdown()
     assert _fleet_containers(fleet.settings.name) == []
+
+
+LEAVE = (
+    "echo private > notes.txt && echo private > /tmp/t && echo private > ~/.cache-x && "
+    'echo private > /dev/shm/s && python3 -c "import ctypes; '
+    'assert ctypes.CDLL(None).shmget(4321, 4096, 0o1600) >= 0" && '
+    "(setsid sleep 1000 > /dev/null 2>&1 &) && echo left"
+)
+FIND = (
+    "find /tmp /home/agent /dev/shm /workspace -mindepth 1 ! -name probe.txt ! -name found.txt "
+    "> found.txt; tail -n +2 /proc/sysvipc/shm >> found.txt; "
+    "grep -l ^sleep /proc/[0-9]*/cmdline >> found.txt; cat found.txt"
+)
+
+
+def test_a_reused_container_holds_nothing_of_the_session_before(  # type: ignore[no-untyped-def]
+    fleet_factory,
+):
+    """One task leaves files everywhere it can write, an IPC object and a detached process;
+    the tasks after it, one at a time on the one worker, find nothing of it, and one of them
+    ran in the very container it used (reset, not replaced)."""
+    fleet = fleet_factory(workers=1, sandbox="docker", warm_pool=1)
+    fleet.submit(
+        [{"id": "first", "prompt": "x", "gate": "test -s notes.txt", "script": shell(LEAVE)}]
+    )
+    assert fleet.wait(["first"], timeout_s=120)[0].state == TaskState.succeeded
+    checkers = ["second", "third"]
+    for task_id in checkers:
+        fleet.submit(
+            [
+                {
+                    "id": task_id,
+                    "prompt": "x",
+                    "gate": "test ! -s found.txt",  # nothing but what this session wrote
+                    "script": script(
+                        ("write_file", {"path": "probe.txt", "content": "mine"}),
+                        ("shell", {"command": FIND}),
+                        ("finish", {}),
+                    ),
+                }
+            ]
+        )
+        record = fleet.wait([task_id], timeout_s=120)[0]
+        events = fleet.events(task_id)
+        found = [e.payload for e in events if e.type == EventType.agent_tool_result][1]
+        assert record.state == TaskState.succeeded, (record.reason, found)
+        assert found["stdout"] == "", found
+
+    def ended(task_id: str) -> dict[str, Any]:
+        return next(e for e in fleet.events(task_id) if e.type == EventType.session_ended).payload
+
+    assert ended("first")["sandbox_reused"] is False
+    same = [t for t in checkers if ended(t)["sandbox"] == ended("first")["sandbox"]]
+    assert same and all(ended(t)["sandbox_reused"] for t in same)
+    assert fleet.file("first", "notes.txt") == b"private\n"  # its results were kept first

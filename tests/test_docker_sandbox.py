@@ -671,3 +671,64 @@ def test_a_reply_over_the_frame_limit_loses_the_sandbox() -> None:
                 await sb.exec("true")
 
     run(go())
+
+
+DIRTY = r"""
+mkdir -p deep/er && echo 1 > deep/er/f && chmod 000 deep/er deep && touch .hidden
+ln -s /etc/passwd link && mkfifo pipe
+echo 2 > /tmp/t && mkdir /tmp/locked && chmod 0 /tmp/locked && echo 3 > ~/.profile-x
+echo 4 > /dev/shm/shared
+python3 -c "
+import ctypes, os
+libc = ctypes.CDLL(None)
+ids = [libc.shmget(1234, 4096, 0o1600), libc.semget(99, 1, 0o1600), libc.msgget(77, 0o1600)]
+assert min(ids) >= 0, ids
+os.setxattr('/workspace', 'user.mark', b'v')
+"
+chmod 700 /workspace
+"""
+
+STATE = r"""
+ls -A /workspace /tmp /home/agent /dev/shm /dev/mqueue
+tail -n +2 /proc/sysvipc/shm /proc/sysvipc/sem /proc/sysvipc/msg
+stat -c %a /workspace /home/agent
+python3 -c "import os; print(os.listxattr('/workspace'))"
+ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\n' ' '; echo
+"""
+
+
+def test_reset_leaves_nothing_of_the_session_before() -> None:
+    async def go() -> None:
+        env = EnvironmentSpec(files={"seed.txt": "seeded\n"})
+        async with running(env) as sb:
+            clean = (await sb.exec(STATE)).stdout
+            res = await sb.exec(DIRTY)
+            assert res.exit_code == 0, res
+            service = await sb.spawn(["sleep", "300"])  # as an MCP server: spared by commands
+            dirty = await sb.exec(STATE)
+            assert "shared" in dirty.stdout and "700" in dirty.stdout, dirty
+            assert dirty.stdout.count("\n") > clean.count("\n")
+            await sb.reset()
+            assert sb.resets == 1
+            assert await asyncio.wait_for(service.wait(5), 10) is not None  # killed
+            after = (await sb.exec(STATE)).stdout
+            # The same as when it started, but the pids of the listing commands.
+            assert after.rsplit("\n", 2)[0] == clean.rsplit("\n", 2)[0], after
+            assert after.rsplit("\n", 2)[1].split()[0] == "1"  # pid 1, then this command's
+            assert (await sb.read_file("seed.txt")) == b"seeded\n"  # the environment's files
+            res = await sb.exec("echo again > a && cat a && id -u")
+            assert res.stdout == "again\n1000\n"
+
+    run(go())
+
+
+def test_reset_is_refused_for_a_lost_sandbox() -> None:
+    async def go() -> None:
+        async with running() as sb:
+            from sandboxes.images import client
+
+            client().api.kill(sb.container_id)
+            with pytest.raises(SandboxLost):
+                await sb.reset()
+
+    run(go())

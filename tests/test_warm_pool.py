@@ -236,3 +236,163 @@ def test_release_closes_behind_the_caller_bounded_and_close_waits_for_it(tmp_pat
         assert not any(os.path.exists(s.workdir) for s in used)
 
     asyncio.run(go())
+
+
+class Resetting(Recorder):
+    """A factory of LocalSandboxes that can be reset: their workspace emptied (or a reset
+    that fails, on demand). Counts resets."""
+
+    def __init__(self, root: str, delay_s: float = 0.0) -> None:
+        super().__init__(root, delay_s)
+        self.resets = 0
+        self.reset_fails = False
+
+    def __call__(self, env: EnvironmentSpec) -> LocalSandbox:
+        sandbox = super().__call__(env)
+        recorder = self
+
+        async def reset() -> None:
+            await asyncio.sleep(0.01)
+            if recorder.reset_fails:
+                raise SandboxError("dirty on purpose")
+            recorder.resets += 1
+            await sandbox.exec("rm -rf ./* ./.[!.]*")
+
+        sandbox.reset = reset  # type: ignore[attr-defined]
+        return sandbox
+
+
+async def session(pool: WarmPool, env: EnvironmentSpec, behind: list[Any]) -> Any:
+    """A worker's session: the sandbox of the one before it is released only after this
+    one has its own (it finished behind), as the worker does."""
+    sandbox = await pool.acquire(env)
+    for previous in behind:
+        await pool.release(previous)
+    behind[:] = [sandbox]
+    await sandbox.exec("echo mine > left-behind")
+    await asyncio.sleep(0.02)
+    return sandbox
+
+
+def test_with_reuse_a_worker_alternates_between_two_sandboxes(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Resetting(str(tmp_path), delay_s=0.05)
+        pool = WarmPool(rec, size=1, reuse=True)
+        env = EnvironmentSpec()
+        pool.fill(env)
+        behind: list[Any] = []
+        used = [await session(pool, env, behind) for _ in range(10)]
+        await pool.release(behind.pop())
+        await asyncio.sleep(0.05)
+        assert len(rec.made) == pool.started == 2  # not one per session
+        assert {id(s) for s in used} == {id(s) for s in rec.made}
+        assert pool.reused == rec.resets == 10 and pool.misses == 0
+        assert pool.idle(env) == 2  # one beyond the size: the worker's two
+        # A reused sandbox comes back empty: no session sees what the one before it left.
+        sandbox = await pool.acquire(env)
+        assert (await sandbox.exec("ls -A")).stdout == ""
+        await pool.release(sandbox)
+        await pool.close()
+        assert all(s in rec.closed for s in rec.made)
+
+    asyncio.run(go())
+
+
+def test_without_reuse_every_session_gets_a_new_sandbox(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Resetting(str(tmp_path))
+        pool = WarmPool(rec, size=1)  # reuse is the caller's choice: off by default
+        env = EnvironmentSpec()
+        behind: list[Any] = []
+        used = [await session(pool, env, behind) for _ in range(5)]
+        await pool.release(behind.pop())
+        await pool.close()
+        assert len({id(s) for s in used}) == 5 and rec.resets == 0
+        assert all(s in rec.closed for s in used)
+
+    asyncio.run(go())
+
+
+def test_a_sandbox_whose_reset_fails_is_closed_and_replaced(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Resetting(str(tmp_path))
+        pool = WarmPool(rec, size=1, reuse=True)
+        env = EnvironmentSpec()
+        first = await pool.acquire(env)
+        await asyncio.sleep(0.02)
+        second = await pool.acquire(env)  # the refill started for the first acquire
+        rec.reset_fails = True
+        await pool.release(first)
+        await pool.release(second)
+        await asyncio.sleep(0.1)
+        assert first in rec.closed and second in rec.closed  # never handed out again
+        assert pool.reused == 0 and pool.idle(env) == 1  # a new one took their place
+        third = await pool.acquire(env)
+        assert third not in (first, second) and (await third.exec("echo ok")).stdout == "ok\n"
+        await pool.release(third)
+        await pool.close()
+
+    asyncio.run(go())
+
+
+def test_one_session_after_another_reuses_without_new_sandboxes(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Resetting(str(tmp_path))
+        pool = WarmPool(rec, size=1, reuse=True)
+        env = EnvironmentSpec()
+        for _ in range(6):  # each released before the next acquire (no work waiting)
+            sandbox = await pool.acquire(env)
+            assert (await sandbox.exec("ls -A")).stdout == ""
+            await sandbox.exec("echo mine > left-behind")
+            await pool.release(sandbox)
+            await asyncio.sleep(0.05)
+        assert pool.started == 2 and pool.reused == 6
+        await pool.close()
+
+    asyncio.run(go())
+
+
+def test_reuse_keeps_at_most_one_idle_beyond_the_pool_size(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Resetting(str(tmp_path))
+        pool = WarmPool(rec, size=1, reuse=True)
+        env = EnvironmentSpec()
+        held = [await pool.acquire(env) for _ in range(4)]  # four at once (a burst)
+        await asyncio.sleep(0.05)
+        for sandbox in held:
+            await pool.release(sandbox)
+        await asyncio.sleep(0.1)
+        assert pool.held() == pool.idle(env) == 2
+        assert sum(s not in rec.closed for s in rec.made) == 2
+        await pool.close()
+        assert all(s in rec.closed for s in rec.made)
+
+    asyncio.run(go())
+
+
+def test_no_reuse_without_a_warm_pool(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Resetting(str(tmp_path))
+        pool = WarmPool(rec, size=0, reuse=True)  # on demand: nothing kept
+        env = EnvironmentSpec()
+        sandbox = await pool.acquire(env)
+        await pool.release(sandbox)
+        await asyncio.sleep(0.05)
+        assert sandbox in rec.closed and rec.resets == 0 and pool.held() == 0
+        await pool.close()
+
+    asyncio.run(go())
+
+
+def test_a_release_after_close_closes_the_sandbox(tmp_path: Any) -> None:
+    async def go() -> None:
+        rec = Resetting(str(tmp_path))
+        pool = WarmPool(rec, size=1, reuse=True)
+        env = EnvironmentSpec()
+        sandbox = await pool.acquire(env)
+        await pool.close()
+        await pool.release(sandbox)
+        await asyncio.sleep(0.05)
+        assert sandbox in rec.closed and rec.resets == 0
+
+    asyncio.run(go())
