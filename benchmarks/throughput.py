@@ -10,17 +10,21 @@ both), in docker sandboxes:
 - **floor**: the same commands through the fleet's exec agent, in containers a plain
   thread pool (asyncio here) creates and closes: no Ray, no events, no diff;
 - **fleet**: the whole ``fleet run`` command (a scripted model replays the five commands,
-  then finishes), from start to exit.
+  then finishes), from start to exit, with its defaults: a worker resets the container a
+  session used and runs its next session in it (``sandbox_reuse``);
+- **fleet, new containers** (``--fresh``): the same with ``FLEET_SANDBOX_REUSE=false``, a
+  new container per session as the peer and the floor have.
 
 Prints the seconds of each, the fleet as a ratio of the peer (target at most 0.45) and of the
 floor (target at most 1.3), the floor as a ratio of the peer (what a container per task
 leaves to gain), and where the fleet's time goes, from its events (medians per task):
 assignment to the first command, the commands, the end of the session to the task's final
 state, the gap between a worker's session end and its next assignment, the share of
-sessions that found a warm sandbox, plus start-up (command start to the first event) and
-shutdown (last event to exit); then the peak memory (RSS) of each long-lived process of the
-fleet (supervisor, workers, Ray's daemons), sampled every half second. Needs a Docker
-engine; the base image is built if missing.
+sessions that found a warm sandbox and of those whose container had served an earlier
+session, plus start-up (command start to the first event) and shutdown (last event to
+exit); then the peak memory (RSS) of each long-lived process of the fleet (supervisor,
+workers, Ray's daemons), sampled every half second. Needs a Docker engine; the base image is
+built if missing.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -112,7 +117,9 @@ def floor(tasks: int, workers: int) -> float:
     return asyncio.run(run())
 
 
-def fleet(tasks: int, workers: int, folder: Path) -> tuple[float, dict[str, Any]]:
+def fleet(
+    tasks: int, workers: int, folder: Path, reuse: bool = True
+) -> tuple[float, dict[str, Any]]:
     """Seconds of the whole ``fleet run`` command, and its breakdown from the events."""
     steps = [{"tool": "shell", "args": {"command": c}} for c in COMMANDS]
     steps.append({"tool": "finish", "args": {"summary": "done"}})
@@ -123,7 +130,7 @@ def fleet(tasks: int, workers: int, folder: Path) -> tuple[float, dict[str, Any]
             for i in range(tasks)
         )
     )
-    events = folder / f"events-{workers}"
+    events = folder / f"events-{workers}-{reuse}"
     command = [
         sys.executable,
         "-m",
@@ -139,7 +146,10 @@ def fleet(tasks: int, workers: int, folder: Path) -> tuple[float, dict[str, Any]
     ]
     started_at = datetime.now().astimezone()
     t0 = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "FLEET_SANDBOX_REUSE": str(reuse).lower()}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     peaks: dict[str, int] = {}
     sampling = threading.Thread(target=sample_rss, args=(process, peaks), daemon=True)
     sampling.start()
@@ -174,8 +184,9 @@ def fleet(tasks: int, workers: int, folder: Path) -> tuple[float, dict[str, Any]
         FROM s
         """
     ).fetchall()
-    (warm,) = con.execute(
-        "SELECT avg(CAST(json_extract(payload, '$.sandbox_warm') AS BOOLEAN)::INT) "
+    warm, reused = con.execute(
+        "SELECT avg(CAST(json_extract(payload, '$.sandbox_warm') AS BOOLEAN)::INT), "
+        "avg(CAST(json_extract(payload, '$.sandbox_reused') AS BOOLEAN)::INT) "
         "FROM events WHERE type = 'session.ended'"
     ).fetchone()
     first, last = con.execute("SELECT min(ts), max(ts) FROM events").fetchall()[0]
@@ -185,6 +196,7 @@ def fleet(tasks: int, workers: int, folder: Path) -> tuple[float, dict[str, Any]
     }
     breakdown["gap_ms"] = statistics.median(g for (g,) in gaps if g is not None) * 1000
     breakdown["warm_pct"] = 100 * (warm or 0)
+    breakdown["reused_pct"] = 100 * (reused or 0)
     breakdown["startup_s"] = (first - started_at).total_seconds()
     breakdown["shutdown_s"] = (ended_at - last).total_seconds()
     breakdown["rss_mib"] = {name: kb / 1024 for name, kb in sorted(peaks.items())}
@@ -208,6 +220,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--workers", type=int, nargs="+", default=[4, 8])
+    parser.add_argument(
+        "--fresh", action="store_true", help="also run the fleet with a new container per session"
+    )
     args = parser.parse_args()
     if not docker_available():
         raise SystemExit("needs a Docker engine (scripts/ci-docker.sh starts one)")
@@ -220,23 +235,30 @@ def main() -> None:
             print(f"  peer  (thread pool, SDK, exec_run)   {peer_s:7.1f} s", flush=True)
             floor_s = floor(args.tasks, workers)
             print(f"  floor (exec agent, plain pool)       {floor_s:7.1f} s", flush=True)
-            fleet_s, parts = fleet(args.tasks, workers, Path(tmp))
-            print(f"  fleet (whole `fleet run` command)    {fleet_s:7.1f} s", flush=True)
-            print(
-                f"  fleet / peer {fleet_s / peer_s:.2f} (target <= 0.45)   "
-                f"fleet / floor {fleet_s / floor_s:.2f} (target <= 1.3)   "
-                f"floor / peer {floor_s / peer_s:.2f}"
-            )
-            print(
-                "  fleet, medians per task: acquire {acquire_ms:.0f} ms, commands "
-                "{commands_ms:.0f} ms, end -> final {end_to_final_ms:.0f} ms, worker's "
-                "session end -> next session {gap_ms:.0f} ms; warm sandbox {warm_pct:.0f}% "
-                "of sessions; start-up {startup_s:.1f} s, shutdown {shutdown_s:.1f} s".format(
-                    **parts
-                )
-            )
-            rss = ", ".join(f"{name} {mib:.0f}" for name, mib in parts["rss_mib"].items())
-            print(f"  fleet, peak RSS (MiB): {rss}", flush=True)
+            runs = [("fleet (whole `fleet run` command)", True)]
+            if args.fresh:
+                runs.append(("fleet, a new container per session", False))
+            for label, reuse in runs:
+                fleet_s, parts = fleet(args.tasks, workers, Path(tmp), reuse)
+                print(f"  {label:36s} {fleet_s:7.1f} s", flush=True)
+                report(fleet_s, peer_s, floor_s, parts)
+
+
+def report(fleet_s: float, peer_s: float, floor_s: float, parts: dict[str, Any]) -> None:
+    print(
+        f"    fleet / peer {fleet_s / peer_s:.2f} (target <= 0.45)   "
+        f"fleet / floor {fleet_s / floor_s:.2f} (target <= 1.3)   "
+        f"floor / peer {floor_s / peer_s:.2f}"
+    )
+    print(
+        "    medians per task: acquire {acquire_ms:.0f} ms, commands {commands_ms:.0f} ms, "
+        "end -> final {end_to_final_ms:.0f} ms, worker's session end -> next session "
+        "{gap_ms:.0f} ms; sessions with a warm sandbox {warm_pct:.0f}%, in a reused "
+        "container {reused_pct:.0f}%; start-up {startup_s:.1f} s, shutdown "
+        "{shutdown_s:.1f} s".format(**parts)
+    )
+    rss = ", ".join(f"{name} {mib:.0f}" for name, mib in parts["rss_mib"].items())
+    print(f"    peak RSS (MiB): {rss}", flush=True)
 
 
 if __name__ == "__main__":
