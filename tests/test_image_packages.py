@@ -3,6 +3,8 @@ any build (no Docker needed), a bad entry named in the error."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from core.specs import EnvironmentSpec
@@ -67,3 +69,29 @@ def test_the_check_runs_before_any_image_work() -> None:
     """No engine is asked anything: a bad entry fails even with no Docker at all."""
     with pytest.raises(ImageBuildError, match="--index-url"):
         ensure_environment_image(EnvironmentSpec(pip=["--index-url=http://evil/simple"]), cli=None)
+
+
+def test_pip_config_cert_is_read_as_pip_reads_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandboxes.images import pip_config_cert
+
+    first, second = tmp_path / "xdg" / "pip", tmp_path / "home" / "pip"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    (first / "pip.conf").write_text("[global]\ncert = /from/xdg\ntimeout = 5\n")
+    monkeypatch.delenv("PIP_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr("sys.prefix", str(tmp_path / "prefix"))
+    monkeypatch.setattr("sandboxes.images.SYSTEM_PIP_CONF", tmp_path / "etc-pip.conf")
+    assert pip_config_cert() == "/from/xdg"
+    (second / "pip.conf").write_text("[install]\ncert = /not/global\n")
+    assert pip_config_cert() == "/from/xdg"  # only the global section counts
+    (second / "pip.conf").write_text("[global]\ncert = /from/user\n")
+    assert pip_config_cert() == "/from/user"  # the user's file comes later: it wins
+    named = tmp_path / "named.conf"
+    named.write_text("[global]\nindex-url = x\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(named))
+    assert pip_config_cert() is None  # PIP_CONFIG_FILE alone
