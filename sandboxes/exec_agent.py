@@ -285,7 +285,9 @@ def wipe(root: str) -> list[str]:
             names = os.listdir(directory)
         except PermissionError:
             if os.lstat(directory).st_uid != uid:
-                return  # not ours, and nothing of ours can be in it
+                if os.access(directory, os.W_OK):  # ours could be in it, unseen: say so
+                    left.append(f"{directory}: writable but not readable")
+                return  # else nothing of ours can be in it
             os.chmod(directory, 0o700)
             names = os.listdir(directory)
         for name in names:

@@ -188,11 +188,12 @@ class WarmPool:
     def _after_reuse(
         self, reuse: asyncio.Task[bool], sandbox: Sandbox, environment: EnvironmentSpec
     ) -> None:
-        """A reuse cancelled (the pool closing, or making room), even before it began, closes
-        its sandbox; one that did not keep it starts another if the pool is short."""
-        if reuse.cancelled():
+        """A reuse cancelled (the pool closing, or making room), even before it began, or
+        broken closes its sandbox; one that did not keep it starts another if the pool is
+        short."""
+        if reuse.cancelled() or reuse.exception() is not None:
             self._close_behind(sandbox)
-        elif reuse.exception() is None and not reuse.result():
+        elif not reuse.result():
             self.fill(environment)
 
     def _close_behind(self, sandbox: Sandbox) -> None:
