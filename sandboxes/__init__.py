@@ -58,7 +58,7 @@ def describe_kind(kind: str, why: str = "") -> str:
     """One line naming the sandbox backend that runs and what it does (not) isolate;
     ``why`` says how it was chosen (e.g. "no Docker engine answered")."""
     if kind == "docker":
-        return "sandbox: docker (a container per session, isolated from the host)"
+        return "sandbox: docker (containers isolated from the host, one session at a time)"
     because = f"{why}: " if why else ""
     return (
         f"sandbox: local ({because}commands run as host processes with the worker's user, "

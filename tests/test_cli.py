@@ -166,23 +166,29 @@ def test_demo_runs_every_task_and_its_events_answer_sql(tmp_path):
 
 @pytest.mark.docker
 def test_demo_in_docker_sandboxes(tmp_path):
-    """The Docker issue's 'done when': the demo batch, each task in its own container."""
+    """The Docker issue's 'done when': the demo batch in containers, one session at a time
+    in each, a container reused only after its reset."""
     from sandboxes import docker_available
 
     if not docker_available():
         pytest.skip("no Docker engine")
     proc = fleet("demo", "--events", "ev", cwd=tmp_path)  # auto: Docker answers
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("sandbox: docker (a container per session")
+    assert proc.stdout.startswith("sandbox: docker (containers isolated from the host")
     assert "docker sandbox" in proc.stdout and "all 12 tasks succeeded" in proc.stdout
     query = "select count(distinct session_id) from events where type = 'session.started'"
     proc = fleet("sql", query, "--events", "ev", "--json", cwd=tmp_path)
     assert list(json.loads(proc.stdout)[0].values()) == [13]  # one task retries by design
-    query = "select json_extract_string(payload, '$.sandbox') as c from events "
-    query += "where type = 'session.ended'"
+    query = "select json_extract_string(payload, '$.sandbox') as c, "
+    query += "json_extract(payload, '$.sandbox_reused')::BOOLEAN as reused from events "
+    query += "where type = 'session.ended' order by ts"
     proc = fleet("sql", query, "--events", "ev", "--json", cwd=tmp_path)
-    containers = [row["c"] for row in json.loads(proc.stdout)]
-    assert len(set(containers)) == 13 and all(c.startswith("fleet-") for c in containers)
+    rows = json.loads(proc.stdout)
+    containers = [row["c"] for row in rows]
+    assert len(containers) == 13 and all(c.startswith("fleet-") for c in containers)
+    # A container's first session is the only one not in a reused container.
+    firsts = [row["c"] for row in rows if not row["reused"]]
+    assert sorted(firsts) == sorted(set(containers)), rows
 
 
 def test_run_that_times_out_is_not_a_success(tmp_path):
