@@ -1,10 +1,12 @@
-"""Docker sandbox figures: exec round trip, container start, warm-pool acquire.
+"""Docker sandbox figures: exec round trip, container start and reset, warm-pool acquire.
 
     python -m benchmarks.sandboxes [--runs 200]
 
 Prints, for ``true``: the exec agent round trip (p50/p99) next to ``docker exec`` (p50, via
-the Docker API, as the docker SDK does it); container create+start until the agent answers;
-and warm pool acquire-to-first-command. Needs a Docker engine.
+the Docker API, as the docker SDK does it); container create+start until the agent answers,
+and its removal; the reset of a used container for the next session (``sandbox_reuse``) next
+to a new one's start and removal; and warm pool acquire-to-first-command. Needs a Docker
+engine.
 """
 
 from __future__ import annotations
@@ -80,13 +82,35 @@ def docker_exec_times(runs: int, cli_binary: bool = False) -> list[float]:
         cli.close()
 
 
-async def start_times(runs: int) -> list[float]:
-    times = []
+async def start_times(runs: int) -> tuple[list[float], list[float]]:
+    """Create+start until the agent answers, and the removal, of ``runs`` containers (ms)."""
+    starts, closes = [], []
     for i in range(runs):
         started = time.perf_counter()
         sandbox = DockerSandbox(EnvironmentSpec(), name=f"bench-start-{i}")
         await sandbox.start()
-        times.append((time.perf_counter() - started) * 1000)
+        starts.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        await sandbox.close()
+        closes.append((time.perf_counter() - started) * 1000)
+    return starts, closes
+
+
+LEFT_BEHIND = "mkdir -p src/pkg && seq 1000 > src/pkg/data && echo x > /tmp/t && (sleep 300 &)"
+"""What a session leaves for the reset: files in the workspace and /tmp, a process."""
+
+
+async def reset_times(runs: int) -> list[float]:
+    sandbox = DockerSandbox(EnvironmentSpec(), name="bench-reset")
+    await sandbox.start()
+    times = []
+    try:
+        for _ in range(runs):
+            await sandbox.exec(LEFT_BEHIND)
+            started = time.perf_counter()
+            await sandbox.reset()
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
         await sandbox.close()
     return times
 
@@ -159,7 +183,8 @@ def main() -> None:
     agent, _ = asyncio.run(exec_agent_times(args.runs))
     docker_exec = docker_exec_times(max(20, args.runs // 4))
     docker_cli = docker_exec_times(20, cli_binary=True) if shutil.which("docker") else []
-    starts = asyncio.run(start_times(args.starts))
+    starts, closes = asyncio.run(start_times(args.starts))
+    resets = asyncio.run(reset_times(max(20, args.runs // 4)))
     pooled = asyncio.run(pool_times(args.starts))
     print("docker sandbox benchmark ('true' = the no-op command)")
     row("exec 'true' via exec agent", agent)
@@ -168,6 +193,10 @@ def main() -> None:
         row("exec 'true' via docker exec (CLI)", docker_cli)
     print(f"{'':<44} speed-up at p50: {pct(docker_exec, 50) / pct(agent, 50):.0f}x")
     row("create+start container until agent ready", starts)
+    row("remove a container", closes)
+    row("reset a used container (files, a process)", resets)
+    new = pct(starts, 50) + pct(closes, 50)
+    print(f"{'':<44} a new container / a reset at p50: {new / pct(resets, 50):.0f}x")
     row("warm pool: acquire -> first command done", pooled)
     if args.batch:
         warm_wall, warm_first, warm_idle = fleet_batch(1, args.batch, args.workers, probes=20)
