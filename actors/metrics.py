@@ -103,8 +103,9 @@ METRICS: tuple[MetricDef, ...] = (
         "counter",
         "fleet_sandbox_acquired",
         'Sandboxes sessions got (warm="true": ready in the warm pool, a hit; "false": '
-        "started while the session waited)",
-        ("warm",),
+        'started while the session waited; reused="true": a container reset after an earlier '
+        "session)",
+        ("warm", "reused"),
     ),
     MetricDef("counter", "fleet_sandboxes_lost", "Sessions that ended with their sandbox lost"),
     MetricDef("counter", "fleet_workers_lost", "Workers that died while running a session"),

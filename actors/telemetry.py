@@ -114,7 +114,8 @@ class FleetMetrics:
             )
         if isinstance(p.get("sandbox_warm"), bool):
             warm = "true" if p["sandbox_warm"] else "false"
-            self.m["fleet_sandbox_acquired"].inc(1, {"warm": warm})
+            reused = "true" if p.get("sandbox_reused") is True else "false"
+            self.m["fleet_sandbox_acquired"].inc(1, {"warm": warm, "reused": reused})
         started = p.get("sandboxes_started")
         if isinstance(started, int) and started > 0:
             self.m["fleet_sandbox_starts"].inc(started)

@@ -151,7 +151,11 @@ class PlainFleet:
             result: SessionResult = await self.runner.run(a, self.sink(events))
             for event in events:  # the worker adds these to session.ended
                 if event.type == EventType.session_ended:
-                    event.payload |= {"sandbox_warm": a.attempt == 2, "sandboxes_started": 1}
+                    event.payload |= {
+                        "sandbox_warm": a.attempt == 2,
+                        "sandbox_reused": a.attempt == 2,
+                        "sandboxes_started": 1,
+                    }
             result.events = events
             await self.dispatch.take_result("w1", result)
         for task in self.background:
@@ -336,6 +340,8 @@ def test_the_metrics_count_what_the_task_did(tmp_path: Path) -> None:
     assert m["fleet_retries"].total(cause="failed") == 1
     assert m["fleet_sandbox_acquired"].total(warm="true") == 1
     assert m["fleet_sandbox_acquired"].total(warm="false") == 2
+    assert m["fleet_sandbox_acquired"].total(warm="true", reused="true") == 1
+    assert m["fleet_sandbox_acquired"].total(reused="false") == 2
     assert m["fleet_sandbox_starts"].total() == 3
     assert m["fleet_tokens"].total() == 0  # the scripted model reports none
     assert m["fleet_sandboxes_lost"].total() == 0
