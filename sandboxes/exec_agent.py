@@ -353,8 +353,9 @@ def reset() -> list[str]:
     for point, (mode, _, _) in ROOTS.items():
         if os.lstat(point).st_mode & 0o7777 != mode or os.listxattr(point):
             problems.append(f"{point}: mode or attributes not restored")
-    if ipc_objects():
-        problems.append(f"IPC objects left: {ipc_objects()[:5]}")
+    ipc_left = ipc_objects()
+    if ipc_left:
+        problems.append(f"IPC objects left: {ipc_left[:5]}")
     with contextlib.suppress(OSError):
         os.chdir(WORKDIR)
     return problems
